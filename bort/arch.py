@@ -1,0 +1,232 @@
+"""Architectures as data: the <D, A, H, I> tuple of the Bort paper and its named presets.
+
+An :class:`Architecture` is a frozen value. It travels with every weights file as
+``arch.json`` (see :func:`save_arch` / :func:`load_arch`), so a checkpoint always knows its shape.
+
+Naming follows GluonNLP: ``num_layers`` = D, ``num_heads`` = A, ``units`` = H (model width) and
+``hidden_size`` = I (feed-forward size; GluonNLP's "hidden_size" is the FFN size, not the width).
+Released checkpoint names read ``bort_{D}_{A}_{I}_{H}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+__all__ = ['Architecture', 'ArchitectureError', 'ARCHITECTURES', 'get_arch', 'register_arch',
+           'save_arch', 'load_arch', 'search_space', 'PAPER_SEARCH_SPACE', 'ROBERTA_VOCAB_SIZE']
+
+#: Size of RoBERTa's byte-level BPE vocabulary (GluonNLP ``openwebtext_ccnews_stories_books_cased``).
+ROBERTA_VOCAB_SIZE = 50265
+#: BERT's cased and uncased WordPiece vocabularies.
+BERT_CASED_VOCAB_SIZE = 28996
+BERT_UNCASED_VOCAB_SIZE = 30522
+
+ARCH_FILE = 'arch.json'
+
+
+class ArchitectureError(ValueError):
+    """An architecture tuple that cannot be built."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A BERT-family encoder, parametrised by the tuple <D, A, H, I> and its embedding switches.
+
+    Parameters
+    ----------
+    num_layers : int
+        D, the number of encoder layers.
+    num_heads : int
+        A, the number of attention heads; must divide ``units``.
+    units : int
+        H, the model width.
+    hidden_size : int
+        I, the feed-forward (intermediate) size.
+    vocab_size : int
+        Rows of the word embedding (and of the tied MLM decoder).
+    max_length : int
+        Rows of the position embedding; positions start at 0 (BERT style).
+    embed_size : int or None
+        Width of the embeddings; ``None`` means ``units``. GluonNLP's BERTModel has no projection
+        between embedding and encoder, so any other value is rejected.
+    dropout : float
+        Dropout on embeddings, attention weights and residual branches.
+    layer_norm_eps : float
+        Epsilon of every LayerNorm (1e-5 for Bort and RoBERTa, 1e-12 for Google's BERT).
+    token_type_vocab_size : int
+        Rows of the token-type (segment) embedding; 0 means no token-type embedding (Bort, RoBERTa).
+    use_pooler : bool
+        Whether the model carries BERT's tanh pooler over the first token.
+    name : str
+        A label for tables and logs; not part of the shape.
+    """
+
+    num_layers: int
+    num_heads: int
+    units: int
+    hidden_size: int
+    vocab_size: int = ROBERTA_VOCAB_SIZE
+    max_length: int = 512
+    embed_size: Optional[int] = None
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    token_type_vocab_size: int = 0
+    use_pooler: bool = False
+    name: str = ''
+
+    def __post_init__(self):
+        sizes = {'num_layers': self.num_layers, 'num_heads': self.num_heads, 'units': self.units,
+                 'hidden_size': self.hidden_size, 'vocab_size': self.vocab_size,
+                 'max_length': self.max_length}
+        for key, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ArchitectureError(f'{key} must be a positive integer, got {value!r}')
+        if self.units % self.num_heads:
+            raise ArchitectureError(f'units (H={self.units}) must be divisible by num_heads '
+                                    f'(A={self.num_heads})')
+        if self.embed_size is not None and self.embed_size != self.units:
+            raise ArchitectureError(f'embed_size={self.embed_size} differs from units='
+                                    f'{self.units}: the encoder has no embedding projection')
+        if not 0.0 <= self.dropout < 1.0:
+            raise ArchitectureError(f'dropout must be in [0, 1), got {self.dropout}')
+        if self.layer_norm_eps <= 0:
+            raise ArchitectureError(f'layer_norm_eps must be positive, got {self.layer_norm_eps}')
+        if self.token_type_vocab_size < 0:
+            raise ArchitectureError('token_type_vocab_size must be >= 0')
+
+    @property
+    def tuple(self) -> Tuple[int, int, int, int]:
+        """The paper's <D, A, H, I>."""
+        return (self.num_layers, self.num_heads, self.units, self.hidden_size)
+
+    @property
+    def label(self) -> str:
+        """``name`` if set, else the released naming ``bort_{D}_{A}_{I}_{H}``."""
+        d, a, h, i = self.tuple
+        return self.name or f'bort_{d}_{a}_{i}_{h}'
+
+    def replace(self, **changes) -> 'Architecture':
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict) -> 'Architecture':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ArchitectureError(f'unknown architecture fields {unknown}; known: {sorted(known)}')
+        return cls(**values)
+
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def register_arch(arch: Architecture) -> Architecture:
+    """Add a named architecture to the registry (its ``name`` is the key)."""
+    if not arch.name:
+        raise ArchitectureError('a registered architecture needs a name')
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def get_arch(name_or_path: str) -> Architecture:
+    """A registered architecture by name, or one read from an ``arch.json`` file or folder."""
+    if name_or_path in ARCHITECTURES:
+        return ARCHITECTURES[name_or_path]
+    if os.path.exists(name_or_path):
+        return load_arch(name_or_path)
+    raise ArchitectureError(f'unknown architecture {name_or_path!r}: neither a registered name '
+                            f'({", ".join(sorted(ARCHITECTURES))}) nor an existing file')
+
+
+def save_arch(arch: Architecture, path: str) -> str:
+    """Write ``arch`` as JSON; ``path`` is a file or a folder (then ``folder/arch.json``)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, ARCH_FILE)
+    with open(path, 'w') as f:
+        json.dump(arch.to_dict(), f, indent=2, sort_keys=True)
+        f.write('\n')
+    return path
+
+
+def load_arch(path: str) -> Architecture:
+    """Read an architecture JSON; ``path`` is a file or a folder holding ``arch.json``."""
+    if os.path.isdir(path):
+        path = os.path.join(path, ARCH_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no architecture file at {path}')
+    with open(path) as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ArchitectureError(f'{path}: not valid JSON ({err})') from None
+    return Architecture.from_dict(values)
+
+
+# The released checkpoint (bort.params): width 1024, FFN 768.
+register_arch(Architecture(4, 8, 1024, 768, name='bort_4_8_768_1024'))
+register_arch(Architecture(2, 16, 1024, 512, name='bort_2_16_512_1024'))
+# The paper's own naming of Bort: <4, 8, 768, 1024>, width 768. Only this reading gives the
+# paper's 56.14M parameters; the maintainers called the paper's naming a typo.
+register_arch(Architecture(4, 8, 768, 1024, name='bort_paper'))
+register_arch(Architecture(12, 12, 768, 3072, vocab_size=BERT_CASED_VOCAB_SIZE,
+                           layer_norm_eps=1e-12, token_type_vocab_size=2, use_pooler=True,
+                           name='bert_base'))
+register_arch(Architecture(24, 16, 1024, 4096, vocab_size=BERT_UNCASED_VOCAB_SIZE,
+                           layer_norm_eps=1e-12, token_type_vocab_size=2, use_pooler=True,
+                           name='bert_large'))
+# RoBERTa: 514 position rows in fairseq/HF of which the first two are the padding offset; here
+# positions start at 0, so 512 rows. One token type, as in the Hugging Face checkpoints.
+register_arch(Architecture(12, 12, 768, 3072, token_type_vocab_size=1, use_pooler=True,
+                           name='roberta_base'))
+register_arch(Architecture(24, 16, 1024, 4096, token_type_vocab_size=1, use_pooler=True,
+                           name='roberta_large'))
+
+#: The paper's search space (section 3.3).
+PAPER_SEARCH_SPACE = {
+    'num_layers': (2, 4, 6, 8, 10, 12),
+    'num_heads': (4, 8, 12, 16),
+    'units': (512, 768, 1024),
+    'hidden_size': (256, 512, 768, 1024, 3072),
+}
+
+
+def search_space(num_layers: Sequence[int], num_heads: Sequence[int], units: Sequence[int],
+                 hidden_size: Sequence[int], base: Optional[Architecture] = None
+                 ) -> Tuple[List[Architecture], List[Tuple[int, int, int, int]]]:
+    """Every valid architecture of a grid, and the tuples that were skipped as invalid.
+
+    Parameters
+    ----------
+    num_layers, num_heads, units, hidden_size : sequences of int
+        The values of each knob.
+    base : Architecture, optional
+        Supplies the non-searched fields (vocabulary, max length, ...); defaults to Bort's.
+
+    Returns
+    -------
+    valid : list of Architecture
+        In the order of the Cartesian product.
+    skipped : list of (D, A, H, I)
+        Tuples rejected by :class:`Architecture` (for instance H not divisible by A).
+    """
+    base = base or ARCHITECTURES['bort_4_8_768_1024']
+    valid, skipped = [], []
+    for d, a, h, i in itertools.product(num_layers, num_heads, units, hidden_size):
+        try:
+            valid.append(base.replace(num_layers=d, num_heads=a, units=h, hidden_size=i, name=''))
+        except ArchitectureError:
+            skipped.append((d, a, h, i))
+    return valid, skipped
+
+
+def iter_paper_space(base: Optional[Architecture] = None) -> Iterator[Architecture]:
+    """The 300 valid tuples of the paper's search space."""
+    return iter(search_space(**PAPER_SEARCH_SPACE, base=base)[0])

@@ -1,0 +1,261 @@
+"""The Bort model family on GluonNLP 0.10's ``BERTEncoder``/``BERTModel``, and its weights files.
+
+Parameter names are those of the released ``bort.params`` (GluonNLP 0.8.3 naming), e.g.
+``word_embed.0.weight``, ``encoder.position_weight``,
+``encoder.transformer_cells.0.attention_cell.proj_query.weight``, ``decoder.3.bias``.
+
+A model folder holds ``model.params`` and ``arch.json`` (and, when a tokenizer is saved with it,
+its files): the architecture always travels with the weights.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+import mxnet as mx
+from gluonnlp.model.bert import BERTEncoder, BERTModel
+
+from .arch import Architecture, load_arch, save_arch
+
+__all__ = ['BortModel', 'build_model', 'load_params', 'save_model', 'load_model',
+           'CheckpointMismatchError', 'param_dict', 'count_parameters', 'PARAMS_FILE']
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE = 'model.params'
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file whose names or shapes do not fit the architecture."""
+
+
+class BortModel(BERTModel):
+    """A BERT-family encoder with optional token types, pooler and masked-LM decoder.
+
+    It is GluonNLP's ``BERTModel`` (same blocks, same parameter names) whose forward takes the
+    token types and masked positions as optional, and decodes every position when no masked
+    positions are given.
+
+    Inputs
+    ------
+    inputs : (batch_size, seq_len) int
+        Token ids.
+    token_types : (batch_size, seq_len) int, optional
+        Segment ids; ignored (and may be omitted) when the architecture has no token types.
+    valid_length : (batch_size,) float or int, optional
+        Number of real tokens per row; padding positions are masked out of attention and their
+        outputs zeroed. Omitted means every position is real.
+    masked_positions : (batch_size, num_masked) int, optional
+        Positions to decode with the MLM head. Omitted means every position.
+
+    Outputs
+    -------
+    A tuple with, in order and only when present:
+      sequence_outputs : (batch_size, seq_len, units)
+      pooled_output : (batch_size, units), with a pooler
+      mlm_logits : (batch_size, num_masked or seq_len, vocab_size), with a decoder
+    A single tensor when only the sequence outputs are produced.
+    """
+
+    def __init__(self, arch: Architecture, use_decoder: bool = True, prefix=None, params=None):
+        weight_init = mx.init.Normal(0.02)
+        encoder = BERTEncoder(num_layers=arch.num_layers, units=arch.units,
+                              hidden_size=arch.hidden_size, max_length=arch.max_length,
+                              num_heads=arch.num_heads, dropout=arch.dropout,
+                              output_attention=False, output_all_encodings=False,
+                              weight_initializer=weight_init, activation='gelu',
+                              layer_norm_eps=arch.layer_norm_eps, prefix='encoder_')
+        super().__init__(encoder, vocab_size=arch.vocab_size,
+                         token_type_vocab_size=arch.token_type_vocab_size or None,
+                         units=arch.units, embed_size=arch.units, embed_initializer=weight_init,
+                         use_pooler=arch.use_pooler, use_decoder=use_decoder,
+                         use_classifier=False, use_token_type_embed=arch.token_type_vocab_size > 0,
+                         prefix=prefix, params=params)
+        self.arch = arch
+        self._infer_param_shapes()
+
+    def _infer_param_shapes(self):
+        """Resolve the deferred input sizes of GluonNLP's Dense layers without allocating.
+
+        Symbolic shape inference on a 1×1 input gives every parameter its full shape, so
+        weights can be counted, checked against a file and loaded before any forward pass.
+        """
+        tokens = mx.nd.zeros((1, 1))
+        token_types = mx.nd.zeros((1, 1)) if self._use_token_type_embed else None
+        positions = mx.nd.zeros((1, 1)) if self._use_decoder else None
+        self.infer_shape(tokens, token_types, None, positions)
+
+    @property
+    def has_decoder(self) -> bool:
+        return self._use_decoder
+
+    def __call__(self, inputs, token_types=None, valid_length=None, masked_positions=None):
+        # pylint: disable=arguments-differ
+        return mx.gluon.HybridBlock.__call__(self, inputs, token_types, valid_length,
+                                             masked_positions)
+
+    def hybrid_forward(self, F, inputs, token_types=None, valid_length=None,
+                       masked_positions=None):
+        # pylint: disable=arguments-differ
+        if self._use_token_type_embed and token_types is None:
+            token_types = F.zeros_like(inputs)
+        seq_out, _ = self._encode_sequence(inputs, token_types, valid_length)
+        outputs = [seq_out]
+        if self._use_pooler:
+            outputs.append(self._apply_pooling(seq_out))
+        if self._use_decoder:
+            if masked_positions is None:
+                outputs.append(self.decoder(seq_out))
+            else:
+                outputs.append(self._decode(F, seq_out, masked_positions))
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def build_model(arch: Architecture, use_decoder: bool = True, ctx=None,
+                initialize: bool = True) -> BortModel:
+    """A model of ``arch`` with random weights (N(0, 0.02) dense and embedding weights).
+
+    Parameters
+    ----------
+    arch : Architecture
+    use_decoder : bool
+        Keep the masked-LM head (its output weight is tied to the word embedding).
+    ctx : mx.Context or list of mx.Context, optional
+        Defaults to the CPU.
+    initialize : bool
+        Initialise the weights; pass False when loading a file right after.
+    """
+    model = BortModel(arch, use_decoder=use_decoder)
+    if initialize:
+        model.initialize(ctx=ctx or mx.cpu())
+    return model
+
+
+def param_dict(model: mx.gluon.Block) -> Dict[str, mx.gluon.Parameter]:
+    """Parameters by their structural names (``word_embed.0.weight``, ...), tied ones once."""
+    seen, named = set(), {}
+    for name, param in model._collect_params_with_prefix().items():  # pylint: disable=protected-access
+        if id(param) not in seen:
+            seen.add(id(param))
+            named[name] = param
+    return named
+
+
+def count_parameters(model: mx.gluon.Block) -> int:
+    """Trainable values of a built model (tied parameters counted once)."""
+    total = 0
+    for param in param_dict(model).values():
+        if param.grad_req != 'null':
+            size = 1
+            for dim in param.shape:
+                size *= dim
+            total += size
+    return total
+
+
+def _aliases(model: mx.gluon.Block) -> Dict[str, str]:
+    """Name -> canonical name, for parameters reachable under several names (tied weights)."""
+    canonical, aliases = {}, {}
+    for name, param in model._collect_params_with_prefix().items():  # pylint: disable=protected-access
+        aliases[name] = canonical.setdefault(id(param), name)
+    return aliases
+
+
+def load_params(model: mx.gluon.Block, path: str, ctx=None,
+                ignore_extra: Tuple[str, ...] = ()) -> None:
+    """Load a weights file strictly: every parameter present, every shape equal, nothing extra.
+
+    Parameters
+    ----------
+    model : Block
+        A built model, initialised or not.
+    path : str
+        An MXNet ``.params`` file (the released ``bort.params`` layout is accepted as is).
+    ctx : mx.Context, optional
+    ignore_extra : tuple of str
+        Name prefixes in the file that may be left unused (e.g. ``('decoder.',)`` to load a
+        pretraining checkpoint into a model without MLM head). Nothing else is skipped.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Naming every missing, unexpected or wrongly shaped parameter (with both shapes).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no weights file at {path}')
+    loaded = mx.nd.load(path)
+    if not isinstance(loaded, dict):
+        raise CheckpointMismatchError(f'{path}: holds an unnamed list of arrays, not a '
+                                      f'name -> array mapping')
+    # MXNet prefixes names with "arg:"/"aux:" in files written by export().
+    loaded = {k.split(':', 1)[1] if k.startswith(('arg:', 'aux:')) else k: v
+              for k, v in loaded.items()}
+    aliases = _aliases(model)
+    expected = param_dict(model)
+    problems: List[str] = []
+    assigned: Dict[str, mx.nd.NDArray] = {}
+    for name, array in loaded.items():
+        if name not in aliases:
+            if not name.startswith(tuple(ignore_extra)) or not ignore_extra:
+                problems.append(f'unexpected parameter {name} {tuple(array.shape)} in the file')
+            continue
+        key = aliases[name]
+        shape = tuple(expected[key].shape)
+        if tuple(array.shape) != shape:
+            problems.append(f'parameter {name}: file has shape {tuple(array.shape)}, '
+                            f'architecture expects {shape}')
+            continue
+        assigned[key] = array
+    for key, param in expected.items():
+        if key not in assigned and not any(
+                f'parameter {n}' in p for n, k in aliases.items() if k == key for p in problems):
+            problems.append(f'missing parameter {key} {tuple(param.shape)} (not in the file)')
+    if problems:
+        raise CheckpointMismatchError(f'{path} does not fit {getattr(model, "arch", "the model")}'
+                                      ':\n  ' + '\n  '.join(problems))
+    ctx = ctx or mx.cpu()
+    for key, param in expected.items():
+        value = assigned[key].astype(param.dtype, copy=False)
+        if param._data is None:  # pylint: disable=protected-access
+            param._load_init(value, ctx)  # pylint: disable=protected-access
+        else:
+            param.set_data(value)
+
+
+def save_model(model: BortModel, folder: str) -> str:
+    """Write ``model.params`` and ``arch.json`` into ``folder`` (created if needed).
+
+    Tied weights are written under every name they have, as the released checkpoint does.
+    """
+    os.makedirs(folder, exist_ok=True)
+    arrays = {name: param.data().as_in_context(mx.cpu())
+              for name, param in model._collect_params_with_prefix().items()}  # pylint: disable=protected-access
+    path = os.path.join(folder, PARAMS_FILE)
+    tmp = path + '.tmp'
+    mx.nd.save(tmp, arrays)
+    os.replace(tmp, path)
+    save_arch(model.arch, os.path.join(folder, 'arch.json'))
+    return path
+
+
+def load_model(folder: str, use_decoder: Optional[bool] = None, ctx=None) -> BortModel:
+    """A model from a folder written by :func:`save_model` (its ``arch.json`` and weights).
+
+    Parameters
+    ----------
+    folder : str
+    use_decoder : bool, optional
+        None keeps the MLM head when the file has one; False drops it; True requires it.
+    ctx : mx.Context, optional
+    """
+    arch = load_arch(folder)
+    path = os.path.join(folder, PARAMS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no weights file {PARAMS_FILE} in {folder}')
+    has_decoder = any(name.startswith('decoder.') for name in mx.nd.load(path))
+    if use_decoder is None:
+        use_decoder = has_decoder
+    model = build_model(arch, use_decoder=use_decoder, ctx=ctx, initialize=False)
+    load_params(model, path, ctx=ctx, ignore_extra=() if use_decoder else ('decoder.',))
+    return model
