@@ -1,0 +1,164 @@
+"""Masked-LM and distillation losses, and dynamic masking.
+
+Used by the search (surrogate error e(ξ)), by pretraining and by the MLM-head fitting.
+
+The distillation loss is the cross-entropy between the teacher's and the student's softened
+masked-LM distributions, ``-Σ_v softmax(t/T)_v · log_softmax(s/T)_v``, averaged over the
+weighted (real) masked positions. The released Bort script differed in two ways, reproduced by
+``released_quirks=True`` for comparison only: the student's logits went through softmax
+*before* the log-softmax (softmax applied twice), and the per-position divergence was averaged
+over the vocabulary axis instead of summed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import mxnet as mx
+import numpy as np
+
+__all__ = ['soft_cross_entropy', 'masked_lm_loss', 'kd_loss', 'MaskingConfig', 'mask_tokens',
+           'masked_accuracy']
+
+
+def soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature: float = 1.0,
+                       released_quirks: bool = False):
+    """Cross-entropy of the student's softened distribution against the teacher's.
+
+    Parameters
+    ----------
+    F : mx.nd or mx.sym
+    student_logits : (batch_size, num_masked, vocab_size)
+    teacher_logits : (batch_size, num_masked, vocab_size)
+        Or the teacher's already-softened probabilities, see ``teacher_is_prob`` callers.
+    weights : (batch_size, num_masked)
+        1 for real masked positions, 0 for padding.
+    temperature : float
+    released_quirks : bool
+        Reproduce the released script's loss (softmax applied twice to the student; mean over
+        the vocabulary axis). Off by default.
+
+    Returns
+    -------
+    loss : scalar NDArray
+        Mean over the weighted positions (0 when there are none).
+    """
+    teacher_prob = F.softmax(teacher_logits / temperature, axis=-1)
+    student = student_logits / temperature
+    if released_quirks:
+        student = F.softmax(student, axis=-1)
+    log_prob = F.log_softmax(student, axis=-1)
+    per_token = teacher_prob * log_prob
+    per_position = -(F.mean(per_token, axis=-1) if released_quirks else F.sum(per_token, axis=-1))
+    return F.sum(per_position * weights) / F.maximum(F.sum(weights), 1.0)
+
+
+def masked_lm_loss(F, logits, labels, weights):
+    """Cross-entropy of the masked-LM logits against the original tokens.
+
+    Parameters
+    ----------
+    logits : (batch_size, num_masked, vocab_size)
+    labels : (batch_size, num_masked) int
+    weights : (batch_size, num_masked)
+
+    Returns
+    -------
+    scalar NDArray: mean over the weighted positions.
+    """
+    log_prob = F.log_softmax(logits, axis=-1)
+    nll = -F.pick(log_prob, labels, axis=-1)
+    return F.sum(nll * weights) / F.maximum(F.sum(weights), 1.0)
+
+
+def kd_loss(F, student_logits, teacher_logits, labels, weights, mlm_weight: float = 0.1,
+            kd_weight: float = 0.5, temperature: float = 2.0, released_quirks: bool = False):
+    """The pretraining objective: ``mlm_weight · MLM + kd_weight · T² · soft cross-entropy``.
+
+    The T² factor keeps the distillation gradients' scale independent of the temperature
+    (Hinton et al.). ``kd_weight = 0`` is the self-supervised baseline (the teacher is unused).
+
+    Returns
+    -------
+    (total, mlm, kd) : scalar NDArrays
+    """
+    mlm = masked_lm_loss(F, student_logits, labels, weights)
+    if kd_weight == 0 or teacher_logits is None:
+        kd = F.zeros_like(mlm)
+    else:
+        kd = soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature,
+                                released_quirks)
+    total = mlm_weight * mlm + kd_weight * temperature ** 2 * kd
+    return total, mlm, kd
+
+
+def masked_accuracy(logits, labels, weights) -> Tuple[float, float]:
+    """(correct, count) of argmax predictions at the weighted positions (numpy floats)."""
+    pred = logits.argmax(axis=-1).asnumpy() if hasattr(logits, 'asnumpy') else logits.argmax(-1)
+    labels = labels.asnumpy() if hasattr(labels, 'asnumpy') else labels
+    weights = weights.asnumpy() if hasattr(weights, 'asnumpy') else weights
+    return float(((pred == labels) * weights).sum()), float(weights.sum())
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """BERT's masking: choose ``ratio`` of the real tokens; replace 80 % of them by the mask
+    token, 10 % by a random token, keep 10 %; at most ``max_predictions`` per sequence."""
+
+    mask_id: int
+    vocab_size: int
+    special_ids: Tuple[int, ...] = ()
+    ratio: float = 0.15
+    max_predictions: int = 76
+    mask_prob: float = 0.8
+    random_prob: float = 0.1
+
+
+def mask_tokens(input_ids: np.ndarray, valid_length: np.ndarray, config: MaskingConfig,
+                rng: np.random.RandomState):
+    """Draw a fresh masking of a batch (dynamic masking: call it again every epoch).
+
+    Parameters
+    ----------
+    input_ids : (batch_size, seq_len) int
+    valid_length : (batch_size,) int
+    config : MaskingConfig
+    rng : np.random.RandomState
+
+    Returns
+    -------
+    masked_ids : (batch_size, seq_len) int
+        The input with the chosen positions replaced.
+    positions : (batch_size, max_predictions) int
+        Chosen positions, padded with 0.
+    labels : (batch_size, max_predictions) int
+        The original tokens there, padded with 0.
+    weights : (batch_size, max_predictions) float32
+        1 for real predictions, 0 for padding.
+    """
+    batch, _ = input_ids.shape
+    max_pred = config.max_predictions
+    masked = input_ids.copy()
+    positions = np.zeros((batch, max_pred), dtype=np.int32)
+    labels = np.zeros((batch, max_pred), dtype=np.int32)
+    weights = np.zeros((batch, max_pred), dtype=np.float32)
+    special = np.asarray(config.special_ids, dtype=input_ids.dtype)
+    for row in range(batch):
+        length = int(valid_length[row])
+        candidates = np.arange(length)
+        candidates = candidates[~np.isin(input_ids[row, :length], special)]
+        if candidates.size == 0:
+            continue
+        count = min(max_pred, max(1, int(round(candidates.size * config.ratio))))
+        chosen = np.sort(rng.choice(candidates, size=count, replace=False))
+        draw = rng.random_sample(count)
+        randoms = rng.randint(0, config.vocab_size, size=count)
+        originals = input_ids[row, chosen]
+        replaced = np.where(draw < config.mask_prob, config.mask_id,
+                            np.where(draw < config.mask_prob + config.random_prob, randoms,
+                                     originals))
+        masked[row, chosen] = replaced
+        positions[row, :count] = chosen
+        labels[row, :count] = originals
+        weights[row, :count] = 1.0
+    return masked, positions, labels, weights

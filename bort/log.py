@@ -1,0 +1,69 @@
+"""Logging set-up (rank 0 only) and the ``metrics.jsonl`` writer shared by every run."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, Optional
+
+from tqdm import tqdm
+
+from .distributed import Comm
+
+__all__ = ['setup_logging', 'MetricsLog', 'progress']
+
+
+def setup_logging(comm: Optional[Comm] = None, level: int = logging.INFO,
+                  log_file: Optional[str] = None) -> None:
+    """Send the library's log records to stderr (and ``log_file``) on rank 0; silence others."""
+    comm = comm or Comm()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if not comm.is_root:
+        root.addHandler(logging.NullHandler())
+        root.setLevel(logging.WARNING)
+        return
+    fmt = logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s', '%H:%M:%S')
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def progress(iterable=None, comm: Optional[Comm] = None, **kwargs):
+    """A tqdm bar shown on rank 0 only (and not when stderr is not a terminal under CI)."""
+    comm = comm or Comm()
+    disable = not comm.is_root or kwargs.pop('disable', False)
+    return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+class MetricsLog:
+    """Append one JSON object per line to ``metrics.jsonl`` (rank 0 only).
+
+    Each record gets a wall-clock ``time``; reading the file back gives the run's history, also
+    after a resume (records are appended, never rewritten).
+    """
+
+    def __init__(self, path: str, comm: Optional[Comm] = None):
+        self.path = path
+        self.comm = comm or Comm()
+
+    def write(self, record: Dict) -> None:
+        if not self.comm.is_root:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(dict(record, time=round(time.time(), 3)), default=float) + '\n')
+
+    def read(self):
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,146 @@
+"""The optimiser side of training: one learning-rate schedule, BERT-Adam, gradient clipping.
+
+Every training loop of the project (search candidates, pretraining, fine-tuning) builds its
+trainer with :func:`make_trainer` and sets the rate from :func:`learning_rate` each step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, List
+
+import mxnet as mx
+
+from .distributed import Comm
+
+__all__ = ['learning_rate', 'SCHEDULES', 'make_trainer', 'clip_global_norm', 'no_decay']
+
+SCHEDULES = ('linear', 'noam', 'constant')
+
+
+def learning_rate(step: int, total_steps: int, base_lr: float, warmup_ratio: float = 0.0,
+                  decay: str = 'linear') -> float:
+    """The learning rate after ``step`` optimizer steps (``step`` counts from 0).
+
+    All schedules warm up linearly over ``round(warmup_ratio · total_steps)`` steps, reaching
+    ``base_lr`` at the end of the warm-up, then:
+
+    - ``linear``: decay linearly to 0 at ``total_steps`` (the released Bort scripts);
+    - ``noam``: decay as the inverse square root of the step (Vaswani et al.), continuous at the
+      end of the warm-up: ``base_lr · sqrt(warmup / step)``;
+    - ``constant``: stay at ``base_lr``.
+
+    Parameters
+    ----------
+    step : int
+        Optimizer steps already taken; the rate returned is the one for step ``step + 1``.
+    total_steps : int
+    base_lr : float
+        The peak rate.
+    warmup_ratio : float
+        Fraction of ``total_steps`` spent warming up, in [0, 1].
+    decay : {'linear', 'noam', 'constant'}
+    """
+    if decay not in SCHEDULES:
+        raise ValueError(f'unknown schedule {decay!r}; choose from {SCHEDULES}')
+    if not 0.0 <= warmup_ratio <= 1.0:
+        raise ValueError(f'warmup_ratio must be in [0, 1], got {warmup_ratio}')
+    total_steps = max(int(total_steps), 1)
+    warmup = int(round(warmup_ratio * total_steps))
+    current = step + 1
+    if current <= warmup:
+        return base_lr * current / warmup
+    if decay == 'linear':
+        span = max(total_steps - warmup, 1)
+        return base_lr * max(0.0, (total_steps - current) / span)
+    if decay == 'noam':
+        return base_lr * math.sqrt(max(warmup, 1) / current)
+    return base_lr
+
+
+def no_decay(name: str) -> bool:
+    """Parameters exempt from weight decay: LayerNorm scales/shifts and biases."""
+    return name.endswith(('gamma', 'beta', 'bias'))
+
+
+def make_trainer(params: mx.gluon.ParameterDict, comm: Comm, optimizer: str = 'bertadam',
+                 lr: float = 1e-4, weight_decay: float = 0.01, epsilon: float = 1e-6,
+                 momentum: float = 0.0, multi_precision: bool = False) -> mx.gluon.Trainer:
+    """A trainer over ``params`` with gradients averaged across workers.
+
+    Parameters
+    ----------
+    params : ParameterDict
+        Trainable parameters (``grad_req != 'null'``).
+    comm : Comm
+    optimizer : {'bertadam', 'adam', 'sgd'}
+        ``bertadam`` is GluonNLP's Adam with decoupled weight decay and no bias correction,
+        as BERT; ``sgd`` is what the paper's search used.
+    lr : float
+        Initial rate; loops overwrite it each step with :func:`learning_rate`.
+    weight_decay : float
+        Not applied to LayerNorm parameters and biases (their ``wd_mult`` is set to 0).
+    epsilon : float
+        Adam's epsilon.
+    momentum : float
+        SGD momentum.
+    multi_precision : bool
+        Keep float32 master weights for float16 parameters (GPU mixed precision).
+    """
+    import gluonnlp  # noqa: F401  registers the 'bertadam' optimizer with MXNet
+
+    for name, param in params.items():
+        if no_decay(name):
+            param.wd_mult = 0.0
+    options = {'learning_rate': lr, 'wd': weight_decay, 'multi_precision': multi_precision}
+    if optimizer in ('bertadam', 'adam'):
+        options['epsilon'] = epsilon
+    elif optimizer == 'sgd':
+        options['momentum'] = momentum
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'bertadam', 'adam' or 'sgd'")
+    return comm.trainer(params, optimizer, options)
+
+
+def clip_global_norm(params: Iterable[mx.gluon.Parameter], max_norm: float,
+                     ctx: mx.Context = None) -> float:
+    """Rescale the gradients so that their global L2 norm is at most ``max_norm``.
+
+    Returns
+    -------
+    float
+        The norm before clipping (``inf``/``nan`` when a gradient is not finite; the gradients
+        are then left untouched so the caller can stop with a clear message).
+    """
+    grads: List[mx.nd.NDArray] = [p.grad(ctx) if ctx is not None else p.list_grad()[0]
+                                  for p in params if p.grad_req != 'null']
+    if not grads:
+        return 0.0
+    norm = mx.nd.sqrt(mx.nd.add_n(*[(g.astype('float32') ** 2).sum() for g in grads]))
+    total = float(norm.asscalar())
+    if math.isfinite(total) and max_norm > 0 and total > max_norm:
+        scale = max_norm / total
+        for g in grads:
+            g *= scale
+    return total
+
+
+def optimizer_step(trainer: mx.gluon.Trainer, params: Iterable[mx.gluon.Parameter],
+                   max_norm: float = 0.0, scale: float = 1.0) -> float:
+    """Average gradients over workers, clip their global norm, update the weights.
+
+    The loops of this project backpropagate a loss that is already a mean over the worker's
+    batch, so the update divides by ``scale`` (1 by default; the number of accumulated
+    micro-batches with gradient accumulation). Clipping sees the worker-averaged gradient, the
+    same one every worker applies, so all workers stay identical.
+
+    Returns
+    -------
+    float
+        The global gradient norm before clipping; not finite means the update was skipped.
+    """
+    params = list(params)
+    trainer.allreduce_grads()
+    norm = clip_global_norm(params, max_norm * scale if max_norm else 0.0) / scale
+    if math.isfinite(norm):
+        trainer.update(scale)
+    return norm
