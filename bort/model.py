@@ -162,6 +162,11 @@ def _aliases(model: mx.gluon.Block) -> Dict[str, str]:
     return aliases
 
 
+def _shapes_fit(found: Tuple[int, ...], expected: Tuple[int, ...]) -> bool:
+    """Equal shapes, where 0 in ``expected`` is a dimension not inferred yet."""
+    return len(found) == len(expected) and all(e in (0, f) for f, e in zip(found, expected))
+
+
 def load_params(model: mx.gluon.Block, path: str, ctx=None,
                 ignore_extra: Tuple[str, ...] = ()) -> None:
     """Load a weights file strictly: every parameter present, every shape equal, nothing extra.
@@ -195,22 +200,22 @@ def load_params(model: mx.gluon.Block, path: str, ctx=None,
     expected = param_dict(model)
     problems: List[str] = []
     assigned: Dict[str, mx.nd.NDArray] = {}
+    seen = set()  # canonical names present in the file, fitting or not
     for name, array in loaded.items():
         if name not in aliases:
-            if not name.startswith(tuple(ignore_extra)) or not ignore_extra:
+            if not (ignore_extra and name.startswith(tuple(ignore_extra))):
                 problems.append(f'unexpected parameter {name} {tuple(array.shape)} in the file')
             continue
         key = aliases[name]
+        seen.add(key)
         shape = tuple(expected[key].shape)
-        if tuple(array.shape) != shape:
+        if not _shapes_fit(tuple(array.shape), shape):
             problems.append(f'parameter {name}: file has shape {tuple(array.shape)}, '
                             f'architecture expects {shape}')
             continue
         assigned[key] = array
-    for key, param in expected.items():
-        if key not in assigned and not any(
-                f'parameter {n}' in p for n, k in aliases.items() if k == key for p in problems):
-            problems.append(f'missing parameter {key} {tuple(param.shape)} (not in the file)')
+    problems += [f'missing parameter {key} {tuple(param.shape)} (not in the file)'
+                 for key, param in expected.items() if key not in seen]
     if problems:
         raise CheckpointMismatchError(f'{path} does not fit {getattr(model, "arch", "the model")}'
                                       ':\n  ' + '\n  '.join(problems))

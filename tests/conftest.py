@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny architectures that run every code path in milliseconds."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+os.environ.setdefault('MXNET_ENGINE_TYPE', 'NaiveEngine') if os.environ.get('BORT_NAIVE') else None
+
+from bort.arch import Architecture  # noqa: E402
+
+
+@pytest.fixture
+def tiny_arch():
+    """A RoBERTa-family tiny shape: no token types, no pooler."""
+    return Architecture(num_layers=2, num_heads=4, units=32, hidden_size=64, vocab_size=99,
+                        max_length=40, dropout=0.0)
+
+
+@pytest.fixture
+def tiny_bert_arch(tiny_arch):
+    """A BERT-family tiny shape: token types and pooler."""
+    return tiny_arch.replace(token_type_vocab_size=2, use_pooler=True, layer_norm_eps=1e-12)
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)

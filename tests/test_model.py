@@ -1,0 +1,112 @@
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bort.model import (CheckpointMismatchError, build_model, load_model, load_params,
+                        save_model)
+
+
+def _inputs(rng, arch, batch=3, length=10):
+    tokens = mx.nd.array(rng.randint(0, arch.vocab_size, (batch, length)))
+    valid = mx.nd.array([length, 4, 7][:batch])
+    return tokens, valid
+
+
+def _as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@pytest.mark.parametrize('family', ['roberta', 'bert'])
+@pytest.mark.parametrize('use_decoder', [True, False])
+def test_hybridized_equals_eager(family, use_decoder, tiny_arch, tiny_bert_arch, rng):
+    arch = tiny_arch if family == 'roberta' else tiny_bert_arch
+    model = build_model(arch, use_decoder=use_decoder)
+    tokens, valid = _inputs(rng, arch)
+    eager = _as_list(model(tokens, None, valid))
+    shapes = [o.shape for o in eager]
+    expected = [(3, 10, 32)] + ([(3, 32)] if arch.use_pooler else []) \
+        + ([(3, 10, 99)] if use_decoder else [])
+    assert shapes == expected
+    model.hybridize(static_alloc=True)
+    hybrid = _as_list(model(tokens, None, valid))
+    for a, b in zip(eager, hybrid):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=1e-6)
+
+
+def test_padding_does_not_leak(tiny_arch, rng):
+    """A row's valid outputs do not depend on what lies past its valid length."""
+    model = build_model(tiny_arch, use_decoder=False)
+    tokens, valid = _inputs(rng, tiny_arch)
+    other = tokens.copy()
+    other[1, 4:] = 5
+    a, b = model(tokens, None, valid), model(other, None, valid)
+    np.testing.assert_allclose(a[1, :4].asnumpy(), b[1, :4].asnumpy(), atol=1e-6)
+    assert float(a[1, 4:].abs().sum().asscalar()) == 0.0
+
+
+def test_masked_positions_decode_the_same_as_full(tiny_arch, rng):
+    model = build_model(tiny_arch)
+    tokens, valid = _inputs(rng, tiny_arch)
+    positions = mx.nd.array([[0, 3], [1, 2], [5, 6]])
+    _, full = model(tokens, None, valid)
+    _, picked = model(tokens, None, valid, positions)
+    for row in range(3):
+        for j, pos in enumerate(positions[row].asnumpy().astype(int)):
+            np.testing.assert_allclose(picked[row, j].asnumpy(), full[row, pos].asnumpy(),
+                                       atol=1e-5)
+
+
+def test_save_load_round_trip_released_layout(tmp_path, tiny_arch, rng):
+    model = build_model(tiny_arch)
+    tokens, valid = _inputs(rng, tiny_arch)
+    before = _as_list(model(tokens, None, valid))
+    save_model(model, str(tmp_path))
+    names = set(mx.nd.load(str(tmp_path / 'model.params')))
+    assert {'word_embed.0.weight', 'encoder.position_weight', 'encoder.layer_norm.gamma',
+            'encoder.transformer_cells.1.attention_cell.proj_query.weight',
+            'encoder.transformer_cells.0.proj.bias', 'encoder.transformer_cells.0.layer_norm.beta',
+            'encoder.transformer_cells.0.ffn.ffn_1.weight',
+            'encoder.transformer_cells.0.ffn.layer_norm.gamma', 'decoder.3.bias'} <= names
+    loaded = load_model(str(tmp_path))
+    assert loaded.arch == tiny_arch and loaded.has_decoder
+    after = _as_list(loaded(tokens, None, valid))
+    for a, b in zip(before, after):
+        assert np.array_equal(a.asnumpy(), b.asnumpy())
+    encoder_only = load_model(str(tmp_path), use_decoder=False)
+    assert np.array_equal(_as_list(encoder_only(tokens, None, valid))[0].asnumpy(),
+                          before[0].asnumpy())
+
+
+def test_released_file_without_tied_alias_loads(tmp_path, tiny_arch):
+    """The decoder's output weight is tied to the word embedding: one name in the file is
+    enough."""
+    model = build_model(tiny_arch)
+    save_model(model, str(tmp_path))
+    arrays = mx.nd.load(str(tmp_path / 'model.params'))
+    del arrays['decoder.3.weight']
+    mx.nd.save(str(tmp_path / 'bort.params'), arrays)
+    other = build_model(tiny_arch, initialize=False)
+    load_params(other, str(tmp_path / 'bort.params'))
+    assert np.array_equal(other.decoder[3].weight.data().asnumpy(),
+                          model.word_embed[0].weight.data().asnumpy())
+
+
+def test_wrong_shape_names_parameter_and_shapes(tmp_path, tiny_arch):
+    save_model(build_model(tiny_arch.replace(hidden_size=48)), str(tmp_path))
+    target = build_model(tiny_arch, initialize=False)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_params(target, str(tmp_path / 'model.params'))
+    text = str(err.value)
+    assert 'encoder.transformer_cells.0.ffn.ffn_1.weight' in text
+    assert '(48, 32)' in text and '(64, 32)' in text
+
+
+def test_missing_and_unexpected_parameters_are_listed(tmp_path, tiny_arch):
+    save_model(build_model(tiny_arch.replace(num_layers=1), use_decoder=False), str(tmp_path))
+    with pytest.raises(CheckpointMismatchError, match='missing parameter encoder.transformer_cells.1'):
+        load_params(build_model(tiny_arch, use_decoder=False, initialize=False),
+                    str(tmp_path / 'model.params'))
+    with pytest.raises(CheckpointMismatchError, match='unexpected parameter decoder'):
+        save_model(build_model(tiny_arch), str(tmp_path / 'full'))
+        load_params(build_model(tiny_arch, use_decoder=False, initialize=False),
+                    str(tmp_path / 'full' / 'model.params'))
