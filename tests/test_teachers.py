@@ -1,0 +1,76 @@
+"""The real offline teacher: all-MiniLM-L6-v2 imported equals transformers on real text."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bort.convert import import_hf
+from bort.mlm_head import HeadFitConfig
+from bort.model import load_model
+from bort.teachers import minilm_dir, minilm_teacher
+from bort.tokenizer import load_tokenizer
+
+SENTENCES = [
+    'A man is eating food.',
+    'The quick brown fox jumps over the lazy dog, while the cat sleeps on the warm windowsill.',
+    'Résumé writing is an art; naïve approaches rarely work!',
+    'Hello.',
+]
+
+
+@pytest.fixture(scope='module')
+def minilm():
+    try:
+        return minilm_dir()
+    except FileNotFoundError as err:
+        pytest.skip(f'{err}')
+
+
+def test_minilm_import_equals_transformers(tmp_path, minilm, monkeypatch):
+    transformers = pytest.importorskip('transformers', reason='the optional extra (pip install '
+                                                              '.[hf]) is not installed')
+    import torch
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    model = import_hf(minilm, str(tmp_path / 'minilm'))
+    assert model.arch.tuple == (6, 12, 384, 1536) and not model.has_decoder
+    tokenizer = load_tokenizer(str(tmp_path / 'minilm'))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
+    batch = hf_tokenizer(SENTENCES, padding=True, return_tensors='np')
+    ids = [tokenizer.build_inputs(tokenizer.encode(s))[0] for s in SENTENCES]
+    valid = [len(i) for i in ids]
+    for row, row_ids in enumerate(ids):
+        assert row_ids == batch['input_ids'][row, :valid[row]].tolist()
+    seq, pooled = model(mx.nd.array(batch['input_ids']), mx.nd.array(batch['token_type_ids']),
+                        mx.nd.array(valid))
+    seq = seq.asnumpy()
+    hf_model = transformers.AutoModel.from_pretrained(minilm).eval()
+    with torch.no_grad():
+        ref = hf_model(**{k: torch.tensor(v) for k, v in batch.items()})
+    ref_seq = ref.last_hidden_state.numpy()
+    hidden_diff = max(np.abs(seq[r, :n] - ref_seq[r, :n]).max() for r, n in enumerate(valid))
+    mask = batch['attention_mask'][..., None]
+
+    def sentence_embedding(x):  # all-MiniLM-L6-v2's pooling: masked mean, then L2 norm
+        mean = (x * mask).sum(1) / mask.sum(1)
+        return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+    sentence_diff = np.abs(sentence_embedding(seq) - sentence_embedding(ref_seq)).max()
+    pooled_diff = np.abs(pooled.asnumpy() - ref.pooler_output.numpy()).max()
+    print(f'MiniLM max abs diff: hidden {hidden_diff:.2e}, sentence {sentence_diff:.2e}, '
+          f'pooler {pooled_diff:.2e}')
+    assert hidden_diff <= 1e-4 and sentence_diff <= 1e-5 and pooled_diff <= 1e-4
+
+
+def test_minilm_teacher_is_built_once(tmp_path, minilm):
+    config = HeadFitConfig(steps=3, max_sequences=12, batch_size=32, encode_batch=6, seq_len=32)
+    folder = minilm_teacher(str(tmp_path), config, corpus_bytes=30_000)
+    report = json.loads(open(os.path.join(folder, 'mlm_head.json')).read())
+    assert report['config']['steps'] == 3 and report['heldout_masked'] > 0
+    model = load_model(folder)
+    assert model.has_decoder and model.arch.vocab_size == 30522
+    assert load_tokenizer(folder).kind == 'wordpiece'
+    stamp = os.path.getmtime(os.path.join(folder, 'model.params'))
+    assert minilm_teacher(str(tmp_path), config, corpus_bytes=30_000) == folder
+    assert os.path.getmtime(os.path.join(folder, 'model.params')) == stamp
