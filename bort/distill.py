@@ -12,12 +12,12 @@ over the vocabulary axis instead of summed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import mxnet as mx
 import numpy as np
 
-__all__ = ['soft_cross_entropy', 'masked_lm_loss', 'kd_loss', 'MaskingConfig', 'mask_tokens',
+__all__ = ['soft_cross_entropy', 'topk_soft_cross_entropy', 'masked_lm_loss', 'kd_loss', 'MaskingConfig', 'mask_tokens',
            'masked_accuracy']
 
 
@@ -52,6 +52,56 @@ def soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature: 
     per_position = -(F.mean(per_token, axis=-1) if released_quirks else F.sum(per_token, axis=-1))
     return F.sum(per_position * weights) / F.maximum(F.sum(weights), 1.0)
 
+
+
+def topk_soft_cross_entropy(student_logits: mx.nd.NDArray, topk_logits: mx.nd.NDArray,
+                            topk_ids: mx.nd.NDArray, temperature: float = 1.0,
+                            logsumexp: Optional[mx.nd.NDArray] = None) -> mx.nd.NDArray:
+    """Cross-entropy against a teacher kept as its top-k logits (a compressed target).
+
+    The student's distribution ``p = softmax(s / T)`` is over the whole vocabulary. The
+    teacher's is rebuilt from its k largest logits ``l``:
+
+    - with ``logsumexp`` (of the teacher's full ``l / T``, per position): the top-k tokens keep
+      their exact probabilities ``q_j = exp(l_j / T − lse)`` and the remaining mass
+      ``r = 1 − Σ q_j`` is spread evenly over the other V − k tokens, so the loss is
+      ``−Σ_j q_j log p_j − r / (V − k) · Σ_{v ∉ top-k} log p_v``;
+    - without: ``q = softmax(l / T)`` renormalised over the k tokens (the tail is dropped).
+
+    With k = V both are the full :func:`soft_cross_entropy`. Imperative only (``gather_nd``);
+    differentiable in ``student_logits``.
+
+    Parameters
+    ----------
+    student_logits : (num_positions, vocab_size)
+    topk_logits : (num_positions, k) float
+        The teacher's k largest logits per position.
+    topk_ids : (num_positions, k) int
+        Their token ids.
+    temperature : float
+    logsumexp : (num_positions,) float, optional
+        ``log Σ_v exp(l_v / T)`` over the teacher's whole vocabulary.
+
+    Returns
+    -------
+    loss : scalar NDArray
+        Mean over the positions (0 when there are none).
+    """
+    num, k = topk_ids.shape
+    vocab = student_logits.shape[-1]
+    log_prob = mx.nd.log_softmax(student_logits / temperature, axis=-1)
+    rows = mx.nd.arange(num, ctx=topk_ids.context).reshape((num, 1)).broadcast_to((num, k))
+    picked = mx.nd.gather_nd(log_prob, mx.nd.stack(rows, topk_ids.astype('float32')))
+    if logsumexp is None:
+        teacher_prob = mx.nd.softmax(topk_logits / temperature, axis=-1)
+        return -(teacher_prob * picked).sum() / max(num, 1)
+    teacher_prob = mx.nd.exp(topk_logits / temperature - logsumexp.reshape((num, 1)))
+    per_position = -(teacher_prob * picked).sum(axis=-1)
+    if vocab > k:
+        rest = mx.nd.relu(1.0 - teacher_prob.sum(axis=-1))
+        tail = log_prob.sum(axis=-1) - picked.sum(axis=-1)
+        per_position = per_position - rest / (vocab - k) * tail
+    return per_position.sum() / max(num, 1)
 
 def masked_lm_loss(F, logits, labels, weights):
     """Cross-entropy of the masked-LM logits against the original tokens.

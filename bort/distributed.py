@@ -99,7 +99,13 @@ class Comm:
         Horovod's trainer then averages the rescaled gradients over workers.
         """
         if self.distributed:
-            return self._hvd.DistributedTrainer(params, optimizer, optimizer_params)
+            trainer = self._hvd.DistributedTrainer(params, optimizer, optimizer_params)
+            # Without NCCL averaging (CPU/Gloo builds) Horovod *sums* the gradients in
+            # allreduce_grads and divides by the worker count inside the update; record it so
+            # that clipping (bort.optim.optimizer_step) measures the averaged gradient.
+            trainer.grad_sum_workers = self.size if getattr(
+                trainer, '_average_in_framework', False) else 1
+            return trainer
         return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
 
     def shard(self, items: List) -> List:

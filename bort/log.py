@@ -40,7 +40,7 @@ def setup_logging(comm: Optional[Comm] = None, level: int = logging.INFO,
 def progress(iterable=None, comm: Optional[Comm] = None, **kwargs):
     """A tqdm bar shown on rank 0 only (and not when stderr is not a terminal under CI)."""
     comm = comm or Comm()
-    disable = not comm.is_root or kwargs.pop('disable', False)
+    disable = kwargs.pop('disable', False) or not comm.is_root  # pop first: always consumed
     return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 

@@ -140,7 +140,10 @@ def optimizer_step(trainer: mx.gluon.Trainer, params: Iterable[mx.gluon.Paramete
     """
     params = list(params)
     trainer.allreduce_grads()
+    # After allreduce the gradients are the workers' sum when Horovod averages inside the
+    # update (CPU/Gloo builds, see Comm.trainer): clip that sum at max_norm · workers.
+    scale *= getattr(trainer, 'grad_sum_workers', 1)
     norm = clip_global_norm(params, max_norm * scale if max_norm else 0.0) / scale
     if math.isfinite(norm):
-        trainer.update(scale)
+        trainer.update(scale / getattr(trainer, 'grad_sum_workers', 1))
     return norm
