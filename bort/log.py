@@ -38,9 +38,15 @@ def setup_logging(comm: Optional[Comm] = None, level: int = logging.INFO,
 
 
 def progress(iterable=None, comm: Optional[Comm] = None, **kwargs):
-    """A tqdm bar shown on rank 0 only (and not when stderr is not a terminal under CI)."""
+    """A tqdm bar shown on rank 0 only.
+
+    When stderr is not a terminal (a log file, CI) the bar redraws at most once a minute
+    instead of flooding the file with carriage-return updates.
+    """
     comm = comm or Comm()
     disable = kwargs.pop('disable', False) or not comm.is_root  # pop first: always consumed
+    if not sys.stderr.isatty():
+        kwargs.setdefault('mininterval', 60.0)
     return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 

@@ -38,9 +38,9 @@ from .arch import ARCHITECTURES, Architecture, ArchitectureError, load_arch
 from .checkpoint import CheckpointManager, step_seed
 from .distill import kd_loss, masked_accuracy
 from .distributed import Comm, init_comm
-from .kd_teacher import Teacher, check_vocab_size, mlm_logits
+from .kd_teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
 from .log import MetricsLog, progress
-from .model import BortModel, build_model, save_model
+from .model import PARAMS_FILE, BortModel, build_model, load_params, save_model
 from .optim import SCHEDULES, learning_rate, make_trainer, optimizer_step
 from .pretrain_shards import read_meta, vocab_fingerprint
 from .pretrain_eval import evaluate, plot_curves, weights_digest, window_record
@@ -69,6 +69,7 @@ class PretrainConfig:
     output_dir: str = 'runs/pretrain'
     arch: str = 'bort_4_8_768_1024'  #: registered name, arch JSON file/folder, or inline JSON
     teacher: str = ''  #: teacher model folder; needed unless kd_weight is 0
+    init_from: str = ''  #: model folder whose weights (and arch) start the student, e.g. to MLM-adapt a teacher
     tokenizer: str = ''  #: tokenizer folder, only for shards without meta.json
     mlm_weight: float = 0.1
     kd_weight: float = 0.5
@@ -164,7 +165,10 @@ def _data_settings(config: PretrainConfig) -> Dict:
 
 def _build(config: PretrainConfig, meta: Dict, comm: Comm):
     """Student (vocabulary from the data) and teacher, both checked against the data."""
-    arch = resolve_arch(config.arch)
+    arch = load_arch(config.init_from) if config.init_from else resolve_arch(config.arch)
+    if config.init_from and arch.vocab_size != meta['vocab_size']:
+        raise VocabularyMismatchError(f'{config.init_from} has {arch.vocab_size} tokens but the '
+                                      f'data was tokenized with {meta["vocab_size"]}')
     if arch.vocab_size != meta['vocab_size']:
         log.info('student vocabulary set to the data\'s: %d tokens (the arch said %d)',
                  meta['vocab_size'], arch.vocab_size)
@@ -175,6 +179,10 @@ def _build(config: PretrainConfig, meta: Dict, comm: Comm):
                                 f'student has {arch.max_length} positions (max_length)')
     mx.random.seed(config.seed)
     student = build_model(arch, use_decoder=True, ctx=comm.ctx)
+    if config.init_from:
+        # Strict: the folder must have an MLM head and fit the architecture exactly.
+        load_params(student, os.path.join(config.init_from, PARAMS_FILE), ctx=comm.ctx)
+        log.info('student initialised from %s (%s)', config.init_from, arch.label)
     check_vocab_size('the student', student.arch.vocab_size, meta['vocab_size'], 'meta.json')
     teacher = None
     if config.kd_weight > 0:
