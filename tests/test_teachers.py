@@ -9,7 +9,7 @@ import pytest
 from bort.convert import import_hf
 from bort.mlm_head import HeadFitConfig
 from bort.model import load_model
-from bort.teachers import minilm_dir, minilm_teacher
+from bort.teachers import adapted_minilm_teacher, minilm_dir, minilm_teacher
 from bort.tokenizer import load_tokenizer
 
 SENTENCES = [
@@ -74,3 +74,19 @@ def test_minilm_teacher_is_built_once(tmp_path, minilm):
     stamp = os.path.getmtime(os.path.join(folder, 'model.params'))
     assert minilm_teacher(str(tmp_path), config, corpus_bytes=30_000) == folder
     assert os.path.getmtime(os.path.join(folder, 'model.params')) == stamp
+
+
+def test_adapted_teacher_trains_every_weight_and_is_cached(tmp_path, minilm):
+    head = HeadFitConfig(steps=3, max_sequences=12, batch_size=32, encode_batch=6, seq_len=32)
+    folder = adapted_minilm_teacher(str(tmp_path), steps=2, batch_size=2, seq_len=32,
+                                    corpus_bytes=30_000, head=head)
+    report = json.loads(open(os.path.join(folder, 'mlm_adapt.json')).read())
+    assert report['steps'] == 2 and 0 <= report['heldout_mlm_accuracy'] <= 1
+    start, adapted = load_model(folder.rsplit('_adapted_', 1)[0]), load_model(folder)
+    assert adapted.has_decoder and load_tokenizer(folder).kind == 'wordpiece'
+    changed = [not np.array_equal(a.data().asnumpy(), b.data().asnumpy())
+               for a, b in zip(start.collect_params().values(),
+                               adapted.collect_params().values())]
+    assert all(changed[:3]) and sum(changed) > len(changed) // 2  # the encoder trained too
+    assert adapted_minilm_teacher(str(tmp_path), steps=2, batch_size=2, seq_len=32,
+                                  corpus_bytes=30_000, head=head) == folder
