@@ -7,7 +7,8 @@ masked-LM distributions, ``-Σ_v softmax(t/T)_v · log_softmax(s/T)_v``, average
 weighted (real) masked positions. The released Bort script differed in two ways, reproduced by
 ``released_quirks=True`` for comparison only: the student's logits went through softmax
 *before* the log-softmax (softmax applied twice), and the per-position divergence was averaged
-over the vocabulary axis instead of summed.
+over the vocabulary axis instead of summed. :func:`topk_soft_cross_entropy` is the same loss
+against a teacher kept as its top-k logits (the search's teacher cache).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from typing import Optional, Tuple
 import mxnet as mx
 import numpy as np
 
-__all__ = ['soft_cross_entropy', 'topk_soft_cross_entropy', 'masked_lm_loss', 'kd_loss', 'MaskingConfig', 'mask_tokens',
-           'masked_accuracy']
+__all__ = ['soft_cross_entropy', 'topk_soft_cross_entropy', 'masked_lm_loss', 'kd_loss',
+           'MaskingConfig', 'mask_tokens', 'masked_accuracy']
 
 
 def soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature: float = 1.0,
@@ -30,7 +31,6 @@ def soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature: 
     F : mx.nd or mx.sym
     student_logits : (batch_size, num_masked, vocab_size)
     teacher_logits : (batch_size, num_masked, vocab_size)
-        Or the teacher's already-softened probabilities, see ``teacher_is_prob`` callers.
     weights : (batch_size, num_masked)
         1 for real masked positions, 0 for padding.
     temperature : float

@@ -1,0 +1,230 @@
+"""Outputs of the Bayesian search: the front, its hypervolume, re-measured latency, the picture.
+
+Called by :class:`~bort.search.bo.BayesianStrategy` after the common outputs
+(:mod:`bort.search.report`):
+
+- ``pareto.json``: the non-dominated trained trials over the study's objectives, each with its
+  search-time latency (median, p10, p90) and, with ``--cost measured``, the latency re-measured
+  at the end (all front members timed side by side, runs interleaved, ``--bo_remeasure_repeats``
+  runs after warm-up); batch size, sequence length, threads and device next to every figure; the
+  hypervolume, its reference point and the rule behind it, and Optuna's own computation of the
+  same hypervolume as a check;
+- ``pareto.png``: :func:`bort.search.pareto.plot_front` (replaces the common p-i plot; the
+  non-dominated set over (p, i, e) stays listed in ``results.json``);
+- a "Pareto front" section appended to ``table.md``.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+from ..arch import Architecture
+from ..checkpoint import write_json_atomic
+from .pareto import (hypervolume, optuna_hypervolume, pareto_front, plot_front,
+                     reference_point)
+from .report import PLOT_FILE, TABLE_FILE
+
+__all__ = ['front_summary', 'write_bo_outputs', 'remeasure', 'hypervolume_of', 'PARETO_FILE']
+
+log = logging.getLogger(__name__)
+
+PARETO_FILE = 'pareto.json'
+
+
+def hypervolume_of(points: Sequence[Sequence[float]], reference: Dict) -> Dict:
+    """Hypervolume of ``points`` (objective vectors) against ``reference``
+    (:func:`reference_point`): exact, normalised by the box between the origin and the
+    reference point (every objective is non-negative), and Optuna's value as a check."""
+    front = [points[i] for i in pareto_front(points)]
+    value = hypervolume(front, reference['point'])
+    box = math.prod(reference['point'])
+    return {'hypervolume': value, 'hypervolume_normalised': value / box if box > 0 else None,
+            'hypervolume_check_optuna': optuna_hypervolume(front, reference['point'])}
+
+
+def _trained(strategy) -> List:
+    return [t for t in strategy.study.get_trials(deepcopy=False)
+            if t.user_attrs.get('status') == 'trained' and t.values]
+
+
+def front_summary(strategy) -> Dict:
+    """The study's front (trial numbers), reference point and hypervolume."""
+    trained = _trained(strategy)
+    points = [list(t.values) for t in trained]
+    reference = reference_point([p[0] for p in points], strategy.teacher, strategy.objectives,
+                                strategy.latency_scale)
+    return {'front': [trained[i].number for i in pareto_front(points)],
+            'reference_point': reference, **hypervolume_of(points, reference)}
+
+
+def remeasure(archs: Sequence[Architecture], config, ctx=None) -> Dict[tuple, Dict]:
+    """Latency of ``archs`` timed again, side by side, as the cost model times (encoder only,
+    hybridized, random token ids), with ``bo_remeasure_repeats`` interleaved runs.
+
+    Returns
+    -------
+    dict of tuple -> dict
+        ``per_sample_s, median_s, p10_s, p90_s, q25_s, q75_s`` (seconds; per batch except the
+        first), ``batch_size, seq_len, warmup, repeats, threads, device``.
+    """
+    # pylint: disable=import-outside-toplevel
+    from ..latency import compare_latency
+    from ..model import build_model
+    models = {}
+    for arch in archs:
+        model = build_model(arch.replace(use_pooler=False), use_decoder=False, ctx=ctx)
+        model.hybridize(static_alloc=True)
+        models[','.join(map(str, arch.tuple))] = model
+    repeats = config.bo_remeasure_repeats or 2 * config.latency_repeats
+    results = compare_latency(models, config.latency_batch_size, config.latency_seq_len,
+                              warmup=config.latency_warmup, repeats=repeats, ctx=ctx)
+    out = {}
+    for arch in archs:
+        r = results[','.join(map(str, arch.tuple))]
+        out[arch.tuple] = {'per_sample_s': r.per_sample, 'median_s': r.median, 'p10_s': r.p10,
+                           'p90_s': r.p90, 'q25_s': r.q25, 'q75_s': r.q75,
+                           'batch_size': r.batch_size, 'seq_len': r.seq_len, 'warmup': r.warmup,
+                           'repeats': r.repeats, 'threads': r.threads, 'device': r.device}
+    del models, results
+    gc.collect()
+    return out
+
+
+def _search_latency(strategy, arch: Architecture) -> Optional[Dict]:
+    """The search-time measurement behind i(arch), with its setting (measured cost only)."""
+    costs = strategy.evaluator.costs
+    record = costs.record(arch)
+    if record is None:
+        return None
+    env = costs.describe()
+    return {'per_sample_s': record['seconds_per_sample'], 'median_s': record['median_s'],
+            'p10_s': record['p10_s'], 'p90_s': record['p90_s'],
+            'batch_size': env['batch_size'], 'seq_len': env['seq_len'],
+            'warmup': env['warmup'], 'repeats': env['repeats'],
+            'threads': env.get('threads'), 'device': env.get('device')}
+
+
+def _front_rows(strategy, summary: Dict, ranked: List[Dict]) -> List[Dict]:
+    by_number = {t.number: t for t in _trained(strategy)}
+    by_tuple = {(r['num_layers'], r['num_heads'], r['units'], r['hidden_size']): r
+                for r in ranked}
+    rows = []
+    for number in summary['front']:
+        trial = by_number[number]
+        values = strategy.trial_tuple(trial)
+        record = by_tuple.get(values, {})
+        arch = strategy.by_tuple[values]
+        d, a, h, i = values
+        rows.append(dict(trial=number, num_layers=d, num_heads=a, units=h, hidden_size=i,
+                         **dict(zip(strategy.objectives, trial.values)),
+                         params_count=record.get('params'), w=record.get('w'),
+                         rank=record.get('rank'), inference_cost=record.get('inference_cost'),
+                         search_latency=_search_latency(strategy, arch)))
+    return sorted(rows, key=lambda r: (r['latency'], r['error']))
+
+
+def _ms(entry: Optional[Dict]) -> str:
+    if not entry:
+        return '—'
+    b = entry['batch_size']
+    return (f"{1e3 * entry['per_sample_s']:.3g} [{1e3 * entry['p10_s'] / b:.3g}–"
+            f"{1e3 * entry['p90_s'] / b:.3g}]")
+
+
+def _table_section(strategy, rows: List[Dict], summary: Dict, unit: str, env: Dict) -> str:
+    names = strategy.objectives
+    ref = summary['reference_point']
+    lines = ['', f"## Pareto front ({', '.join(names)}; --strategy bo)", '',
+             '| trial | <D, A, H, I> | e | latency ({}) | search-time ms/sample [p10–p90] | '
+             're-measured ms/sample [p10–p90] | Parameters (M) | W | rank |'.format(unit),
+             '|---:|---|---:|---:|---:|---:|---:|---:|---:|']
+    for r in rows:
+        w = '—' if r['w'] is None or not math.isfinite(r['w']) else f"{r['w']:.3f}"
+        params = '—' if r['params_count'] is None else f"{r['params_count'] / 1e6:.2f}"
+        lines.append(f"| {r['trial']} | <{r['num_layers']}, {r['num_heads']}, {r['units']}, "
+                     f"{r['hidden_size']}> | {r['error']:.4f} | {r['latency']:.4g} | "
+                     f"{_ms(r['search_latency'])} | {_ms(r.get('remeasured'))} | {params} | "
+                     f"{w} | {r['rank'] or '—'} |")
+    point = ', '.join(f'{n} {v:.4g}' for n, v in zip(names, ref['point']))
+    counts = ', '.join(f'{k} {v}' for k, v in sorted(strategy_counts(strategy).items()))
+    lines += ['', f"Hypervolume {summary['hypervolume']:.6g} (normalised "
+                  f"{summary['hypervolume_normalised']:.4f}; Optuna's computation: "
+                  f"{summary['hypervolume_check_optuna']}) against the reference point "
+                  f"({point}); {ref['rule']}.",
+              f"Study: {strategy.config.bo_sampler} sampler, budget {strategy.budget} "
+              f"trainings; trials by status: {counts}."]
+    if env.get('kind') == 'measured':
+        repeats = strategy.config.bo_remeasure_repeats or 2 * env['repeats']
+        lines.append(f"Latency: batch {env['batch_size']}, sequence length {env['seq_len']}, "
+                     f"{env.get('threads', '?')} threads, {env.get('device', '?')}; search-time "
+                     f"median of {env['repeats']} runs, re-measured side by side with "
+                     f"{repeats} runs, each after {env['warmup']} warm-up.")
+    return '\n'.join(lines) + '\n'
+
+
+def strategy_counts(strategy) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for t in strategy.study.get_trials(deepcopy=False):
+        status = t.user_attrs.get('status', 'unknown')
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
+    """Write pareto.json and pareto.png, append the front to table.md; return pareto.json."""
+    config, costs = strategy.config, strategy.evaluator.costs
+    summary = front_summary(strategy)
+    rows = _front_rows(strategy, summary, ranked)
+    env = costs.describe()
+    unit = 'ms/sample' if costs.kind == 'measured' else costs.unit
+    if rows and costs.kind == 'measured' and config.bo_remeasure:
+        again = remeasure([strategy.by_tuple[(r['num_layers'], r['num_heads'], r['units'],
+                                              r['hidden_size'])] for r in rows],
+                          config, ctx=costs.ctx)
+        for r in rows:
+            r['remeasured'] = again[(r['num_layers'], r['num_heads'], r['units'],
+                                     r['hidden_size'])]
+            if config.max_latency_ms:
+                r['within_max_latency_remeasured'] = \
+                    1e3 * r['remeasured']['per_sample_s'] <= config.max_latency_ms
+        log.info('front re-measured: %s', '; '.join(
+            f"<{r['num_layers']}, {r['num_heads']}, {r['units']}, {r['hidden_size']}> "
+            f"{r['latency']:.3g} -> {1e3 * r['remeasured']['per_sample_s']:.3g} ms"
+            for r in rows))
+    result = dict(summary, objectives=[{'name': n, 'unit': {'error': 'nats', 'latency': unit,
+                                                          'params': 'M'}[n]}
+                                       for n in strategy.objectives],
+                  teacher=strategy.teacher, constraints=strategy.constraints,
+                  latency_setup=env, front=rows, sampler=config.bo_sampler,
+                  budget=strategy.budget, trials_by_status=strategy_counts(strategy))
+    write_json_atomic(os.path.join(out, PARETO_FILE), result)
+    points = []
+    front_numbers = set(summary['front'])
+    index = []
+    for trial in _trained(strategy):
+        values = dict(zip(strategy.objectives, trial.values))
+        arch = strategy.by_tuple[strategy.trial_tuple(trial)]
+        point = {'error': values['error'], 'latency': values['latency'],
+                 'params': values.get('params', costs.params(arch) / 1e6),
+                 'label': ','.join(map(str, arch.tuple))}
+        search = _search_latency(strategy, arch)
+        if trial.number in front_numbers and search:
+            b = search['batch_size']
+            point.update(latency_low=1e3 * search['p10_s'] / b,
+                         latency_high=1e3 * search['p90_s'] / b)
+        if trial.number in front_numbers:
+            index.append(len(points))
+        points.append(point)
+    plot_front(points, index, summary['reference_point'], os.path.join(out, PLOT_FILE), unit,
+               title=f"BO ({config.bo_sampler}): {len(points)} trained, front of "
+                     f"{len(index)}, hypervolume {summary['hypervolume']:.4g}",
+               max_latency=config.max_latency_ms or None)
+    with open(os.path.join(out, TABLE_FILE), 'a') as f:
+        f.write(_table_section(strategy, rows, summary, unit, env))
+    log.info('BO front: %d of %d trained trials; hypervolume %.5g (normalised %.4f) against %s',
+             len(rows), len(points), summary['hypervolume'], summary['hypervolume_normalised'],
+             summary['reference_point']['point'])
+    return result

@@ -1,0 +1,234 @@
+"""Every setting of a search, as one flat dataclass; its defaults are the project's reading.
+
+:class:`SearchConfig` is what ``run_search.py`` fills from flags and ``--config FILE.json`` and
+what ``config.json`` in the output folder records. Each ambiguous choice of the method is a field
+whose help text says which reading the default takes (SPEC.md section 3).
+
+The built-in default (no flags at all) is a small but real search that fits a 2-core CPU in about
+a quarter of an hour: the MiniLM teacher (all-MiniLM-L6-v2, <6, 12, 384, 1536>, MLM-adapted
+on the corpus), the docstring corpus of the installed Python, and the ``default`` grid around the
+teacher's size (:data:`GRIDS`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+from ..arch import PAPER_SEARCH_SPACE
+
+__all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'resolve_grid', 'default_cache_dir']
+
+#: The four knobs of the architecture family, in the paper's <D, A, H, I> order.
+KNOBS = ('num_layers', 'num_heads', 'units', 'hidden_size')
+
+#: Named grids. ``default`` surrounds the MiniLM teacher <6, 12, 384, 1536>: 6·2·3·3 = 108 tuples
+#: of which 36 are invalid (12 heads do not divide widths 128 and 256), leaving 72, the teacher
+#: among them. ``paper`` is the paper's 300-tuple space (section 3.3).
+GRIDS: Dict[str, Dict[str, Tuple[int, ...]]] = {
+    'default': {'num_layers': (1, 2, 3, 4, 5, 6), 'num_heads': (4, 12),
+                'units': (128, 256, 384), 'hidden_size': (256, 512, 1536)},
+    'paper': {k: tuple(v) for k, v in PAPER_SEARCH_SPACE.items()},
+}
+
+
+def default_cache_dir() -> str:
+    """``$BORT_CACHE`` or ``~/.cache/bort``: where the teacher and the corpus are built once."""
+    return os.environ.get('BORT_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'bort')
+
+
+def opt(default, text: str, **kwargs):
+    """A config field with its help text (``run_search.py`` turns it into a flag)."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={'help': text, **kwargs})
+    return field(default=default, metadata={'help': text, **kwargs})
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one search (flags of ``run_search.py``; keys of ``--config`` files)."""
+
+    # -- inputs ------------------------------------------------------------------------------
+    teacher: str = opt('minilm', "the maximum point T: 'minilm' (all-MiniLM-L6-v2 MLM-adapted "
+                       "on the corpus, built once in the cache), 'minilm-head' (frozen encoder, "
+                       "fitted head only), a project model folder with an MLM head, or a "
+                       "Hugging Face BERT/RoBERTa folder (imported once)")
+    corpus: Tuple[str, ...] = opt((), 'text files, one sentence a line, blank line between '
+                                  "documents; empty: the installed Python's docstrings",
+                                  nargs='*')
+    corpus_bytes: int = opt(4_000_000, 'size of the docstring corpus when --corpus is empty')
+    cache_dir: str = opt('', 'where the default teacher and corpus are cached '
+                         '($BORT_CACHE or ~/.cache/bort when empty)')
+    out: str = opt('runs/search', 'output folder; a rerun with the same folder resumes')
+    # -- the search space ----------------------------------------------------------------------
+    space: str = opt('default', "grid: a name in bort.search.config.GRIDS ('default' around "
+                     "the MiniLM teacher, 'paper') or a JSON file of the four knob lists")
+    num_layers: Tuple[int, ...] = opt((), 'D values (replace the grid\'s)', nargs='*', type=int)
+    num_heads: Tuple[int, ...] = opt((), "A values (replace the grid's)", nargs='*', type=int)
+    units: Tuple[int, ...] = opt((), "H values (replace the grid's)", nargs='*', type=int)
+    hidden_size: Tuple[int, ...] = opt((), "I values (replace the grid's)", nargs='*', type=int)
+    strategy: str = opt('fptas', 'how candidates are chosen (bort.search.strategies.STRATEGIES)')
+    epsilon: int = opt(8, 'interval size ε of the FPTAS: one candidate every ε positions of Ξ '
+                       'sorted by p (ties by i); 1 is exhaustive')
+    max_candidates: int = opt(0, 'stop after training this many candidates in this run '
+                              '(0: no limit); a later run with the same --out continues. '
+                              '--strategy bo: the whole study\'s budget (0: the FPTAS\'s '
+                              'count at --epsilon); compare: both strategies\' budget')
+    # -- the fixed hyperparameter set (one for every candidate, as in the paper) ---------------
+    steps: int = opt(40, 's: optimizer steps per candidate, from scratch')
+    batch_size: int = opt(16, 'sequences per step')
+    seq_len: int = opt(64, 'maximum sequence length of the search batches (paper: 512); '
+                       'students keep the teacher\'s max_length')
+    optimizer: str = opt('sgd', "the paper's SGD ('sgd'); 'adam'/'bertadam' as options",
+                         choices=('sgd', 'adam', 'bertadam'))
+    lr: float = opt(0.3, 'peak learning rate (the paper\'s value is lost; 0.3 was the best of '
+                    '0.03/0.1/0.3/0.6 for <2, 4, 256, 512> on the default search)')
+    momentum: float = opt(0.9, 'SGD momentum (the paper does not say; with 0.9, 60 steps reach '
+                          'a lower error than plain SGD at any rate tried)')
+    weight_decay: float = opt(0.0, 'weight decay (none on LayerNorm and biases)')
+    clip: float = opt(1.0, 'global gradient-norm clipping constant (0: none)')
+    warmup_ratio: float = opt(0.1, 'warm-up proportion of s')
+    schedule: str = opt('linear', 'decay after warm-up', choices=('linear', 'noam', 'constant'))
+    temperature: float = opt(1.0, "softening temperature of both distributions in the "
+                             "distillation objective and in e (1: the plain masked-LM "
+                             "distributions)")
+    error: str = opt('cross_entropy', "the surrogate error e: 'cross_entropy' (the paper's: "
+                     "between the teacher's and the candidate's masked-LM distributions) or "
+                     "'kl' (the same minus the teacher's own entropy, i.e. the part a candidate "
+                     'can change; its floor is 0 instead of the teacher\'s entropy)',
+                     choices=('cross_entropy', 'kl'))
+    mask_ratio: float = opt(0.15, 'fraction of tokens masked (one fixed masking per batch, '
+                            'so the teacher cache is valid)')
+    train_batches: int = opt(0, 'distinct training batches, cycled (0: s, i.e. none repeats)')
+    heldout_batches: int = opt(4, 'held-out batches on which e is measured')
+    # -- the teacher cache ---------------------------------------------------------------------
+    teacher_cache: bool = opt(True, "compute the teacher's outputs on the search batches once, "
+                              'store them in --out and reuse them for every candidate; '
+                              '--no-teacher_cache runs the teacher at every step (for '
+                              'comparison)')
+    cache_topk: int = opt(1024, 'training targets stored as the teacher\'s top-k logits (float16 '
+                          'values, int32 ids, plus the log-normaliser); 0 stores all V logits '
+                          'in float16. Held-out targets are always the full distribution')
+    cache_tail: bool = opt(True, 'with top-k targets, keep the k probabilities exact and spread '
+                           'the remaining mass evenly over the other tokens; '
+                           '--no-cache_tail renormalises over the k instead')
+    # -- costs ---------------------------------------------------------------------------------
+    cost: str = opt('measured', "inference cost i: 'measured' (CPU seconds per sample, median "
+                    "of repeats after warm-up, as the paper's Table 1) or 'flops' "
+                    '(deterministic operation count)', choices=('measured', 'flops'))
+    latency_batch_size: int = opt(1, 'batch size of the latency measurement')
+    latency_seq_len: int = opt(128, 'sequence length of the latency measurement and of flops')
+    latency_warmup: int = opt(3, 'warm-up runs before timing')
+    latency_repeats: int = opt(15, 'timed runs (the median is kept)')
+    latency_group: int = opt(8, 'architectures timed side by side, runs interleaved')
+    params_with_decoder: bool = opt(False, 'count the MLM head in p (default: embeddings and '
+                                    'encoder, as deployed for fine-tuning)')
+    reference: Tuple[str, ...] = opt(('bert_base',), 'reference rows of table.md: registered '
+                                     'architectures, re-shaped onto the teacher\'s vocabulary',
+                                     nargs='*')
+    # -- Bayesian optimisation (--strategy bo and compare; bort.search.bo) ---------------------
+    bo_sampler: str = opt('tpe', "Optuna sampler: 'tpe' (multivariate TPE, Bayesian), 'gp', "
+                          "'nsga2' (NSGA-II) or 'random'",
+                          choices=('tpe', 'gp', 'nsga2', 'random'))
+    bo_objectives: str = opt('error,latency', "objectives minimised, comma-separated: error "
+                             'and latency (i), optionally params (p)')
+    bo_startup: int = opt(0, 'trainings picked uniformly among untried valid tuples before '
+                          'the sampler models (0: a third of the budget, at least 2)')
+    bo_population: int = opt(0, 'NSGA-II population (0: a third of the budget, at least 2)')
+    max_latency_ms: float = opt(0.0, 'constraint (bo): latency per sample in ms, measured '
+                                'before training; violators are never trained (0: none)')
+    max_params: float = opt(0.0, 'constraint (bo): at most this many parameters p; violators '
+                            'are never trained (0: none)')
+    bo_remeasure: bool = opt(True, 'time the final front again, side by side (bo, measured '
+                             'cost)')
+    bo_remeasure_repeats: int = opt(0, 'timed runs of that re-measurement (0: twice '
+                                    '--latency_repeats)')
+    # -- run -----------------------------------------------------------------------------------
+    seed: int = opt(0, 'seed of data order, masking, and every candidate\'s initialisation')
+    progress: bool = opt(True, 'tqdm bars over candidates and steps (rank 0)')
+
+    def __post_init__(self):
+        # Lists may come as JSON lists, tuples or comma-separated strings.
+        for name in ('corpus', 'num_layers', 'num_heads', 'units', 'hidden_size', 'reference'):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.split(',') if v]
+            cast = int if name in KNOBS else str
+            setattr(self, name, tuple(cast(v) for v in value))
+
+    def validate(self) -> None:
+        """Raise ValueError on settings that cannot run."""
+        if self.epsilon < 1:
+            raise ValueError(f'epsilon must be >= 1 (1 is exhaustive), got {self.epsilon}')
+        if min(self.steps, self.batch_size, self.heldout_batches) < 1:
+            raise ValueError('steps, batch_size and heldout_batches must be >= 1')
+        if self.seq_len < 4:
+            raise ValueError('seq_len must be at least 4')
+        if self.cache_topk < 0:
+            raise ValueError('cache_topk must be >= 0')
+        for name in ('optimizer', 'schedule', 'error', 'cost'):
+            choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata[
+                'choices']
+            if getattr(self, name) not in choices:
+                raise ValueError(f'{name} must be one of {choices}, got {getattr(self, name)!r}')
+        if self.temperature <= 0:
+            raise ValueError('temperature must be positive')
+        if self.strategy in ('bo', 'compare'):
+            from .bo import validate_bo  # pylint: disable=import-outside-toplevel
+            validate_bo(self)
+
+    @property
+    def resolved_cache_dir(self) -> str:
+        return os.path.expanduser(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict) -> 'SearchConfig':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f'unknown search settings {unknown}')
+        return cls(**values)
+
+    def fingerprint(self) -> str:
+        """A digest of the settings a candidate's error depends on.
+
+        Stored with every finished candidate: a resumed search refuses results computed under
+        other settings (output folder, budget, progress bars and cost settings excluded; costs
+        are cached separately under their own key).
+        """
+        keys = ('teacher', 'corpus', 'corpus_bytes', 'steps', 'batch_size', 'seq_len',
+                'optimizer', 'lr', 'momentum', 'weight_decay', 'clip', 'warmup_ratio',
+                'schedule', 'temperature', 'mask_ratio', 'train_batches', 'heldout_batches',
+                'cache_topk', 'cache_tail', 'seed')
+        values = {k: getattr(self, k) for k in keys}
+        if not self.teacher_cache or not self.cache_topk:
+            values['cache_topk'] = 0  # online targets are the full distribution
+            values['cache_tail'] = True
+        text = json.dumps(values, sort_keys=True, default=list)
+        return hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]
+
+
+def resolve_grid(config: SearchConfig) -> Dict[str, Tuple[int, ...]]:
+    """The four knob lists: the named grid or JSON file, with per-knob overrides applied."""
+    if config.space in GRIDS:
+        grid = dict(GRIDS[config.space])
+    elif os.path.isfile(config.space):
+        with open(config.space) as f:
+            data = json.load(f)
+        missing = [k for k in KNOBS if k not in data]
+        if missing:
+            raise ValueError(f'{config.space}: the grid file lacks {missing}')
+        grid = {k: tuple(int(v) for v in data[k]) for k in KNOBS}
+    else:
+        raise ValueError(f'--space {config.space!r}: neither a named grid ({", ".join(GRIDS)}) '
+                         f'nor a JSON file')
+    for knob in KNOBS:
+        if getattr(config, knob):
+            grid[knob] = tuple(getattr(config, knob))
+    return grid

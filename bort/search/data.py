@@ -1,0 +1,128 @@
+"""The search batches: a fixed set of masked-LM batches every candidate trains and is scored on.
+
+Every candidate sees the same training batches in the same order and is scored on the same
+held-out batches, so the errors are comparable and the teacher's outputs on them can be computed
+once (:mod:`bort.search.teacher`). Each batch is masked once (BERT's 80/10/10), with a random
+state drawn from the seed: static masking within a search, which is what makes the cache valid.
+
+Documents are shuffled with the seed and packed into ``CLS sentences SEP`` sequences of at most
+``seq_len`` tokens (:func:`bort.mlm_head.pack_sequences`); the first sequences are held out, the
+next ones train. A corpus too small for the requested batches is cycled, with a warning.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from ..distill import MaskingConfig
+from ..mlm_head import pack_sequences, read_documents
+from ..pretrain_stream import MLMBatch, mask_batch
+from ..tokenizer import Tokenizer
+
+__all__ = ['SearchData', 'make_search_data', 'corpus_sequences', 'masking_for']
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchData:
+    """Fixed training and held-out batches.
+
+    Attributes
+    ----------
+    train : list of MLMBatch
+        Step ``k`` of every candidate uses ``train[k % len(train)]``.
+    heldout : list of MLMBatch
+        The batches e(ξ) is measured on.
+    vocab_size : int
+    """
+
+    train: List[MLMBatch]
+    heldout: List[MLMBatch]
+    vocab_size: int
+
+    def for_step(self, step: int) -> MLMBatch:
+        return self.train[step % len(self.train)]
+
+    def summary(self) -> dict:
+        tokens = sum(b.num_tokens for b in self.train)
+        return {'train_batches': len(self.train), 'heldout_batches': len(self.heldout),
+                'train_tokens': tokens,
+                'train_masked': sum(b.num_masked for b in self.train),
+                'heldout_masked': sum(b.num_masked for b in self.heldout)}
+
+
+def masking_for(tokenizer: Tokenizer, seq_len: int, ratio: float) -> MaskingConfig:
+    """BERT masking over the tokenizer's vocabulary; CLS, SEP and padding never masked."""
+    return MaskingConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                         special_ids=(tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id),
+                         ratio=ratio, max_predictions=max(1, math.ceil(seq_len * ratio)))
+
+
+def corpus_sequences(files: Sequence[str], tokenizer: Tokenizer, seq_len: int, count: int,
+                     seed: int) -> List[List[int]]:
+    """Up to ``count`` packed token sequences from text files, documents shuffled with ``seed``.
+    """
+    docs = read_documents(files)
+    if not docs:
+        raise ValueError(f'the corpus {list(files)} holds no text')
+    order = np.random.RandomState(seed).permutation(len(docs))
+    return pack_sequences([docs[i] for i in order], tokenizer, seq_len, count)
+
+
+def _fixed_shape(batch: MLMBatch, seq_len: int, num_masked: int, pad_id: int) -> MLMBatch:
+    """Pad a batch to (batch_size, seq_len) tokens and (batch_size, num_masked) predictions.
+
+    One shape for every search batch: a hybridized candidate then plans its memory once.
+    """
+    def pad(array, width, fill):
+        return np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=fill)
+    return MLMBatch(pad(batch.input_ids, seq_len, pad_id), pad(batch.segment_ids, seq_len, 0),
+                    batch.valid_length, pad(batch.positions, num_masked, 0),
+                    pad(batch.labels, num_masked, 0), pad(batch.weights, num_masked, 0))
+
+
+def make_search_data(sequences: Sequence[Sequence[int]], masking: MaskingConfig,
+                     batch_size: int, train_batches: int, heldout_batches: int, seed: int,
+                     pad_id: int, seq_len: int) -> SearchData:
+    """Cut token sequences into held-out then training batches, each masked once.
+
+    Parameters
+    ----------
+    sequences : sequence of list of int
+        ``CLS ... SEP`` token ids, at most the search's sequence length each.
+    masking : MaskingConfig
+    batch_size, train_batches, heldout_batches : int
+    seed : int
+        Seeds the masking.
+    pad_id : int
+    seq_len : int
+        Every batch is padded to this length (and to ``masking.max_predictions`` predictions).
+
+    Returns
+    -------
+    SearchData
+    """
+    needed = batch_size * (train_batches + heldout_batches)
+    if not sequences:
+        raise ValueError('no token sequences to build search batches from')
+    if len(sequences) < needed:
+        log.warning('the corpus gives %d sequences but the search needs %d: sequences repeat '
+                    '(%.1f passes)', len(sequences), needed, needed / len(sequences))
+    rng = np.random.RandomState(seed)
+    batches: List[MLMBatch] = []
+    for b in range(train_batches + heldout_batches):
+        rows = [sequences[(b * batch_size + r) % len(sequences)] for r in range(batch_size)]
+        width = max(len(r) for r in rows)
+        ids = np.full((batch_size, width), pad_id, dtype=np.int32)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = row
+        lengths = np.asarray([len(r) for r in rows], dtype=np.int32)
+        batch = mask_batch(ids, lengths, masking, rng, pad_id=pad_id, pad_multiple=1)
+        batches.append(_fixed_shape(batch, seq_len, masking.max_predictions, pad_id))
+    return SearchData(train=batches[heldout_batches:], heldout=batches[:heldout_batches],
+                      vocab_size=masking.vocab_size)

@@ -1,0 +1,148 @@
+"""The cost surrogates of a candidate: parameter size p(ξ) and inference cost i(ξ).
+
+p is exact (:func:`bort.costs.num_parameters`). i is either
+
+- ``measured``: CPU seconds per sample of the hybridized encoder (random weights: the values do
+  not change the time), at a stated batch size and sequence length, the median of repeated runs
+  after warm-up, as the paper's Table 1 reports. Architectures are timed in groups with their
+  runs interleaved (:func:`bort.latency.compare_latency`), so a burst of load from elsewhere
+  does not favour one of them; or
+- ``flops``: the operation count of :func:`bort.costs.flops` per sample, deterministic.
+
+Measured figures are kept in ``costs.json`` in the output folder (with their spread, threads and
+device), so a resumed search and the final table use the same numbers. Measuring is done by one
+process while the others wait (see :class:`~bort.search.evaluate.CandidateEvaluator`): two
+workers timing at once on shared cores would measure each other.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import mxnet as mx
+
+from ..arch import Architecture
+from ..checkpoint import write_json_atomic
+from ..costs import flops, num_parameters
+from .config import SearchConfig
+
+__all__ = ['CostModel', 'COSTS_FILE']
+
+log = logging.getLogger(__name__)
+
+COSTS_FILE = 'costs.json'
+
+
+def _shape_key(arch: Architecture) -> str:
+    """Everything about an architecture that changes its cost (the name does not)."""
+    values = arch.to_dict()
+    values.pop('name')
+    return json.dumps(values, sort_keys=True)
+
+
+class CostModel:
+    """p(ξ) and i(ξ) of architectures, with measured inference costs cached on disk.
+
+    Parameters
+    ----------
+    config : SearchConfig
+        ``cost``, ``latency_batch_size``, ``latency_seq_len``, ``latency_warmup``,
+        ``latency_repeats``, ``latency_group``, ``params_with_decoder``.
+    folder : str, optional
+        Where ``costs.json`` lives; None keeps measurements in memory only.
+    ctx : mx.Context, optional
+    """
+
+    def __init__(self, config: SearchConfig, folder: Optional[str] = None,
+                 ctx: Optional[mx.Context] = None):
+        self.kind = config.cost
+        self.batch_size = config.latency_batch_size
+        self.seq_len = config.latency_seq_len
+        self.warmup = config.latency_warmup
+        self.repeats = config.latency_repeats
+        self.with_decoder = config.params_with_decoder
+        self.group = max(1, config.latency_group)
+        self.ctx = ctx or mx.cpu()
+        self.path = os.path.join(folder, COSTS_FILE) if folder else None
+        self.measured: Dict[str, Dict] = {}
+        self.environment: Dict = {}
+        if self.path and os.path.exists(self.path):
+            with open(self.path) as f:
+                saved = json.load(f)
+            if saved.get('settings') == self.settings:
+                self.measured = saved.get('measured', {})
+                self.environment = saved.get('environment', {})
+        self._dirty = False
+
+    @property
+    def settings(self) -> Dict:
+        return {'kind': self.kind, 'batch_size': self.batch_size, 'seq_len': self.seq_len,
+                'warmup': self.warmup, 'repeats': self.repeats}
+
+    @property
+    def unit(self) -> str:
+        return 's/sample' if self.kind == 'measured' else 'GFLOP/sample'
+
+    def describe(self) -> Dict:
+        """The cost's definition, for results.json and the table's caption."""
+        return dict(self.settings, unit=self.unit, **self.environment)
+
+    def params(self, arch: Architecture) -> int:
+        """p(ξ): trainable parameters (embeddings and encoder; the MLM head if configured)."""
+        return num_parameters(arch, with_decoder=self.with_decoder)
+
+    def cost(self, arch: Architecture) -> float:
+        """i(ξ) per sample, in :attr:`unit`."""
+        return self.costs([arch])[0]
+
+    def costs(self, archs: Sequence[Architecture]) -> List[float]:
+        """i(ξ) of several architectures; the unmeasured ones are timed side by side."""
+        if self.kind == 'flops':
+            return [flops(a.replace(use_pooler=False), seq_len=self.seq_len) / 1e9 for a in archs]
+        missing = list({_shape_key(a): a for a in archs if _shape_key(a) not in self.measured}
+                       .values())
+        for start in range(0, len(missing), self.group):
+            self._measure(missing[start:start + self.group])
+        return [self.measured[_shape_key(a)]['seconds_per_sample'] for a in archs]
+
+    def record(self, arch: Architecture) -> Optional[Dict]:
+        """The full measurement behind ``cost(arch)`` (median, spread, ...), if measured."""
+        return self.measured.get(_shape_key(arch))
+
+    def _measure(self, archs: Sequence[Architecture]) -> None:
+        """Time a group of encoders with interleaved repeats (A, B, C, A, B, C, ...), so that
+        load from elsewhere on the machine hits them alike."""
+        # pylint: disable=import-outside-toplevel
+        from ..latency import compare_latency
+        from ..model import build_model
+        models = {}
+        for arch in archs:
+            model = build_model(arch.replace(use_pooler=False), use_decoder=False, ctx=self.ctx)
+            model.hybridize(static_alloc=True)
+            models[_shape_key(arch)] = model
+        results = compare_latency(models, self.batch_size, self.seq_len, warmup=self.warmup,
+                                  repeats=self.repeats, ctx=self.ctx)
+        for arch in archs:
+            result = results[_shape_key(arch)]
+            self.environment = {'threads': result.threads, 'device': result.device}
+            self.measured[_shape_key(arch)] = {
+                'seconds_per_sample': result.per_sample, 'median_s': result.median,
+                'p10_s': result.p10, 'p90_s': result.p90, 'tuple': list(arch.tuple)}
+        # Gluon blocks sit in reference cycles: collect now, or every group's weights and
+        # memory plans stay alive until the collector happens to run (GBs over a grid).
+        del models, results
+        gc.collect()
+        self._dirty = True
+        log.info('inference cost: %d encoders timed (batch %d, sequence %d, %d runs each)',
+                 len(archs), self.batch_size, self.seq_len, self.repeats)
+
+    def save(self) -> None:
+        """Write ``costs.json`` if new measurements were made."""
+        if self.path and self._dirty:
+            write_json_atomic(self.path, {'settings': self.settings,
+                                          'environment': self.environment,
+                                          'measured': self.measured})
+            self._dirty = False

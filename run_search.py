@@ -1,0 +1,122 @@
+"""Optimal subarchitecture extraction: the paper's FPTAS over BERT-family architectures.
+
+With no arguments, a small real search (about a quarter of an hour on 2 CPU cores): the MiniLM
+teacher with a fitted masked-LM head, the docstrings of the installed Python as corpus, the
+``default`` grid around the teacher's size; prints the table::
+
+    python run_search.py
+    python run_search.py --space paper --teacher roberta_large_dir/ --epsilon 10 --out runs/paper
+    horovodrun -np 2 -H localhost:2 --gloo python run_search.py --out runs/search2
+
+``--config FILE.json`` holds flag names as keys (``"epsilon"``, ``"num_layers": [2, 4]``); flags
+on the command line win. Rerunning with the same ``--out`` resumes: finished candidates are read
+back, not retrained. Outputs in ``--out``: config.json, results.json, table.md, pareto.png and
+best_arch.json (for ``run_pretraining.py --arch``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Dict, List, Optional, Sequence
+
+log = logging.getLogger('run_search')
+
+
+def _option_names(name: str) -> List[str]:
+    names = [f'--{name}']
+    if '_' in name:
+        names.append('--' + name.replace('_', '-'))
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`~bort.search.SearchConfig` field (``--x_y`` and ``--x-y``)."""
+    from bort.search import SearchConfig  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--config', help='JSON file of flag values (flags win)')
+    defaults = SearchConfig()
+    for field in dataclasses.fields(SearchConfig):
+        meta, default = field.metadata, getattr(defaults, field.name)
+        kwargs = {'dest': field.name, 'default': default, 'help': meta.get('help', ' ')}
+        if isinstance(default, bool):
+            kwargs['action'] = argparse.BooleanOptionalAction
+        elif 'nargs' in meta:
+            kwargs.update(nargs=meta['nargs'], type=meta.get('type', str))
+        else:
+            kwargs['type'] = type(default)
+        if 'choices' in meta:
+            kwargs['choices'] = meta['choices']
+        parser.add_argument(*_option_names(field.name), **kwargs)
+    return parser
+
+
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
+    """Flag values from a JSON object whose keys are flag names (dashes or underscores)."""
+    with open(path) as f:
+        values = json.load(f)
+    if not isinstance(values, dict):
+        raise SystemExit(f'{path}: expected a JSON object of flag values')
+    known = {a.dest for a in parser._actions}  # pylint: disable=protected-access
+    out = {}
+    for key, value in values.items():
+        dest = key.lstrip('-').replace('-', '_')
+        if dest not in known or dest == 'config':
+            raise SystemExit(f'{path}: unknown setting {key!r}')
+        out[dest] = value
+    return out
+
+
+def parse_config(argv: Optional[Sequence[str]] = None):
+    """The :class:`~bort.search.SearchConfig` of flags and an optional ``--config`` file."""
+    from bort.search import SearchConfig  # pylint: disable=import-outside-toplevel
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**read_config_file(first.config, parser))
+    args = vars(parser.parse_args(argv))
+    args.pop('config')
+    config = SearchConfig(**args)
+    try:
+        config.validate()
+    except ValueError as err:
+        parser.error(str(err))
+    return config
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    """Parse flags, set up workers and logging, search; print the table on rank 0."""
+    # pylint: disable=import-outside-toplevel
+    import os
+    from bort.distributed import init_comm
+    from bort.log import setup_logging
+    from bort.search import run_search
+    config = parse_config(argv)
+    # Workers wait in collectives while others train or time candidates, legitimately for
+    # minutes: Horovod's stall warnings would only be noise.
+    os.environ.setdefault('HOROVOD_STALL_CHECK_DISABLE', '1')
+    comm = init_comm()
+    setup_logging(comm, log_file=os.path.join(config.out, 'search.log') if comm.is_root
+                  else None)
+    log.info('config: %s', json.dumps(config.to_dict(), sort_keys=True))
+    result = run_search(config, comm)
+    if comm.is_root:
+        print(result['table'])  # the command's output
+        log.info('wall time %.0f s; best architecture in %s/best_arch.json',
+                 result['wall_seconds'], config.out)
+    return result
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except Exception as err:  # pylint: disable=broad-except
+        from bort.search.evaluate import SettingsMismatchError
+        from bort.kd_teacher import VocabularyMismatchError
+        if isinstance(err, (SettingsMismatchError, VocabularyMismatchError, FileNotFoundError)):
+            logging.getLogger('run_search').error('%s', err)
+            sys.exit(2)
+        raise

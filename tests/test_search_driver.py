@@ -1,0 +1,230 @@
+"""The whole search on a tiny random teacher: teacher cache, resume, workers, outputs, script."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bort.arch import Architecture, load_arch
+from bort.model import build_model, save_model
+from bort.search import SearchConfig, run_search
+from bort.search.evaluate import SettingsMismatchError
+from bort.wordpiece import WordPieceTokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ('the a model layer teacher student search error cost tree river stone light water '
+         'green small large fast slow runs reads writes finds keeps loses under over near '
+         'far bright dark cold warm old new').split()
+
+
+@pytest.fixture(scope='module')
+def tiny_inputs(tmp_path_factory):
+    """A random-weight teacher with an MLM head and its WordPiece tokenizer, and a corpus."""
+    root = tmp_path_factory.mktemp('search_inputs')
+    tokens = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '.'] + WORDS
+    tokenizer = WordPieceTokenizer(tokens, lower=True)
+    arch = Architecture(2, 4, 16, 32, vocab_size=tokenizer.vocab_size, max_length=24,
+                        dropout=0.1, token_type_vocab_size=2, use_pooler=True,
+                        name='tiny-teacher')
+    mx.random.seed(0)
+    teacher = str(root / 'teacher')
+    save_model(build_model(arch, use_decoder=True), teacher)
+    tokenizer.save(teacher)
+    rng = np.random.RandomState(0)
+    lines = []
+    for _ in range(60):
+        for _ in range(rng.randint(2, 5)):
+            lines.append(' '.join(rng.choice(WORDS, rng.randint(4, 9))).capitalize() + ' .')
+        lines.append('')
+    corpus = str(root / 'corpus.txt')
+    with open(corpus, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return teacher, corpus
+
+
+def tiny_config(tiny_inputs, out, **changes):
+    teacher, corpus = tiny_inputs
+    values = dict(teacher=teacher, corpus=(corpus,), out=str(out), num_layers=(1, 2),
+                  num_heads=(2, 3), units=(12, 16), hidden_size=(16, 32), epsilon=3, steps=3,
+                  batch_size=4, seq_len=16, heldout_batches=2, cost='flops', lr=0.1,
+                  cache_topk=8, progress=False)
+    values.update(changes)
+    return SearchConfig(**values)
+
+
+def _rows(result):
+    keys = ('num_layers', 'num_heads', 'units', 'hidden_size', 'params', 'inference_cost',
+            'error', 'w', 'rank')
+    return [{k: r[k] for k in keys} for r in result['candidates']]
+
+
+def test_search_outputs(tiny_inputs, tmp_path):
+    config = tiny_config(tiny_inputs, tmp_path / 'out')
+    result = run_search(config)
+    out = tmp_path / 'out'
+    for name in ('config.json', 'results.json', 'table.md', 'pareto.png', 'best_arch.json'):
+        assert (out / name).exists(), name
+    results = json.loads((out / 'results.json').read_text())
+    # 2·2·2·2 = 16 tuples; A = 3 does not divide H = 16: 4 skipped.
+    assert results['space']['skipped'] == 4 and results['space']['valid'] == 12
+    assert len(results['candidates']) == 4 and results['complete']
+    assert results['teacher']['params'] > 0 and results['teacher']['inference_cost'] > 0
+    first = results['candidates'][0]
+    for key in ('rank', 'num_layers', 'num_heads', 'units', 'hidden_size', 'params',
+                'inference_cost', 'error', 'w'):
+        assert key in first
+    assert [r['rank'] for r in results['candidates']] == [1, 2, 3, 4]
+    ws = [r['w'] for r in results['candidates']]
+    assert ws == sorted(ws, reverse=True)
+    best = load_arch(str(out / 'best_arch.json'))
+    assert best.tuple == (first['num_layers'], first['num_heads'], first['units'],
+                          first['hidden_size'])
+    assert best.vocab_size == 6 + len(WORDS) and not best.use_pooler  # the teacher's vocabulary
+    table = (out / 'table.md').read_text()
+    assert 'tiny-teacher (T)' in table and 'bert_base' in table
+    assert table == result['table']
+
+
+def test_teacher_runs_once_per_batch(tiny_inputs, tmp_path):
+    config = tiny_config(tiny_inputs, tmp_path / 'out')
+    batches = config.steps + config.heldout_batches
+    first = run_search(config)
+    assert len(first['candidates']) == 4
+    assert first['teacher_forward_calls'] == batches  # not 4 candidates × batches
+    # A new run on the same folder reads the cache (and the finished candidates).
+    again = run_search(config)
+    assert again['teacher_forward_calls'] == 0
+    assert _rows(again) == _rows(first)
+    # Without the cache the teacher runs at every step and evaluation of every candidate.
+    online = run_search(tiny_config(tiny_inputs, tmp_path / 'online', teacher_cache=False,
+                                    cache_topk=0))
+    assert online['teacher_forward_calls'] == 4 * batches
+    # Full float16 targets match the online ones up to float16 rounding of the logits.
+    full = run_search(tiny_config(tiny_inputs, tmp_path / 'full', cache_topk=0))
+    np.testing.assert_allclose([r['error'] for r in _rows(full)],
+                               [r['error'] for r in _rows(online)], rtol=1e-3)
+
+
+def test_resume_after_interruption(tiny_inputs, tmp_path):
+    reference = run_search(tiny_config(tiny_inputs, tmp_path / 'whole'))
+    out = tmp_path / 'resumed'
+    partial = run_search(tiny_config(tiny_inputs, out, max_candidates=2))
+    assert not partial['complete'] and len(partial['candidates']) == 2
+    assert 'Incomplete' in (out / 'table.md').read_text()
+    assert len(os.listdir(out / 'candidates')) == 2
+    resumed = run_search(tiny_config(tiny_inputs, out))
+    assert resumed['complete']
+    assert _rows(resumed) == _rows(reference)
+    assert (out / 'table.md').read_text() == (tmp_path / 'whole' / 'table.md').read_text()
+    # e as KL divergence: the same trained candidates, shifted by the teacher's entropy.
+    kl = run_search(tiny_config(tiny_inputs, tmp_path / 'whole', error='kl'))
+    assert kl['teacher_forward_calls'] == 0
+    entropy = json.loads((tmp_path / 'whole' / 'results.json').read_text())['teacher'][
+        'heldout_entropy']
+    assert entropy > 0
+    shift = {(r['num_layers'], r['num_heads'], r['units'], r['hidden_size']): r['error']
+             for r in reference['candidates']}
+    for r in kl['candidates']:
+        key = (r['num_layers'], r['num_heads'], r['units'], r['hidden_size'])
+        assert r['error'] == pytest.approx(shift[key] - entropy)
+        assert r['error'] > 0  # cross-entropy is at least the teacher's entropy
+    # Results of other settings are refused, not mixed.
+    with pytest.raises(SettingsMismatchError):
+        run_search(tiny_config(tiny_inputs, out, lr=0.2))
+
+
+def _script(config_path, env, cwd, workers=1):
+    command = [sys.executable, os.path.join(REPO, 'run_search.py'), '--config', str(config_path)]
+    if workers > 1:
+        command = [_horovodrun(), '-np', str(workers), '-H', f'localhost:{workers}',
+                   '--gloo'] + command
+    return command
+
+
+def test_resume_after_sigkill(tiny_inputs, tmp_path):
+    """A search killed (SIGKILL) between candidates ends, once restarted, with the same table."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    tables = {}
+    for name in ('whole', 'killed'):
+        out = tmp_path / name
+        path = tmp_path / f'{name}.json'
+        path.write_text(json.dumps(tiny_config(tiny_inputs, out, steps=40).to_dict()))
+        if name == 'killed':
+            proc = subprocess.Popen(_script(path, env, tmp_path), env=env, cwd=str(tmp_path),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                if (out / 'candidates').is_dir() and os.listdir(out / 'candidates'):
+                    break
+                time.sleep(0.05)
+            proc.kill()
+            proc.wait()
+            assert not (out / 'results.json').exists(), 'the run ended before it was killed'
+            assert 1 <= len(os.listdir(out / 'candidates')) < 4
+        done = subprocess.run(_script(path, env, tmp_path), env=env, cwd=str(tmp_path),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        tables[name] = (out / 'table.md').read_text()
+    assert tables['killed'] == tables['whole']
+
+
+def test_measured_cost_cached(tiny_inputs, tmp_path):
+    config = tiny_config(tiny_inputs, tmp_path / 'out', cost='measured', latency_seq_len=8,
+                         latency_warmup=1, latency_repeats=2, epsilon=6, reference=())
+    first = run_search(config)
+    costs = json.loads((tmp_path / 'out' / 'costs.json').read_text())
+    assert costs['settings']['kind'] == 'measured' and costs['environment']['device']
+    # the teacher, the tied tuples (A = 2 and 3 at H = 12), the candidates
+    assert len(costs['measured']) >= 4
+    assert all(r['inference_cost'] > 0 for r in first['candidates'])
+    again = run_search(config)  # nothing re-measured: the same numbers, the same table
+    assert again['table'] == first['table']
+    assert 'median CPU seconds per sample at batch 1, sequence length 8' in first['table']
+
+
+def test_run_search_script(tiny_inputs, tmp_path):
+    sys.path.insert(0, REPO)
+    import run_search  # nothing runs at import
+    config = tiny_config(tiny_inputs, tmp_path / 'out').to_dict()
+    config.update(epsilon=100, steps=2)
+    path = tmp_path / 'search.json'
+    path.write_text(json.dumps({k.replace('_', '-') if k == 'cache_topk' else k: v
+                                for k, v in config.items()}))
+    parsed = run_search.parse_config(['--config', str(path), '--steps', '1'])
+    assert parsed.steps == 1 and parsed.epsilon == 100  # the flag wins over the file
+    assert parsed.num_heads == (2, 3) and parsed.corpus == config['corpus']
+    assert run_search.parse_config(['--no-teacher_cache']).teacher_cache is False
+    assert run_search.parse_config([]) == SearchConfig()  # no flags: the built-in default
+    with pytest.raises(SystemExit):
+        run_search.parse_config(['--epsilon', '0'])
+    result = run_search.main(['--config', str(path)])
+    assert len(result['candidates']) == 1
+
+
+def _horovodrun():
+    local = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
+    return local if os.path.exists(local) else shutil.which('horovodrun')
+
+
+@pytest.mark.skipif(_horovodrun() is None, reason='horovodrun is not installed')
+def test_two_workers_same_table_as_one(tiny_inputs, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    tables = {}
+    for workers in (1, 2):
+        out = tmp_path / f'np{workers}'
+        config = tiny_config(tiny_inputs, out, epsilon=2).to_dict()
+        path = tmp_path / f'np{workers}.json'
+        path.write_text(json.dumps(config))
+        done = subprocess.run(_script(path, env, tmp_path, workers), env=env, cwd=str(tmp_path),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        tables[workers] = (out / 'table.md').read_text()
+        results = json.loads((out / 'results.json').read_text())
+        assert results['run']['workers'] == workers
+        assert len(results['candidates']) == 6
+    assert tables[2] == tables[1]
