@@ -125,6 +125,9 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
     if os.path.isfile(os.path.join(folder, ADAPT_REPORT)):
         return folder
     corpus = os.path.join(cache_dir, f'python_docs_{corpus_bytes}.txt')
+    if not os.path.isfile(corpus):  # the head may come from a cache built on another corpus
+        from .corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
+        python_docs_corpus(corpus, corpus_bytes)
     work = folder + '.work'
     data = os.path.join(work, 'data')
     if not os.path.isfile(os.path.join(data, 'meta.json')):
