@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bort.arch import Architecture, load_arch
-from bort.model import build_model, save_model
+from bort.model import build_model, load_model, save_model
 from bort.search import SearchConfig, run_search
 from bort.search.evaluate import SettingsMismatchError
 from bort.wordpiece import WordPieceTokenizer
@@ -136,6 +136,20 @@ def test_resume_after_interruption(tiny_inputs, tmp_path):
     # Results of other settings are refused, not mixed.
     with pytest.raises(SettingsMismatchError):
         run_search(tiny_config(tiny_inputs, out, lr=0.2))
+
+
+def test_resume_refuses_other_teacher_weights(tiny_inputs, tmp_path):
+    """The same --teacher setting resolving to other weights must not reuse stored results."""
+    teacher, corpus = tiny_inputs
+    other = str(tmp_path / 'teacher')
+    shutil.copytree(teacher, other)
+    run_search(tiny_config((other, corpus), tmp_path / 'out', max_candidates=1))
+    model = load_model(other)
+    mx.random.seed(1)
+    model.initialize(force_reinit=True)
+    save_model(model, other)
+    with pytest.raises(SettingsMismatchError):
+        run_search(tiny_config((other, corpus), tmp_path / 'out'))
 
 
 def _script(config_path, env, cwd, workers=1):

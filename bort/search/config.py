@@ -195,18 +195,22 @@ class SearchConfig:
             raise ValueError(f'unknown search settings {unknown}')
         return cls(**values)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, teacher_weights: str = '') -> str:
         """A digest of the settings a candidate's error depends on.
 
         Stored with every finished candidate: a resumed search refuses results computed under
         other settings (output folder, budget, progress bars and cost settings excluded; costs
-        are cached separately under their own key).
+        are cached separately under their own key). ``teacher_weights`` is a digest of the
+        teacher's weights file: the ``teacher`` setting alone (e.g. ``minilm``) does not say which
+        weights it resolved to.
         """
         keys = ('teacher', 'corpus', 'corpus_bytes', 'steps', 'batch_size', 'seq_len',
                 'optimizer', 'lr', 'momentum', 'weight_decay', 'clip', 'warmup_ratio',
                 'schedule', 'temperature', 'mask_ratio', 'train_batches', 'heldout_batches',
                 'cache_topk', 'cache_tail', 'seed')
         values = {k: getattr(self, k) for k in keys}
+        if teacher_weights:
+            values['teacher_weights'] = teacher_weights
         if not self.teacher_cache or not self.cache_topk:
             values['cache_topk'] = 0  # online targets are the full distribution
             values['cache_tail'] = True

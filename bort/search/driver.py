@@ -34,7 +34,7 @@ from .inference import CostModel
 from .report import score_records, write_outputs
 from .space import build_space
 from .strategies import make_strategy
-from .teacher import TeacherTargets, load_teacher
+from .teacher import TeacherTargets, load_teacher, weights_digest
 
 __all__ = ['run_search', 'CONFIG_FILE']
 
@@ -69,7 +69,8 @@ def _corpus_files(config: SearchConfig, comm: Comm) -> List[str]:
 
 def _cache_folder(config: SearchConfig, teacher_folder: str, corpus: List[str]) -> str:
     """The teacher cache's folder: keyed by everything its contents depend on."""
-    key = {'format': 3, 'teacher': os.path.abspath(teacher_folder), 'corpus': [os.path.abspath(c)
+    key = {'format': 3, 'teacher': os.path.abspath(teacher_folder),
+           'teacher_weights': weights_digest(teacher_folder), 'corpus': [os.path.abspath(c)
                                                                   for c in corpus],
            **{k: getattr(config, k) for k in ('batch_size', 'seq_len', 'mask_ratio', 'seed',
                                                'heldout_batches', 'cache_topk', 'temperature')},
@@ -136,7 +137,8 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
     costs = CostModel(config, config.out, ctx=comm.ctx)
     evaluator = CandidateEvaluator(config, comm, targets, costs,
                                    ResultStore(os.path.join(config.out, 'candidates'),
-                                               config.fingerprint()), progress=bars)
+                                               config.fingerprint(weights_digest(teacher_folder))),
+                                   progress=bars)
     space = build_space(resolve_grid(config), base=model.arch)
     teacher_arch = model.arch.replace(use_pooler=False)
     # Reference rows keep the teacher's vocabulary, as RoBERTa-base is "BERT-base" in the paper.
@@ -146,7 +148,7 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
     teacher_costs, *ref_costs = evaluator.cost_of([teacher_arch] + references)
     strategy = make_strategy(config.strategy, config)
     if comm.is_root:
-        strategy.setup(space, evaluator, teacher_costs)
+        strategy.setup(space, evaluator, dict(teacher_costs, arch=teacher_arch))
         costs.save()
     records: List[Dict] = []
     while True:

@@ -53,6 +53,15 @@ __all__ = ['load_teacher', 'TeacherTargets', 'real_rows']
 log = logging.getLogger(__name__)
 
 
+def weights_digest(folder: str) -> str:
+    """SHA-1 of a model folder's weights file (what a teacher spec resolved to)."""
+    digest = hashlib.sha1()
+    with open(os.path.join(folder, 'model.params'), 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def load_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, str]:
     """The teacher model (with MLM head), its tokenizer and its folder.
 
