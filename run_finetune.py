@@ -21,6 +21,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
+from bort import configure_threads
+
 
 @dataclass
 class RunOptions:
@@ -78,6 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run as the flags say; returns the dev metrics (and the CHS with ``--agora``)."""
+    configure_threads()  # before MXNet is imported
     finetune_config, agora_config, options = parse_args(argv)
     # pylint: disable=import-outside-toplevel
     from bort.agora import run_agora

@@ -22,6 +22,8 @@ import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from bort import configure_threads
+
 log = logging.getLogger('run_pretraining')
 
 HELP = {
@@ -89,6 +91,7 @@ def parse_config(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     """Parse flags, set up workers and logging, pretrain; the final metrics."""
+    configure_threads()  # before MXNet is imported
     # pylint: disable=import-outside-toplevel
     from bort.distributed import init_comm
     from bort.log import setup_logging

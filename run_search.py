@@ -22,6 +22,8 @@ import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from bort import configure_threads
+
 log = logging.getLogger('run_search')
 
 
@@ -89,6 +91,7 @@ def parse_config(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     """Parse flags, set up workers and logging, search; print the table on rank 0."""
+    configure_threads()  # before MXNet is imported
     # pylint: disable=import-outside-toplevel
     import os
     from bort.distributed import init_comm
