@@ -8,6 +8,11 @@ load from elsewhere hits all of them alike, and report ratios of medians.
 
 Synchronisation: MXNet runs asynchronously, so every timed call ends with ``mx.nd.waitall()``
 (on CPU and GPU alike); a torch model on CUDA is synchronised with ``torch.cuda.synchronize()``.
+
+Clock: wall time by default. ``clock='process'`` measures this process's CPU time instead, which
+time spent descheduled by other processes does not inflate: with one thread
+(``OMP_NUM_THREADS=1``) it is a robust measure of the work a model needs on a busy machine. With
+several threads it also counts their spin-waiting, so use it single-threaded.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class LatencyResult:
     warmup, repeats : int
     threads : int or None
         ``OMP_NUM_THREADS`` when set (MXNet's and oneDNN's OpenMP pool size).
+    clock : str
+        ``wall`` or ``process`` (CPU time of this process).
     thread_env : dict
         Every thread-related environment variable, as set.
     device : str
@@ -61,6 +68,7 @@ class LatencyResult:
     threads: Optional[int] = None
     thread_env: Dict[str, Optional[str]] = field(default_factory=dict)
     label: str = ''
+    clock: str = 'wall'
 
     @property
     def median(self) -> float:
@@ -105,7 +113,7 @@ class LatencyResult:
         return (f'{self.label or "model"}: {1e3 * self.median:.1f} ms/batch '
                 f'(p10 {1e3 * self.p10:.1f}, p90 {1e3 * self.p90:.1f}; {self.repeats} runs), '
                 f'{1e3 * self.per_sample:.2f} ms/sample, batch {self.batch_size}, '
-                f'seq {self.seq_len}, threads {self.threads}, {self.device}')
+                f'seq {self.seq_len}, threads {self.threads}, {self.clock} clock, {self.device}')
 
 
 def thread_info() -> Dict[str, Optional[str]]:
@@ -188,9 +196,12 @@ def _as_runner(model_or_callable, batch_size, seq_len, ctx, seed) -> Callable[[]
     return model_or_callable
 
 
+_CLOCKS = {'wall': time.perf_counter, 'process': time.process_time}
+
+
 def compare_latency(candidates: Mapping[str, object], batch_size: int, seq_len: int,
                     warmup: int = 3, repeats: int = 10, ctx: Optional[mx.Context] = None,
-                    seed: int = 0) -> Dict[str, LatencyResult]:
+                    seed: int = 0, clock: str = 'wall') -> Dict[str, LatencyResult]:
     """Time several models side by side, interleaving their repeats.
 
     Parameters
@@ -205,6 +216,9 @@ def compare_latency(candidates: Mapping[str, object], batch_size: int, seq_len: 
         Timed rounds; each round calls every candidate once, in order.
     ctx : mx.Context, optional
         Where the inputs live; defaults to the CPU.
+    seed : int
+    clock : {'wall', 'process'}
+        See the module docstring.
 
     Returns
     -------
@@ -212,6 +226,9 @@ def compare_latency(candidates: Mapping[str, object], batch_size: int, seq_len: 
     """
     if repeats < 1:
         raise ValueError('repeats must be at least 1')
+    if clock not in _CLOCKS:
+        raise ValueError(f'clock must be one of {sorted(_CLOCKS)}, got {clock!r}')
+    now = _CLOCKS[clock]
     runners = {k: _as_runner(v, batch_size, seq_len, ctx, seed) for k, v in candidates.items()}
     for run in runners.values():
         for _ in range(warmup):
@@ -220,14 +237,14 @@ def compare_latency(candidates: Mapping[str, object], batch_size: int, seq_len: 
     samples: Dict[str, List[float]] = {k: [] for k in runners}
     for _ in range(repeats):
         for key, run in runners.items():
-            start = time.perf_counter()
+            start = now()
             run()
             _sync(ctx)
-            samples[key].append(time.perf_counter() - start)
+            samples[key].append(now() - start)
     device, threads, env = device_string(ctx), _threads(), thread_info()
     results = {k: LatencyResult(samples=v, batch_size=batch_size, seq_len=seq_len, warmup=warmup,
                                 repeats=repeats, device=device, threads=threads, thread_env=env,
-                                label=k)
+                                label=k, clock=clock)
                for k, v in samples.items()}
     for result in results.values():
         log.debug('%s', result)
@@ -236,7 +253,7 @@ def compare_latency(candidates: Mapping[str, object], batch_size: int, seq_len: 
 
 def measure_latency(model_or_callable, batch_size: int, seq_len: int, warmup: int = 3,
                     repeats: int = 10, ctx: Optional[mx.Context] = None, label: str = '',
-                    seed: int = 0) -> LatencyResult:
+                    seed: int = 0, clock: str = 'wall') -> LatencyResult:
     """Latency of one forward pass at a fixed input size.
 
     Parameters
@@ -256,18 +273,20 @@ def measure_latency(model_or_callable, batch_size: int, seq_len: int, warmup: in
     label : str
     seed : int
         Seed of the random token ids.
+    clock : {'wall', 'process'}
+        Wall time, or this process's CPU time (see the module docstring).
 
     Returns
     -------
     LatencyResult
     """
     result = compare_latency({label or 'model': model_or_callable}, batch_size, seq_len,
-                             warmup=warmup, repeats=repeats, ctx=ctx, seed=seed)
+                             warmup=warmup, repeats=repeats, ctx=ctx, seed=seed, clock=clock)
     return next(iter(result.values()))
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10, ctx: Optional[mx.Context] = None,
-                       dtype: str = 'float32') -> float:
+                       dtype: str = 'float32', clock: str = 'wall') -> float:
     """The machine's measured float32 matrix-multiply rate, GFLOP/s (best of ``repeats``).
 
     A (size, size) x (size, size) product through ``FullyConnected`` (oneDNN's inner product on
@@ -281,12 +300,15 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, ctx: Optional[mx.Con
     repeats : int
     ctx : mx.Context, optional
     dtype : str
+    clock : {'wall', 'process'}
+        With ``process`` and one thread: the single core's rate, unaffected by other load.
 
     Returns
     -------
     float
     """
     ctx = ctx or mx.cpu()
+    now = _CLOCKS[clock]
     data = mx.nd.random.uniform(shape=(size, size), ctx=ctx, dtype=dtype)
     weight = mx.nd.random.uniform(shape=(size, size), ctx=ctx, dtype=dtype)
 
@@ -298,10 +320,10 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, ctx: Optional[mx.Con
         _sync(ctx)
     best = float('inf')
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         run()
         _sync(ctx)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, now() - start)
     return 2.0 * size ** 3 / best / 1e9
 
 

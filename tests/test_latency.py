@@ -57,6 +57,20 @@ def test_compare_interleaves_and_times_callables():
     assert '| a |' in table and '1.00' in table
 
 
+def test_process_clock_ignores_sleep():
+    def busy():
+        end = time.process_time() + 0.01
+        while time.process_time() < end:
+            pass
+
+    results = compare_latency({'sleep': lambda: time.sleep(0.02), 'busy': busy}, batch_size=1,
+                              seq_len=4, warmup=0, repeats=3, clock='process')
+    assert results['sleep'].median < 0.005 <= results['busy'].median
+    assert results['busy'].clock == 'process'
+    with pytest.raises(ValueError):
+        compare_latency({'a': busy}, 1, 4, clock='cycles')
+
+
 def test_fast_model_is_measurable(tiny_bert_arch):
     fast = FastModel.from_model(build_model(tiny_bert_arch, use_decoder=False))
     result = measure_latency(fast, batch_size=2, seq_len=8, warmup=1, repeats=2)

@@ -117,7 +117,18 @@ def bo_config(tiny_inputs, out, **changes):
 
 
 def _trials(out):
-    return json.loads((out / 'results.json').read_text())['strategy']['trials']
+    """Every trial of the study in ``out``, checked: only valid tuples trained, each once;
+    invalid ones pruned with a violated 'valid' constraint."""
+    trials = json.loads((out / 'results.json').read_text())['strategy']['trials']
+    trained = [tuple(t['tuple']) for t in trials if t['status'] == 'trained']
+    assert len(trained) == len(set(trained)) and all(h % a == 0 for _, a, h, _ in trained)
+    for t in trials:
+        if t['status'] == 'invalid':
+            d, a, h, i = t['tuple']
+            assert h % a and t['state'] == 'PRUNED' and t['constraints'] == {'valid': 1.0}
+        if t['status'] in ('duplicate', 'infeasible'):
+            assert t['state'] == ('FAIL' if t['status'] == 'duplicate' else 'PRUNED')
+    return trials
 
 
 def test_bo_end_to_end(tiny_inputs, tmp_path, monkeypatch):
@@ -131,7 +142,7 @@ def test_bo_end_to_end(tiny_inputs, tmp_path, monkeypatch):
                  'best_arch.json'):
         assert (out / name).exists(), name
     results = json.loads((out / 'results.json').read_text())
-    trials = results['strategy']['trials']
+    trials = _trials(out)
     trained = [t for t in trials if t['status'] == 'trained']
     assert len(trained) == 6
     assert all(t['state'] in ('PRUNED', 'FAIL') for t in trials if t['status'] != 'trained')
@@ -186,7 +197,13 @@ def test_constraints_never_trained(tiny_inputs, tmp_path, monkeypatch):
         for key in ('search_latency', 'remeasured'):
             entry = row[key]
             assert entry['batch_size'] == 1 and entry['seq_len'] == 8 and entry['device']
-            assert entry['p10_s'] <= entry['median_s'] <= entry['p90_s']
+            assert entry['threads'] and entry['p10_s'] <= entry['median_s'] <= entry['p90_s']
+        assert row['remeasured']['repeats'] == 3
+        # ... and relative to the teacher, timed beside the front.
+        assert row['ratio_to_teacher']['search'] == pytest.approx(
+            row['inference_cost'] / pareto['teacher']['inference_cost'])
+        assert row['ratio_to_teacher']['remeasured'] == pytest.approx(
+            row['remeasured']['per_sample_s'] / pareto['teacher']['remeasured']['per_sample_s'])
     # A latency limit: tuples measured above it are rejected before training.
     counter.trained.clear()
     costs = json.loads((out / 'costs.json').read_text())['measured']

@@ -18,7 +18,7 @@ The project's reading, each a setting of :class:`~bort.search.config.SearchConfi
   violating ``--max_params`` or ``--max_latency_ms`` is rejected *before* training, from p (exact)
   and the latency measured on this machine, and told as pruned with its constraint values
   (``params``, ``latency``: relative excess); a tuple already seen is told as failed
-  (``duplicate``). None of these spends budget. After 8 duplicates in a row the next trial is a
+  (``duplicate``). None of these spends budget. After 4 duplicates in a row the next trial is a
   uniform pick among the untried valid tuples, so a converged sampler cannot stall the search
   (small spaces make TPE re-propose its best known tuple often).
 - **resume**: the study lives in ``--out/bo_study.db`` (SQLite). A rerun with the same ``--out``
@@ -61,7 +61,7 @@ OBJECTIVES = ('error', 'latency', 'params')
 STUDY_FILE = 'bo_study.db'
 STUDY_NAME = 'bort-bo'
 SAMPLERS = ('tpe', 'gp', 'nsga2', 'random')
-MAX_MISSES = 8  # duplicates in a row before a uniform pick among the untried tuples
+MAX_MISSES = 4  # duplicates in a row before a uniform pick among the untried tuples
 EVALUATED = ('trained', 'diverged')
 
 
@@ -185,7 +185,7 @@ class BayesianStrategy(Strategy):
         settings = {'objectives': list(self.objectives), 'sampler': self.config.bo_sampler,
                     'grid': {k: list(v) for k, v in self.space.grid.items()},
                     'constraints': self.constraints, 'cost': self.evaluator.costs.kind,
-                    'fingerprint': self.config.fingerprint()}
+                    'fingerprint': self.evaluator.store.fingerprint}  # teacher weights too
         storage = 'sqlite:///' + os.path.abspath(self.storage_path)
         study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                     directions=['minimize'] * len(self.objectives))
@@ -258,7 +258,6 @@ class BayesianStrategy(Strategy):
         """Tell the trial at once if it must not be trained (its status is returned:
         ``invalid``, ``duplicate``, ``infeasible``); ``proposed`` if it may."""
         states = _optuna().trial.TrialState
-        trial.set_user_attr('tuple', list(values))
         if values not in self.by_tuple and values not in self.seen:
             self.seen.add(values)
             trial.set_user_attr('status', 'invalid')
@@ -364,14 +363,21 @@ class BayesianStrategy(Strategy):
 
     # -- results -------------------------------------------------------------------------------
     def trials(self) -> List[Dict]:
-        """Every trial of the study: number, state, status, tuple, objective values."""
+        """Every trial of the study: number, state, status, tuple, objective values, and the
+        latency measurement behind a trained trial's value (median, p10, p90 with batch size,
+        sequence length, threads and device)."""
+        from .bo_report import search_latency  # pylint: disable=import-outside-toplevel
         rows = []
         for t in self.study.get_trials(deepcopy=False):
+            complete = len(t.params) == len(KNOBS)
             row = {'number': t.number, 'state': t.state.name,
                    'status': t.user_attrs.get('status', 'unknown'),
-                   'tuple': list(self.trial_tuple(t)) if len(t.params) == len(KNOBS) else None}
+                   'tuple': list(self.trial_tuple(t)) if complete else None}
             if t.values:
                 row['values'] = dict(zip(self.objectives, t.values))
+                measured = search_latency(self, self.by_tuple[self.trial_tuple(t)])
+                if measured:
+                    row['latency_measurement'] = measured
             if t.user_attrs.get('constraints'):
                 row['constraints'] = t.user_attrs['constraints']
             rows.append(row)

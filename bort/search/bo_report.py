@@ -27,7 +27,8 @@ from .pareto import (hypervolume, optuna_hypervolume, pareto_front, plot_front,
                      reference_point)
 from .report import PLOT_FILE, TABLE_FILE
 
-__all__ = ['front_summary', 'write_bo_outputs', 'remeasure', 'hypervolume_of', 'PARETO_FILE']
+__all__ = ['front_summary', 'write_bo_outputs', 'remeasure', 'hypervolume_of', 'search_latency',
+           'PARETO_FILE']
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def remeasure(archs: Sequence[Architecture], config, ctx=None) -> Dict[tuple, Di
     return out
 
 
-def _search_latency(strategy, arch: Architecture) -> Optional[Dict]:
+def search_latency(strategy, arch: Architecture) -> Optional[Dict]:
     """The search-time measurement behind i(arch), with its setting (measured cost only)."""
     costs = strategy.evaluator.costs
     record = costs.record(arch)
@@ -122,7 +123,7 @@ def _front_rows(strategy, summary: Dict, ranked: List[Dict]) -> List[Dict]:
                          **dict(zip(strategy.objectives, trial.values)),
                          params_count=record.get('params'), w=record.get('w'),
                          rank=record.get('rank'), inference_cost=record.get('inference_cost'),
-                         search_latency=_search_latency(strategy, arch)))
+                         search_latency=search_latency(strategy, arch)))
     return sorted(rows, key=lambda r: (r['latency'], r['error']))
 
 
@@ -134,20 +135,24 @@ def _ms(entry: Optional[Dict]) -> str:
             f"{1e3 * entry['p90_s'] / b:.3g}]")
 
 
-def _table_section(strategy, rows: List[Dict], summary: Dict, unit: str, env: Dict) -> str:
+def _table_section(strategy, rows: List[Dict], summary: Dict, unit: str, env: Dict,
+                   teacher: Dict) -> str:
     names = strategy.objectives
     ref = summary['reference_point']
     lines = ['', f"## Pareto front ({', '.join(names)}; --strategy bo)", '',
              '| trial | <D, A, H, I> | e | latency ({}) | search-time ms/sample [p10–p90] | '
-             're-measured ms/sample [p10–p90] | Parameters (M) | W | rank |'.format(unit),
-             '|---:|---|---:|---:|---:|---:|---:|---:|---:|']
+             're-measured ms/sample [p10–p90] | i/i(T) search → again | Parameters (M) | W | '
+             'rank |'.format(unit),
+             '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         w = '—' if r['w'] is None or not math.isfinite(r['w']) else f"{r['w']:.3f}"
         params = '—' if r['params_count'] is None else f"{r['params_count'] / 1e6:.2f}"
+        ratio = r.get('ratio_to_teacher', {})
+        ratio = ' → '.join(f'{ratio[k]:.3f}' for k in ('search', 'remeasured') if k in ratio)
         lines.append(f"| {r['trial']} | <{r['num_layers']}, {r['num_heads']}, {r['units']}, "
                      f"{r['hidden_size']}> | {r['error']:.4f} | {r['latency']:.4g} | "
-                     f"{_ms(r['search_latency'])} | {_ms(r.get('remeasured'))} | {params} | "
-                     f"{w} | {r['rank'] or '—'} |")
+                     f"{_ms(r['search_latency'])} | {_ms(r.get('remeasured'))} | "
+                     f"{ratio or '—'} | {params} | {w} | {r['rank'] or '—'} |")
     point = ', '.join(f'{n} {v:.4g}' for n, v in zip(names, ref['point']))
     counts = ', '.join(f'{k} {v}' for k, v in sorted(strategy_counts(strategy).items()))
     lines += ['', f"Hypervolume {summary['hypervolume']:.6g} (normalised "
@@ -161,7 +166,12 @@ def _table_section(strategy, rows: List[Dict], summary: Dict, unit: str, env: Di
         lines.append(f"Latency: batch {env['batch_size']}, sequence length {env['seq_len']}, "
                      f"{env.get('threads', '?')} threads, {env.get('device', '?')}; search-time "
                      f"median of {env['repeats']} runs, re-measured side by side with "
-                     f"{repeats} runs, each after {env['warmup']} warm-up.")
+                     f"{repeats} runs, each after {env['warmup']} warm-up"
+                     + (f"; the teacher, timed beside the front: "
+                        f"{1e3 * teacher['remeasured']['per_sample_s']:.3g} ms/sample now, "
+                        f"{1e3 * teacher['inference_cost']:.3g} during the search (absolute "
+                        f"times follow the machine's load, ratios to it much less)"
+                        if 'remeasured' in teacher else '') + '.')
     return '\n'.join(lines) + '\n'
 
 
@@ -173,6 +183,38 @@ def strategy_counts(strategy) -> Dict[str, int]:
     return counts
 
 
+def _key(row: Dict) -> tuple:
+    return tuple(row[k] for k in ('num_layers', 'num_heads', 'units', 'hidden_size'))
+
+
+def _remeasure_front(strategy, rows: List[Dict], teacher: Dict) -> None:
+    """Time the front members again, side by side with the teacher (in place): absolute
+    figures move with the machine's load, the ratio to the teacher timed beside them does
+    not, so both are recorded."""
+    config = strategy.config
+    archs = [strategy.by_tuple[_key(r)] for r in rows]
+    t_arch = strategy.teacher.get('arch')
+    again = remeasure(archs + ([t_arch] if t_arch is not None else []), config,
+                      ctx=strategy.evaluator.costs.ctx)
+    t_again = again.get(t_arch.tuple) if t_arch is not None else None
+    if t_again:
+        teacher['remeasured'] = t_again
+    for r in rows:
+        r['remeasured'] = again[_key(r)]
+        r['ratio_to_teacher'] = {'search': r['inference_cost'] / teacher['inference_cost']}
+        if t_again:
+            r['ratio_to_teacher']['remeasured'] = (r['remeasured']['per_sample_s']
+                                                   / t_again['per_sample_s'])
+        if config.max_latency_ms:
+            r['within_max_latency_remeasured'] = \
+                1e3 * r['remeasured']['per_sample_s'] <= config.max_latency_ms
+    log.info('front re-measured (ms/sample, search -> now; ratio to the teacher): %s', '; '.join(
+        f"<{', '.join(map(str, _key(r)))}> {r['latency']:.3g} -> "
+        f"{1e3 * r['remeasured']['per_sample_s']:.3g} "
+        f"({r['ratio_to_teacher']['search']:.3f} -> "
+        f"{r['ratio_to_teacher'].get('remeasured', float('nan')):.3f})" for r in rows))
+
+
 def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
     """Write pareto.json and pareto.png, append the front to table.md; return pareto.json."""
     config, costs = strategy.config, strategy.evaluator.costs
@@ -180,28 +222,20 @@ def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
     rows = _front_rows(strategy, summary, ranked)
     env = costs.describe()
     unit = 'ms/sample' if costs.kind == 'measured' else costs.unit
+    teacher = {k: strategy.teacher[k] for k in ('params', 'inference_cost')}
+    if 'arch' in strategy.teacher:
+        teacher['tuple'] = list(strategy.teacher['arch'].tuple)
     if rows and costs.kind == 'measured' and config.bo_remeasure:
-        again = remeasure([strategy.by_tuple[(r['num_layers'], r['num_heads'], r['units'],
-                                              r['hidden_size'])] for r in rows],
-                          config, ctx=costs.ctx)
-        for r in rows:
-            r['remeasured'] = again[(r['num_layers'], r['num_heads'], r['units'],
-                                     r['hidden_size'])]
-            if config.max_latency_ms:
-                r['within_max_latency_remeasured'] = \
-                    1e3 * r['remeasured']['per_sample_s'] <= config.max_latency_ms
-        log.info('front re-measured: %s', '; '.join(
-            f"<{r['num_layers']}, {r['num_heads']}, {r['units']}, {r['hidden_size']}> "
-            f"{r['latency']:.3g} -> {1e3 * r['remeasured']['per_sample_s']:.3g} ms"
-            for r in rows))
+        _remeasure_front(strategy, rows, teacher)
     result = dict(summary, objectives=[{'name': n, 'unit': {'error': 'nats', 'latency': unit,
                                                           'params': 'M'}[n]}
                                        for n in strategy.objectives],
-                  teacher=strategy.teacher, constraints=strategy.constraints,
+                  teacher=teacher, constraints=strategy.constraints,
                   latency_setup=env, front=rows, sampler=config.bo_sampler,
                   budget=strategy.budget, trials_by_status=strategy_counts(strategy))
     write_json_atomic(os.path.join(out, PARETO_FILE), result)
     points = []
+    again = {_key(r): r for r in rows}
     front_numbers = set(summary['front'])
     index = []
     for trial in _trained(strategy):
@@ -210,11 +244,14 @@ def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
         point = {'error': values['error'], 'latency': values['latency'],
                  'params': values.get('params', costs.params(arch) / 1e6),
                  'label': ','.join(map(str, arch.tuple))}
-        search = _search_latency(strategy, arch)
+        search = search_latency(strategy, arch)
         if trial.number in front_numbers and search:
             b = search['batch_size']
             point.update(latency_low=1e3 * search['p10_s'] / b,
                          latency_high=1e3 * search['p90_s'] / b)
+        ratio = again.get(arch.tuple, {}).get('ratio_to_teacher', {}).get('remeasured')
+        if ratio is not None:  # on the search's scale: the ratio to T times i(T) then
+            point['latency_again'] = ratio * teacher['inference_cost'] * strategy.latency_scale
         if trial.number in front_numbers:
             index.append(len(points))
         points.append(point)
@@ -223,7 +260,7 @@ def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
                      f"{len(index)}, hypervolume {summary['hypervolume']:.4g}",
                max_latency=config.max_latency_ms or None)
     with open(os.path.join(out, TABLE_FILE), 'a') as f:
-        f.write(_table_section(strategy, rows, summary, unit, env))
+        f.write(_table_section(strategy, rows, summary, unit, env, teacher))
     log.info('BO front: %d of %d trained trials; hypervolume %.5g (normalised %.4f) against %s',
              len(rows), len(points), summary['hypervolume'], summary['hypervolume_normalised'],
              summary['reference_point']['point'])

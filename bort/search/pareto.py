@@ -154,7 +154,8 @@ def plot_front(points: Sequence[Dict], front: Sequence[int], reference: Dict, pa
     ----------
     points : sequence of dict
         ``error``, ``latency``, ``params`` (M), ``label``; optionally ``latency_low`` and
-        ``latency_high`` (a spread of the re-measured latency, drawn as an error bar).
+        ``latency_high`` (the p10-p90 spread of the latency, drawn as an error bar) and
+        ``latency_again`` (a re-measured latency, drawn as a diamond).
     front : sequence of int
         Indices into ``points`` of the non-dominated set (over the study's objectives).
     reference : dict
@@ -197,6 +198,11 @@ def plot_front(points: Sequence[Dict], front: Sequence[int], reference: Dict, pa
         for p in members:
             ax.annotate(p['label'], (p['latency'], p['error']), fontsize=7,
                         xytext=(4, 4), textcoords='offset points')
+        again = [p for p in members if 'latency_again' in p]
+        if again:
+            ax.scatter([p['latency_again'] for p in again], [p['error'] for p in again],
+                       marker='D', s=22, c='black', zorder=5,
+                       label="re-measured beside T, as a ratio to i(T)")
     ax.scatter([ref_l], [ref_e], marker='s', c='black', s=40, zorder=4,
                label=f'reference ({ref_l:.3g}, {ref_e:.3g})')
     ax.axvline(ref_l, color='grey', ls=':', lw=1)
@@ -206,7 +212,8 @@ def plot_front(points: Sequence[Dict], front: Sequence[int], reference: Dict, pa
     ax.set_ylabel('surrogate error e (nats)')
     ax.set_title(title or 'Pareto front')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='upper right')
+    # Left of the front's fastest member nothing can lie: the upper left stays free.
+    ax.legend(fontsize=7, loc='upper left', framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

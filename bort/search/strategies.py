@@ -66,7 +66,8 @@ class Strategy:
         architecture on rank 0 without training (measured i cached in ``costs.json``): a
         strategy may use them to order or prune before proposing.
     teacher : dict
-        ``params`` and ``inference_cost`` of the maximum point.
+        ``params`` and ``inference_cost`` of the maximum point, and its ``arch`` (to time it
+        again beside candidates).
     """
 
     name = ''
