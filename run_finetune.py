@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import typing
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
@@ -34,22 +32,6 @@ class RunOptions:
     gpu: bool = False
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls) -> None:
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = hints[f.name]
-        if kind is bool:
-            group.add_argument(f'--{f.name}', action=argparse.BooleanOptionalAction,
-                               default=default)
-        elif typing.get_origin(kind) is list:
-            group.add_argument(f'--{f.name}', nargs='+', type=typing.get_args(kind)[0],
-                               default=default)
-        else:
-            group.add_argument(f'--{f.name}', type=kind, default=default)
-
-
 def _configs():
     # pylint: disable=import-outside-toplevel  (nothing heavy at import time)
     from bort.agora import AgoraConfig
@@ -59,21 +41,12 @@ def _configs():
 
 def parse_args(argv: Optional[Sequence[str]] = None):
     """Flags (over ``--config`` defaults) into (FinetuneConfig, AgoraConfig, RunOptions)."""
+    from bort.cli import add_dataclass_flags, parse_with_config  # pylint: disable=import-outside-toplevel
     classes = _configs()
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config', help='JSON file of flag defaults; flags win')
     for cls in classes:
-        _add_fields(parser, cls)
-    known = {a.dest for a in parser._actions}  # pylint: disable=protected-access
-    first, _ = parser.parse_known_args(argv)
-    if first.config:
-        with open(first.config) as f:
-            defaults = json.load(f)
-        unknown = sorted(set(defaults) - known - {'config'})
-        if unknown:
-            parser.error(f'{first.config}: unknown keys {unknown} (keys are flag names)')
-        parser.set_defaults(**defaults)
-    args = vars(parser.parse_args(argv))
+        add_dataclass_flags(parser, cls, group=cls.__name__)
+    args = parse_with_config(parser, argv)
     return tuple(cls(**{f.name: args[f.name] for f in dataclasses.fields(cls)})
                  for cls in classes)
 

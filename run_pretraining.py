@@ -42,51 +42,20 @@ HELP = {
 }
 
 
-def _flag(name: str) -> str:
-    return '--' + name.replace('_', '-')
-
-
 def build_parser(config_cls) -> argparse.ArgumentParser:
-    """One flag per config field, typed from its default; booleans get --x/--no-x."""
+    """One flag per config field (``--x_y`` and ``--x-y``); booleans get --x/--no-x."""
+    from bort.cli import add_dataclass_flags  # pylint: disable=import-outside-toplevel
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--config', help='JSON file of flag values (flags win)')
-    for field in dataclasses.fields(config_cls):
-        kwargs = {'default': field.default, 'help': HELP.get(field.name, ' ')}
-        if isinstance(field.default, bool):
-            kwargs['action'] = argparse.BooleanOptionalAction
-        else:
-            kwargs['type'] = type(field.default)
-        parser.add_argument(_flag(field.name), dest=field.name, **kwargs)
+    add_dataclass_flags(parser, config_cls, HELP)
     return parser
-
-
-def read_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
-    """Flag values from a JSON file, keys as flag names (dashes or underscores)."""
-    with open(path) as f:
-        values = json.load(f)
-    if not isinstance(values, dict):
-        raise SystemExit(f'{path}: expected a JSON object of flag values')
-    known = {a.dest for a in parser._actions}  # pylint: disable=protected-access
-    out = {}
-    for key, value in values.items():
-        dest = key.lstrip('-').replace('-', '_')
-        if dest not in known or dest == 'config':
-            raise SystemExit(f'{path}: unknown setting {key!r}')
-        out[dest] = json.dumps(value) if dest == 'arch' and isinstance(value, dict) else value
-    return out
 
 
 def parse_config(argv: Optional[Sequence[str]] = None):
     """The run's :class:`~bort.pretrain.PretrainConfig` from flags and an optional JSON file."""
+    from bort.cli import parse_with_config  # pylint: disable=import-outside-toplevel
     from bort.pretrain import PretrainConfig  # pylint: disable=import-outside-toplevel
-    parser = build_parser(PretrainConfig)
-    first, _ = parser.parse_known_args(argv)
-    if first.config:
-        parser.set_defaults(**read_config_file(first.config, parser))
-    args = vars(parser.parse_args(argv))
-    args.pop('config')
-    return PretrainConfig(**args)
+    return PretrainConfig(**parse_with_config(build_parser(PretrainConfig), argv))
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:

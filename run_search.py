@@ -16,7 +16,6 @@ best_arch.json (for ``run_pretraining.py --arch``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -27,61 +26,22 @@ from bort import configure_threads
 log = logging.getLogger('run_search')
 
 
-def _option_names(name: str) -> List[str]:
-    names = [f'--{name}']
-    if '_' in name:
-        names.append('--' + name.replace('_', '-'))
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     """One flag per :class:`~bort.search.SearchConfig` field (``--x_y`` and ``--x-y``)."""
+    from bort.cli import add_dataclass_flags  # pylint: disable=import-outside-toplevel
     from bort.search import SearchConfig  # pylint: disable=import-outside-toplevel
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--config', help='JSON file of flag values (flags win)')
-    defaults = SearchConfig()
-    for field in dataclasses.fields(SearchConfig):
-        meta, default = field.metadata, getattr(defaults, field.name)
-        kwargs = {'dest': field.name, 'default': default, 'help': meta.get('help', ' ')}
-        if isinstance(default, bool):
-            kwargs['action'] = argparse.BooleanOptionalAction
-        elif 'nargs' in meta:
-            kwargs.update(nargs=meta['nargs'], type=meta.get('type', str))
-        else:
-            kwargs['type'] = type(default)
-        if 'choices' in meta:
-            kwargs['choices'] = meta['choices']
-        parser.add_argument(*_option_names(field.name), **kwargs)
+    add_dataclass_flags(parser, SearchConfig)
     return parser
-
-
-def read_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
-    """Flag values from a JSON object whose keys are flag names (dashes or underscores)."""
-    with open(path) as f:
-        values = json.load(f)
-    if not isinstance(values, dict):
-        raise SystemExit(f'{path}: expected a JSON object of flag values')
-    known = {a.dest for a in parser._actions}  # pylint: disable=protected-access
-    out = {}
-    for key, value in values.items():
-        dest = key.lstrip('-').replace('-', '_')
-        if dest not in known or dest == 'config':
-            raise SystemExit(f'{path}: unknown setting {key!r}')
-        out[dest] = value
-    return out
 
 
 def parse_config(argv: Optional[Sequence[str]] = None):
     """The :class:`~bort.search.SearchConfig` of flags and an optional ``--config`` file."""
+    from bort.cli import parse_with_config  # pylint: disable=import-outside-toplevel
     from bort.search import SearchConfig  # pylint: disable=import-outside-toplevel
     parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
-    if first.config:
-        parser.set_defaults(**read_config_file(first.config, parser))
-    args = vars(parser.parse_args(argv))
-    args.pop('config')
-    config = SearchConfig(**args)
+    config = SearchConfig(**parse_with_config(parser, argv))
     try:
         config.validate()
     except ValueError as err:
