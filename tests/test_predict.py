@@ -1,0 +1,102 @@
+"""The prediction command end to end on a tiny fine-tuned model, and its batching."""
+import os
+import shutil
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import toy_glue
+from bort.classifier import (HeadConfig, build_classifier, encode_examples, load_classifier,
+                             predict_scores, save_classifier)
+from bort.predict import load_predictor, main, predict_encoded, predict_texts, read_inputs
+from bort.readers import read_examples
+
+
+@pytest.fixture(scope='module')
+def finetuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp('predict')
+    data = toy_glue.write_rte(str(root / 'data'), n_test=23)
+    pretrained = toy_glue.pretrained_folder(str(root / 'pretrained'))
+    model = build_classifier(pretrained, HeadConfig.resolve('RTE', max_length=32), seed=0)
+    folder = save_classifier(model, str(root / 'ft'), toy_glue.tokenizer())
+    return folder, data
+
+
+def _lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_command_matches_the_classifier(finetuned, tmp_path):
+    folder, data = finetuned
+    test_file = os.path.join(data, 'RTE', 'test.tsv')
+    outputs = {}
+    for engine in ('fast', 'plain', 'int8'):
+        out = str(tmp_path / f'{engine}.tsv')
+        result = main(['--model', folder, '--input', test_file, '--output', out,
+                       '--engine', engine, '--batch-size', '4', '--no-progress'])
+        assert result['sentences'] == 23 and result['sentences_per_second'] > 0
+        assert result['engine'] == engine and result['task'] == 'RTE'
+        outputs[engine] = _lines(out)
+    # Reference: the fine-tuning code's own scoring of the same file.
+    model = load_classifier(folder)
+    examples = read_examples('RTE', data, 'test')
+    encoded = encode_examples(toy_glue.tokenizer(), examples, 32)
+    labels = np.argmax(predict_scores(model, encoded, 0, batch_size=5), axis=1)
+    expected = ['index\tprediction'] + [f'{ex.idx}\t{toy_glue.LABELS[k]}'
+                                        for ex, k in zip(examples, labels)]
+    assert outputs['fast'] == expected
+    assert outputs['plain'] == expected
+    assert len(outputs['int8']) == len(expected) and outputs['int8'][0] == expected[0]
+
+
+def test_int8_engine_scores_close_to_float32(finetuned):
+    folder, data = finetuned
+    examples = read_examples('RTE', data, 'test')
+    fast = load_predictor(folder, 'fast')
+    encoded = fast.encode([(ex.text_a, ex.text_b) for ex in examples])
+    int8 = load_predictor(folder, 'int8', calib_encoded=encoded[:16])
+    ref, _ = fast.scores(encoded, batch_size=8, progress=False)
+    got, _ = int8.scores(encoded, batch_size=8, progress=False)
+    assert np.abs(ref - got).max() <= 0.03 * np.abs(ref).max() + 1e-3
+
+
+def test_predict_texts_and_any_file_name(finetuned, tmp_path):
+    folder, data = finetuned
+    other = str(tmp_path / 'my_inputs.tsv')
+    shutil.copy(os.path.join(data, 'RTE', 'test.tsv'), other)
+    spec, examples = read_inputs('RTE', other, 'test')
+    assert len(examples) == 23 and spec.name == 'RTE'
+    predictor = load_predictor(folder)
+    pairs = [(ex.text_a, ex.text_b) for ex in examples]
+    scores, stats = predict_texts(predictor, pairs, batch_size=6, progress=False)
+    assert scores.shape == (23, 2)
+    assert stats.batches == 4 and stats.padded_tokens >= stats.real_tokens
+    with pytest.raises(FileNotFoundError):
+        read_inputs('RTE', str(tmp_path / 'missing.tsv'))
+    with pytest.raises(ValueError):
+        load_predictor(folder, engine='onnx')
+
+
+def test_predict_encoded_restores_order():
+    """A fake encoder whose first-token feature is the first token id: scores follow input."""
+    rng = np.random.RandomState(0)
+    encoded = [([int(first)] + [7] * int(n), [0] * (int(n) + 1))
+               for first, n in zip(rng.permutation(40), rng.randint(0, 30, 40))]
+    calls = []
+
+    def encoder(tokens, valid, types):
+        calls.append(tokens.shape)
+        assert types is None
+        return mx.nd.array(np.repeat(tokens[:, :, None], 3, axis=2))
+
+    def head(features):
+        return features[:, :2]
+
+    scores, stats = predict_encoded(encoder, head, encoded, pad_id=0, use_pooler=False,
+                                    batch_size=8, progress=False)
+    np.testing.assert_array_equal(scores[:, 0], [ids[0] for ids, _ in encoded])
+    assert stats.sentences == 40 and stats.batches == len(calls) == 5
+    assert stats.real_tokens == sum(len(ids) for ids, _ in encoded)
+    assert stats.padded_tokens == sum(b * length for b, length in calls)
