@@ -38,8 +38,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     reqs=(-r "$BORT_CACHE/requirements-gpu.txt" -r requirements-hf.txt)
   fi
   "$PIP" install -q "numpy==1.23.5" "${reqs[@]}" Cython
-  "$PIP" install -q --no-deps -e .
   echo "$want" > "$stamp"
+fi
+# The venv outlives checkouts: point its editable install at this one.
+here=$(pwd -P)
+installed=$(cd / && "$BORT_VENV/bin/python" -c 'import bort, os; print(os.path.dirname(os.path.dirname(os.path.realpath(bort.__file__))))' 2>/dev/null || true)
+if [ "$installed" != "$here" ]; then
+  "$PIP" install -q --no-deps -e .
 fi
 if ! "$BORT_VENV/bin/python" -c 'import horovod.mxnet' 2>/dev/null; then
   wheel=$(ls "$BORT_CACHE"/wheels/horovod-0.28.1-*.whl 2>/dev/null | head -n1 || true)
