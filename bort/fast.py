@@ -22,8 +22,15 @@ What remains is the dense layers: ~80 % of the forward pass (batch 1 x 128, one 
 verbose timings), running at 177-188 GFLOP/s, 75-80 % of the measured single-core GEMM peak (233
 GFLOP/s), for Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units)
 layout, which the interleaved attention operators need, and transposes once at the end. It is
-inference only: no dropout, no MLM head. A GPU context is accepted (``backend`` is then ignored;
-the oneDNN rewrites are CPU-only) but untested: this project's machines have the CPU wheel.
+inference only: no dropout, no MLM head.
+
+Tried and left out: at 2 threads, oneDNN 2.4's sgemm did not use the second thread for
+(128 x 1024) x (1024 x N) products (~187 GFLOP/s either way, against 342 for K = 768);
+appending 16 zero input channels (K = 1040) restored the scaling (~300 GFLOP/s) and made
+``bort_4_8_768_1024`` 12 % faster at batch 1 x 128, but 4 % slower at 1 x 512 and 20 % slower at
+32 x 128, so the graph keeps the plain widths. A GPU context is accepted (``backend`` is then
+ignored; the oneDNN rewrites are CPU-only) but untested: this project's machines have the CPU
+wheel.
 
 Length bucketing (:func:`bucket_batches`) sorts a mixed-length corpus by length, cuts batches,
 pads each to the smallest bucket size that holds it and lets the caller restore the input order.
@@ -194,10 +201,14 @@ def fast_weights(model: BortModel) -> Dict[str, np.ndarray]:
 
 
 def set_threads(num_threads: int) -> None:
-    """Set MXNet's OpenMP thread count at run time (and torch's, when torch is imported).
+    """Thread count for what can still change at run time: torch's pool, and MXNet operators
+    run on the calling thread.
 
-    MXNet ran single-threaded on this project's machines when ``OMP_NUM_THREADS`` was unset;
-    setting it before ``import mxnet`` is best, this is the run-time fallback.
+    MXNet's engine workers size their OpenMP pools from ``OMP_NUM_THREADS`` when MXNet starts
+    (``MXSetNumOMPThreads`` is ``omp_set_num_threads`` in the calling thread only, so with the
+    default threaded engine it does not reach them, as measured). Set ``OMP_NUM_THREADS`` before
+    ``import mxnet``: unset, MXNet ran as if single-threaded on this project's machines. This
+    function also records the value in the environment, for child processes.
     """
     lib = mx.base._LIB  # pylint: disable=protected-access
     lib.MXSetNumOMPThreads(ctypes.c_int(int(num_threads)))
@@ -259,6 +270,11 @@ class FastModel:
     def from_folder(cls, folder: str, **kwargs) -> 'FastModel':
         """A fast engine from a model folder (``model.params`` + ``arch.json``)."""
         return cls.from_model(load_model(folder, use_decoder=False), **kwargs)
+
+    def weights(self) -> Dict[str, np.ndarray]:
+        """The weights, as :func:`fast_weights` gives them."""
+        named = self.masked._collect_params_with_prefix()  # pylint: disable=protected-access
+        return {name: param.data().asnumpy() for name, param in named.items()}
 
     def _nd(self, array, dtype='float32') -> mx.nd.NDArray:
         if isinstance(array, mx.nd.NDArray):

@@ -37,7 +37,7 @@ from .castings import aggregate
 from .classifier import (Encoded, TaskClassifier, encode_examples, encode_pair, load_classifier,
                          predict_scores, read_head_config)
 from .distributed import Comm
-from .fast import DEFAULT_BUCKETS, FastModel, bucket_batches, pad_batch, set_threads
+from .fast import DEFAULT_BUCKETS, FastModel, bucket_batches, pad_batch
 from .metrics import compute_metrics
 from .readers import read_examples
 from .submission import format_submission, write_submission
@@ -366,13 +366,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--calib-rows', type=int, default=64,
                         help='int8 without --int8-model: calibrate on this many inputs')
     parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--threads', type=int, default=None,
-                        help='OpenMP threads (default: OMP_NUM_THREADS)')
     parser.add_argument('--no-progress', action='store_true')
+    parser.epilog = ('Threads: set OMP_NUM_THREADS to the number of cores before starting '
+                     '(MXNet reads it once, at start-up).')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-    if args.threads:
-        set_threads(args.threads)
+    if not os.environ.get('OMP_NUM_THREADS'):
+        log.warning('OMP_NUM_THREADS is not set: MXNet may run single-threaded; set it to the '
+                    'number of cores')
     result = predict_file(args.model, args.task, args.input, args.output, split=args.split,
                           engine=args.engine, batch_size=args.batch_size,
                           int8_model=args.int8_model, calib_rows=args.calib_rows,

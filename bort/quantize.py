@@ -213,9 +213,7 @@ class _PercentileCollector:
 def _float_encoder(model: Union[BortModel, FastModel]) -> Tuple[Architecture, FastEncoder]:
     """A fresh, un-partitioned, masked FastEncoder holding ``model``'s weights."""
     if isinstance(model, FastModel):
-        arch = model.arch
-        named = model.masked._collect_params_with_prefix()  # pylint: disable=protected-access
-        weights = {k: p.data().asnumpy() for k, p in named.items()}
+        arch, weights = model.arch, model.weights()
     else:
         arch, weights = model.arch.replace(dropout=0.0), fast_weights(model)
     encoder = FastEncoder(arch, masked=True, prefix=_PREFIX)
@@ -304,14 +302,15 @@ def compare_outputs(reference: Sequence, candidate: Sequence,
     -------
     dict
         ``max_abs``, ``mean_abs``, ``rel_max`` (max_abs / max |reference|), ``cosine`` (mean
-        over rows), and for 2-D inputs ``argmax_agreement`` (fraction of rows whose argmax is
-        the same).
+        over rows; over real tokens for sequences), and for 2-D inputs ``argmax_agreement``
+        (fraction of rows whose argmax is the same).
     """
     ref = reference.asnumpy() if hasattr(reference, 'asnumpy') else np.asarray(reference)
     out = candidate.asnumpy() if hasattr(candidate, 'asnumpy') else np.asarray(candidate)
     if ref.shape != out.shape:
         raise ValueError(f'shapes differ: {ref.shape} vs {out.shape}')
     ref, out = ref.astype(np.float64), out.astype(np.float64)
+    logits = ref.ndim == 2
     if ref.ndim == 3 and valid_length is not None:
         keep = np.arange(ref.shape[1])[None, :] < np.asarray(valid_length)[:, None]
         ref, out = ref[keep], out[keep]
@@ -322,7 +321,7 @@ def compare_outputs(reference: Sequence, candidate: Sequence,
     result = {'max_abs': float(diff.max()), 'mean_abs': float(diff.mean()),
               'rel_max': float(diff.max() / max(np.abs(ref).max(), 1e-30)),
               'cosine': float(cosine.mean())}
-    if ref.ndim == 2:
+    if logits:
         result['argmax_agreement'] = float(np.mean(ref.argmax(1) == out.argmax(1)))
     return result
 

@@ -100,3 +100,19 @@ def test_predict_encoded_restores_order():
     assert stats.sentences == 40 and stats.batches == len(calls) == 5
     assert stats.real_tokens == sum(len(ids) for ids, _ in encoded)
     assert stats.padded_tokens == sum(b * length for b, length in calls)
+
+
+def test_saved_int8_artefact_serves_predictions(finetuned, tmp_path):
+    """bort.quantize on the fine-tuned folder, then the command with --int8-model."""
+    from bort import quantize
+    folder, data = finetuned
+    examples = read_examples('RTE', data, 'test')
+    text = tmp_path / 'calib.txt'
+    text.write_text(''.join(f'{ex.text_a}\t{ex.text_b}\n' for ex in examples))
+    quantize.main(['--model', folder, '--calib-text', str(text), '--out', str(tmp_path / 'q'),
+                   '--calib-rows', '16', '--eval-rows', '0', '--max-length', '32'])
+    out = str(tmp_path / 'int8.tsv')
+    result = main(['--model', folder, '--input', os.path.join(data, 'RTE', 'test.tsv'),
+                   '--output', out, '--engine', 'int8', '--int8-model', str(tmp_path / 'q'),
+                   '--no-progress'])
+    assert result['sentences'] == 23 and len(_lines(out)) == 24
