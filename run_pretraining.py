@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from typing import Dict, List, Optional, Sequence
 
 from bort import configure_threads
@@ -75,12 +74,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except Exception as err:  # pylint: disable=broad-except
-        from bort.pretrain import NonFiniteLossError
-        from bort.kd_teacher import VocabularyMismatchError
-        if isinstance(err, (NonFiniteLossError, VocabularyMismatchError, FileExistsError)):
-            logging.getLogger('run_pretraining').error('%s', err)
-            sys.exit(2)
-        raise
+    from bort.cli import run_main
+    from bort.kd_teacher import VocabularyMismatchError
+    from bort.pretrain import NonFiniteLossError
+    run_main(main, (NonFiniteLossError, VocabularyMismatchError, FileExistsError),
+             'run_pretraining')

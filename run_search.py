@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from typing import Dict, List, Optional, Sequence
 
 from bort import configure_threads
+from bort.cli import emit
 
 log = logging.getLogger('run_search')
 
@@ -67,19 +67,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     log.info('config: %s', json.dumps(config.to_dict(), sort_keys=True))
     result = run_search(config, comm)
     if comm.is_root:
-        print(result['table'])  # the command's output
+        emit(result['table'])
         log.info('wall time %.0f s; best architecture in %s/best_arch.json',
                  result['wall_seconds'], config.out)
     return result
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except Exception as err:  # pylint: disable=broad-except
-        from bort.search.evaluate import SettingsMismatchError
-        from bort.kd_teacher import VocabularyMismatchError
-        if isinstance(err, (SettingsMismatchError, VocabularyMismatchError, FileNotFoundError)):
-            logging.getLogger('run_search').error('%s', err)
-            sys.exit(2)
-        raise
+    from bort.cli import run_main
+    from bort.kd_teacher import VocabularyMismatchError
+    from bort.search.evaluate import SettingsMismatchError
+    run_main(main, (SettingsMismatchError, VocabularyMismatchError, FileNotFoundError),
+             'run_search')

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import sys
 import typing
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
-__all__ = ['option_names', 'add_dataclass_flags', 'parse_with_config']
+__all__ = ['option_names', 'add_dataclass_flags', 'parse_with_config', 'emit', 'run_main']
 
 
 def option_names(name: str) -> List[str]:
@@ -87,3 +89,27 @@ def parse_with_config(parser: argparse.ArgumentParser,
     values = vars(parser.parse_args(argv))
     values.pop('config')
     return values
+
+
+def emit(text: str) -> None:
+    """Write a command's result to standard output.
+
+    The library reports progress through ``logging`` (stderr, rank 0); what a command *returns
+    to the user* (a table, a JSON summary) goes to stdout through this one function, so it can
+    be piped or redirected apart from the log.
+    """
+    sys.stdout.write(text.rstrip('\n') + '\n')
+    sys.stdout.flush()
+
+
+def run_main(main: Callable[[], object], expected: Tuple[Type[BaseException], ...],
+             logger: str) -> None:
+    """Run a script's ``main``; an expected user error becomes one log line and exit status 2.
+
+    Anything else propagates with its traceback: it is a bug, not bad input.
+    """
+    try:
+        main()
+    except expected as err:
+        logging.getLogger(logger).error('%s', err)
+        sys.exit(2)

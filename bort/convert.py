@@ -28,6 +28,7 @@ from typing import Dict, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
+from .cli import emit
 from .arch import Architecture, save_arch
 from .hf import (UnsupportedCheckpointError, arch_from_config, check_tied, config_from_arch,
                  hf_names, normalise_names, read_state_dict, split_known, write_safetensors)
@@ -289,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                              layer_norm_eps=args.layer_norm_eps, vocab=args.vocab,
                              bpe_ranks=args.bpe_ranks, lower=False if args.cased else None)
         text = f'imported {args.src} -> {args.out}: {model.arch}'
-    print(text)  # a command's result, not library logging
+    emit(text)
     return text
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional, Sequence
 
+from .cli import emit
 from .arch import (ARCHITECTURES, Architecture, BERT_CASED_VOCAB_SIZE, BERT_UNCASED_VOCAB_SIZE,
                    ROBERTA_VOCAB_SIZE, iter_paper_space)
 
@@ -175,7 +176,7 @@ def main(argv=None) -> str:
              f'in A):')
     for arch in tuples_with_size(args.size, args.tolerance):
         text += f"\n  <{', '.join(map(str, arch.tuple))}>  {num_parameters(arch) / 1e6:.2f}M"
-    print(text)  # a command's output, not library logging
+    emit(text)
     return text
 
 

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
+from .cli import emit
 from .model import BortModel, build_model, load_model, param_dict, save_model
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -304,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         'steps', 'batch_size', 'learning_rate', 'seq_len', 'max_sequences', 'heldout_fraction',
         'seed')})
     report = fit_mlm_head(args.model, args.corpus, args.out, config)
-    print(json.dumps({k: v for k, v in report.items() if k != 'config'}, indent=2))
+    emit(json.dumps({k: v for k, v in report.items() if k != 'config'}, indent=2))
     return report
 
 

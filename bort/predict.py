@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
+from .cli import emit
 from .castings import aggregate
 from .classifier import (Encoded, TaskClassifier, encode_examples, encode_pair, load_classifier,
                          predict_scores, read_head_config)
@@ -378,8 +379,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                           engine=args.engine, batch_size=args.batch_size,
                           int8_model=args.int8_model, calib_rows=args.calib_rows,
                           progress=not args.no_progress)
-    print(f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sentences/s "
-          f"({args.engine}) -> {args.output}")  # the command's summary line
+    emit(f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sentences/s "
+         f"({args.engine}) -> {args.output}")
     return result
 
 

@@ -47,6 +47,7 @@ from mxnet.base import NDArrayHandle, py_str
 from mxnet.contrib.quantization import quantize_net_v2
 from mxnet.ndarray import NDArray
 
+from .cli import emit
 from .arch import Architecture, load_arch, save_arch
 from .fast import FastEncoder, FastModel, _as_output, fast_weights
 from .model import BortModel
@@ -392,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         qmodel.info['agreement_on_held_out_lines'] = dict(agreement, rows=int(len(tokens) - n))
         log.info('INT8 vs float32 on %d held-out lines: %s', len(tokens) - n, agreement)
     qmodel.save(args.out)
-    print(json.dumps(qmodel.info, indent=2, sort_keys=True))  # the command's result
+    emit(json.dumps(qmodel.info, indent=2, sort_keys=True))
     return qmodel.info
 
 
