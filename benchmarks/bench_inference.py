@@ -8,6 +8,8 @@ shape (default: batch 1 x seq 128, batch 1 x seq 512, batch 32 x seq 128), in on
   is full length, so it runs its unpadded graph, as torch skips an all-ones mask;
 - ``fast-masked``: the same engine's padded graph (additive mask, output masking) on the same
   full-length rows: what a batch with padding costs;
+- ``fast-unpadded``: the fast path without zero channels appended to 1024-wide dense-layer
+  inputs (``pad_inputs=False``): what that padding gains;
 - ``int8``: :class:`bort.quantize.QuantizedModel` (oneDNN INT8, channel-wise, naive calibration;
   random weights, so it is calibrated on random tokens: this measures speed only, see
   ``benchmarks/int8_accuracy.py`` for accuracy on a real task);
@@ -26,6 +28,9 @@ their FLOP ratio. INT8 rows above 100 % are expected: the peak is a float32 one.
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_inference.py [--quick] [--json out.json]
+
+OpenMP threads spin between regions (``OMP_WAIT_POLICY=ACTIVE``) unless the variable is set;
+the policy is printed with the other thread settings.
 """
 from __future__ import annotations
 
@@ -41,6 +46,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bort import configure_threads  # noqa: E402
+
+configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet and torch
+
 import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
@@ -51,7 +60,7 @@ from bort.latency import (compare_latency, device_string, matmul_peak_gflops,  #
 from bort.model import build_model, save_model  # noqa: E402
 from bort.quantize import QuantizeConfig, quantize_encoder  # noqa: E402
 
-ENGINES = ('plain', 'fast', 'fast-masked', 'int8', 'torch')
+ENGINES = ('plain', 'fast', 'fast-masked', 'fast-unpadded', 'int8', 'torch')
 
 
 def torch_model(model, threads: int):
@@ -119,6 +128,8 @@ def build_engines(name: str, engines: List[str], threads: int) -> Dict:
         built['plain'] = model
     if {'fast', 'fast-masked'} & set(engines):
         built['fast'] = FastModel.from_model(model)
+    if 'fast-unpadded' in engines:
+        built['fast-unpadded'] = FastModel.from_model(model, pad_inputs=False)
     if 'int8' in engines:
         rng = np.random.RandomState(0)
         calib = rng.randint(0, arch.vocab_size, (32, 128))
@@ -135,7 +146,8 @@ def shape_runs(name: str, built: Dict, engines: List[str], batch: int, seq: int)
     """``arch/engine`` -> model or zero-argument callable, for one input shape."""
     arch = built['arch']
     tokens = np.random.RandomState(0).randint(0, arch.vocab_size, (batch, seq))
-    runs = {f'{name}/{e}': built[e] for e in ('plain', 'fast', 'int8') if e in engines}
+    runs = {f'{name}/{e}': built[e] for e in ('plain', 'fast', 'fast-unpadded', 'int8')
+            if e in engines}
     if 'fast-masked' in engines:
         args = [mx.nd.array(tokens), mx.nd.full((batch,), seq)]
         if arch.token_type_vocab_size:

@@ -28,6 +28,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bort import configure_threads  # noqa: E402
+
+configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet
+
 from bort.fast import FastModel, bucket_batches, pad_batch  # noqa: E402
 from bort.quantize import (CALIB_MODES, QuantizeConfig, QuantizedModel,  # noqa: E402
                            compare_outputs, quantize_encoder)

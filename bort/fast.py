@@ -17,20 +17,27 @@ What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator
    ``_sg_mkldnn_fully_connected`` with the GELU fused in as a post-op, and the two
    ``interleaved_matmul_selfatt`` operators into oneDNN batched matmuls (2.5 -> 1.3 ms a call).
    ``static_alloc``/``static_shape`` keep memory planned once per input shape.
+4. **Zero-padded 1024-wide inputs.** oneDNN 2.4's float32 GEMM did not use the second thread
+   when the input width K of a dense layer is a multiple of 1024 (measured on 2 cores, 128 rows:
+   ~180 GFLOP/s at K = 1024 against 280-330 at K = 1040 or 768; still 300 vs 360-400 at 512
+   rows; even at 4096). With ``pad_inputs`` (the default on the oneDNN backend) such layers get
+   ``PAD_CHANNELS`` extra input channels with zero weights: ``bort_4_8_768_1024``'s query/key/
+   value, output and first feed-forward layers (K = H = 1024), BERT-base's second feed-forward
+   layer (K = I = 3072). The first feed-forward layer's extra output units (zero weights and
+   bias, GELU(0) = 0) are the second one's zero inputs for free; the other padded inputs are
+   the activations with one shared (rows, 16) zero block concatenated in 2-D (a 3-D concat or
+   ``pad`` cost 4-6x more). Measured at 2 threads: ``bort_4_8_768_1024`` 1.29x faster at
+   batch 1 x 128, 1.11x at 1 x 512, 0.97x at 32 x 128 (where the GEMMs gain nothing and the
+   copies remain); BERT-base 1.19x / 1.06x / 1.00x. ``benchmarks/bench_inference.py``'s
+   ``fast-unpadded`` engine shows it side by side.
 
-What remains is the dense layers: ~80 % of the forward pass (batch 1 x 128, one thread, oneDNN
-verbose timings), running at 177-188 GFLOP/s, 75-80 % of the measured single-core GEMM peak (233
-GFLOP/s), for Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units)
-layout, which the interleaved attention operators need, and transposes once at the end. It is
-inference only: no dropout, no MLM head.
-
-Tried and left out: at 2 threads, oneDNN 2.4's sgemm did not use the second thread for
-(128 x 1024) x (1024 x N) products (~187 GFLOP/s either way, against 342 for K = 768);
-appending 16 zero input channels (K = 1040) restored the scaling (~300 GFLOP/s) and made
-``bort_4_8_768_1024`` 12 % faster at batch 1 x 128, but 4 % slower at 1 x 512 and 20 % slower at
-32 x 128, so the graph keeps the plain widths. A GPU context is accepted (``backend`` is then
-ignored; the oneDNN rewrites are CPU-only) but untested: this project's machines have the CPU
-wheel.
+What remains is the dense layers: ~85 % of the forward pass, at 75-80 % of the measured
+single-core GEMM peak (233 GFLOP/s) on one thread, for Bort's shapes as for BERT-base's. The
+graph keeps GluonNLP's (length, batch, units) order, which the interleaved attention operators
+need, with the rows flattened to 2-D between them, and transposes once at the end. It is
+inference only: no dropout, no MLM head. A GPU context is accepted (``backend`` and the padding
+are then off; the oneDNN rewrites are CPU-only) but untested: this project's machines have the
+CPU wheel.
 
 Length bucketing (:func:`bucket_batches`) sorts a mixed-length corpus by length, cuts batches,
 pads each to the smallest bucket size that holds it and lets the caller restore the input order.
@@ -49,8 +56,9 @@ from mxnet.gluon import HybridBlock, nn
 from .arch import Architecture
 from .model import BortModel, load_model, param_dict
 
-__all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'set_threads', 'load_fast',
-           'bucket_batches', 'pad_batch', 'DEFAULT_BUCKETS', 'MASK_VALUE']
+__all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
+           'set_threads', 'load_fast', 'bucket_batches', 'pad_batch', 'DEFAULT_BUCKETS',
+           'MASK_VALUE', 'PAD_CHANNELS']
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +66,57 @@ log = logging.getLogger(__name__)
 MASK_VALUE = -1e9
 #: Padded lengths a bucketed batch may take.
 DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+#: Zero channels appended to a dense layer's input whose width is a multiple of 1024.
+PAD_CHANNELS = 16
+
+
+def padded_width(width: int) -> int:
+    """The input width a dense layer gets with ``pad_inputs``: ``width + PAD_CHANNELS`` when
+    ``width`` is a multiple of 1024 (oneDNN 2.4's slow case, see the module docstring)."""
+    return width + PAD_CHANNELS if width % 1024 == 0 else width
 
 
 class _FastLayer(HybridBlock):
     """One post-LayerNorm transformer layer with a fused, pre-interleaved QKV projection."""
 
-    def __init__(self, arch: Architecture, prefix=None, params=None):
+    def __init__(self, arch: Architecture, pad_inputs: bool = False, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
         self._heads = arch.num_heads
         h, eps = arch.units, arch.layer_norm_eps
+        self._h = h
+        # Input widths of the dense layers, padded with zero channels where oneDNN is slow.
+        self._h_in = padded_width(h) if pad_inputs else h
+        i_pad = padded_width(arch.hidden_size) if pad_inputs else arch.hidden_size
         with self.name_scope():
-            self.qkv = nn.Dense(3 * h, flatten=False, in_units=h, prefix='qkv_')
-            self.proj = nn.Dense(h, flatten=False, in_units=h, prefix='proj_')
+            self.qkv = nn.Dense(3 * h, flatten=False, in_units=self._h_in, prefix='qkv_')
+            self.proj = nn.Dense(h, flatten=False, in_units=self._h_in, prefix='proj_')
             self.ln_att = nn.LayerNorm(epsilon=eps, in_channels=h, prefix='ln_att_')
-            self.ffn_1 = nn.Dense(arch.hidden_size, flatten=False, in_units=h, prefix='ffn_1_')
-            self.ffn_2 = nn.Dense(h, flatten=False, in_units=arch.hidden_size, prefix='ffn_2_')
+            # A padded FFN width costs no copy: the extra output units have zero weights and
+            # bias, GELU(0) = 0, so they are the zero input channels ffn_2 expects.
+            self.ffn_1 = nn.Dense(i_pad, flatten=False, in_units=self._h_in, prefix='ffn_1_')
+            self.ffn_2 = nn.Dense(h, flatten=False, in_units=i_pad, prefix='ffn_2_')
             self.ln_ffn = nn.LayerNorm(epsilon=eps, in_channels=h, prefix='ln_ffn_')
 
-    def hybrid_forward(self, F, x, mask=None):  # pylint: disable=arguments-differ
-        """x: (seq_len, batch, H); mask: (batch, 1, 1, seq_len) additive bias or None."""
-        qkv = self.qkv(x)                                                  # (L, B, 3H)
+    def _widen(self, F, x, zeros):
+        """(rows, H) -> (rows, H_in): the shared zero channels appended (no-op unpadded)."""
+        return x if zeros is None else F.concat(x, zeros, dim=1)
+
+    def hybrid_forward(self, F, x, grid, zeros=None, mask=None):
+        # pylint: disable=arguments-differ
+        """x: (L*B, H), rows in (length, batch) order; grid: (L, B), gives the shape only;
+        zeros: (L*B, H_in - H) or None; mask: (B, 1, 1, L) additive bias or None."""
+        qkv = F.reshape_like(self.qkv(self._widen(F, x, zeros)), grid,
+                             lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (L, B, 3H)
         scores = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=self._heads)  # (B*A, L, L)
         if mask is not None:
             scores = F.broadcast_add(scores.reshape((-4, -1, self._heads, 0, 0)), mask)
             scores = scores.reshape((-3, 0, 0))
         att = F.softmax(scores, axis=-1)
         context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=self._heads)
-        x = self.ln_att(self.proj(context) + x)
+        context = F.reshape(context, shape=(-3, 0))                       # (L*B, H)
+        x = self.ln_att(self.proj(self._widen(F, context, zeros)) + x)
         # GELU (erf form, as GluonNLP's) right after the dense layer so oneDNN fuses it.
-        hidden = F.LeakyReLU(self.ffn_1(x), act_type='gelu')
+        hidden = F.LeakyReLU(self.ffn_1(self._widen(F, x, zeros)), act_type='gelu')
         return self.ln_ffn(self.ffn_2(hidden) + x)
 
 
@@ -99,6 +129,10 @@ class FastEncoder(HybridBlock):
     masked : bool
         Build the graph with ``valid_length`` (padding masked in attention, padded outputs
         zeroed); False builds the unpadded graph whose forward takes the tokens only.
+    pad_inputs : bool
+        Give dense layers whose input width is a multiple of 1024 that width plus
+        ``PAD_CHANNELS`` zero channels (weights zero-padded by :func:`load_weights`); same
+        outputs, faster GEMMs with oneDNN 2.4 (see the module docstring).
 
     Inputs
     ------
@@ -113,10 +147,12 @@ class FastEncoder(HybridBlock):
     pooled_output : (batch_size, units), only with a pooler
     """
 
-    def __init__(self, arch: Architecture, masked: bool = True, prefix=None, params=None):
+    def __init__(self, arch: Architecture, masked: bool = True, pad_inputs: bool = False,
+                 prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
-        self.arch, self.masked = arch, masked
+        self.arch, self.masked, self.pad_inputs = arch, masked, pad_inputs
         h = arch.units
+        self._extra_channels = padded_width(h) - h if pad_inputs else 0
         with self.name_scope():
             self.word_embed = nn.Embedding(arch.vocab_size, h, prefix='word_embed_')
             self.token_type_embed = (nn.Embedding(arch.token_type_vocab_size, h,
@@ -127,7 +163,7 @@ class FastEncoder(HybridBlock):
                                          prefix='ln_embed_')
             self.layers = nn.HybridSequential(prefix='layers_')
             for i in range(arch.num_layers):
-                self.layers.add(_FastLayer(arch, prefix=f'{i}_'))
+                self.layers.add(_FastLayer(arch, pad_inputs, prefix=f'{i}_'))
             self.pooler = (nn.Dense(h, activation='tanh', flatten=False, in_units=h,
                                     prefix='pooler_') if arch.use_pooler else None)
 
@@ -148,8 +184,14 @@ class FastEncoder(HybridBlock):
             padded = F.broadcast_greater_equal(F.reshape(steps, shape=(1, -1)),
                                                F.reshape(valid_length, shape=(-1, 1)))
             mask = F.reshape(padded * MASK_VALUE, shape=(0, 1, 1, -1))     # (B, 1, 1, L)
+        x = F.reshape(x, shape=(-3, 0))                                    # (L*B, H)
+        zeros = None
+        if self._extra_channels:
+            # One zero block shared by every widened input: a 2-D concat is a cheap copy.
+            zeros = F.zeros_like(F.slice_axis(x, axis=1, begin=0, end=self._extra_channels))
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, tokens, zeros, mask)
+        x = F.reshape_like(x, tokens, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)
         if valid_length is not None:
             x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True, axis=0)
         outputs = [F.transpose(x, axes=(1, 0, 2))]                         # (B, L, H)
@@ -232,6 +274,8 @@ class FastModel:
         Subgraph backend for graph fusion; ``'MKLDNN'`` (default on CPU) or None. Ignored on GPU.
     static : bool
         Hybridize with ``static_alloc`` and ``static_shape``.
+    pad_inputs : bool, optional
+        See :class:`FastEncoder`; default: on with a oneDNN backend, off otherwise.
 
     Call
     ----
@@ -240,22 +284,21 @@ class FastModel:
     """
 
     def __init__(self, arch: Architecture, weights: Dict[str, np.ndarray], ctx=None,
-                 backend: Optional[str] = 'MKLDNN', static: bool = True):
+                 backend: Optional[str] = 'MKLDNN', static: bool = True,
+                 pad_inputs: Optional[bool] = None):
         self.arch = arch.replace(dropout=0.0)
         self.ctx = ctx or mx.cpu()
         if self.ctx.device_type != 'cpu':
             backend = None
         self.backend = backend
-        self.masked = FastEncoder(self.arch, masked=True, prefix='fast_')
-        self.unmasked = FastEncoder(self.arch, masked=False, prefix='fast_',
-                                    params=self.masked.collect_params())
+        if pad_inputs is None:
+            pad_inputs = backend is not None
+        self.pad_inputs = pad_inputs
+        self.masked = FastEncoder(self.arch, masked=True, pad_inputs=pad_inputs, prefix='fast_')
+        self.unmasked = FastEncoder(self.arch, masked=False, pad_inputs=pad_inputs,
+                                    prefix='fast_', params=self.masked.collect_params())
         self.masked.initialize(ctx=self.ctx)
-        named = self.masked._collect_params_with_prefix()  # pylint: disable=protected-access
-        missing = sorted(set(named) ^ set(weights))
-        if missing:
-            raise KeyError(f'weights do not match the fast graph: {missing}')
-        for name, param in named.items():
-            param.set_data(mx.nd.array(weights[name], dtype='float32'))
+        load_weights(self.masked, weights)
         for block in (self.masked, self.unmasked):
             block.hybridize(static_alloc=static, static_shape=static, backend=backend)
         log.debug('fast path for %s on %s: backend %s, static memory %s', self.arch.label,
@@ -272,9 +315,11 @@ class FastModel:
         return cls.from_model(load_model(folder, use_decoder=False), **kwargs)
 
     def weights(self) -> Dict[str, np.ndarray]:
-        """The weights, as :func:`fast_weights` gives them."""
+        """The weights, as :func:`fast_weights` gives them (without input padding)."""
+        logical = _param_shapes(FastEncoder(self.arch, pad_inputs=False))
         named = self.masked._collect_params_with_prefix()  # pylint: disable=protected-access
-        return {name: param.data().asnumpy() for name, param in named.items()}
+        return {name: param.data().asnumpy()[tuple(slice(0, n) for n in logical[name])]
+                for name, param in named.items()}
 
     def _nd(self, array, dtype='float32') -> mx.nd.NDArray:
         if isinstance(array, mx.nd.NDArray):
@@ -293,6 +338,36 @@ class FastModel:
             if not np.all(lengths >= inputs.shape[1]):
                 return _as_output(self.masked(inputs, self._nd(valid_length), *extra))
         return _as_output(self.unmasked(inputs, *extra))
+
+
+def _param_shapes(encoder: FastEncoder) -> Dict[str, Tuple[int, ...]]:
+    named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
+    return {name: tuple(param.shape) for name, param in named.items()}
+
+
+def load_weights(encoder: FastEncoder, weights: Dict[str, np.ndarray]) -> None:
+    """Copy :func:`fast_weights` into an initialized encoder, zero-padding where it pads inputs.
+
+    Raises
+    ------
+    KeyError
+        When names differ (each one listed).
+    ValueError
+        When a weight does not fit its parameter (name and both shapes).
+    """
+    named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
+    missing = sorted(set(named) ^ set(weights))
+    if missing:
+        raise KeyError(f'weights do not match the fast graph: {missing}')
+    for name, param in named.items():
+        value = np.asarray(weights[name], dtype=np.float32)
+        shape = tuple(param.shape)
+        if value.shape != shape:
+            if len(value.shape) != len(shape) or any(a > b for a, b in zip(value.shape, shape)):
+                raise ValueError(f'weight {name}: shape {value.shape} does not fit the fast '
+                                 f'graph\'s {shape}')
+            value = np.pad(value, [(0, b - a) for a, b in zip(value.shape, shape)])
+        param.set_data(mx.nd.array(value, dtype='float32'))
 
 
 def _as_output(out):

@@ -119,7 +119,8 @@ class LatencyResult:
 def thread_info() -> Dict[str, Optional[str]]:
     """Thread-related environment variables read by OpenMP, MXNet, oneDNN and torch."""
     keys = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'MXNET_CPU_WORKER_NTHREADS',
-            'MXNET_ENGINE_TYPE', 'MXNET_SUBGRAPH_BACKEND', 'OMP_PROC_BIND', 'KMP_AFFINITY')
+            'MXNET_ENGINE_TYPE', 'MXNET_SUBGRAPH_BACKEND', 'OMP_PROC_BIND', 'OMP_WAIT_POLICY',
+            'KMP_AFFINITY')
     return {k: os.environ.get(k) for k in keys}
 
 

@@ -49,7 +49,7 @@ from mxnet.ndarray import NDArray
 
 from .cli import emit
 from .arch import Architecture, load_arch, save_arch
-from .fast import FastEncoder, FastModel, _as_output, fast_weights
+from .fast import FastEncoder, FastModel, _as_output, fast_weights, load_weights
 from .model import BortModel
 
 __all__ = ['QuantizeConfig', 'QuantizedModel', 'quantize_encoder', 'compare_outputs',
@@ -212,16 +212,18 @@ class _PercentileCollector:
 
 
 def _float_encoder(model: Union[BortModel, FastModel]) -> Tuple[Architecture, FastEncoder]:
-    """A fresh, un-partitioned, masked FastEncoder holding ``model``'s weights."""
+    """A fresh, un-partitioned, masked FastEncoder holding ``model``'s weights.
+
+    Its dense-layer inputs are not padded: with oneDNN's INT8 kernels padding measured no gain
+    (``bort_4_8_768_1024`` 9.1 vs 10.0 ms at 1 x 128, 32.3 vs 33.3 ms at 1 x 512).
+    """
     if isinstance(model, FastModel):
         arch, weights = model.arch, model.weights()
     else:
         arch, weights = model.arch.replace(dropout=0.0), fast_weights(model)
     encoder = FastEncoder(arch, masked=True, prefix=_PREFIX)
     encoder.initialize()
-    named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
-    for name, param in named.items():
-        param.set_data(mx.nd.array(weights[name], dtype='float32'))
+    load_weights(encoder, weights)
     return arch, encoder
 
 

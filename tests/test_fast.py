@@ -3,8 +3,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.fast import (DEFAULT_BUCKETS, FastModel, bucket_batches, fast_weights, load_fast,
-                       pad_batch, set_threads)
+from bort.fast import (DEFAULT_BUCKETS, PAD_CHANNELS, FastEncoder, FastModel, bucket_batches,
+                       fast_weights, load_fast, load_weights, pad_batch, padded_width,
+                       set_threads)
 from bort.model import build_model, save_model
 
 TOL = 1e-4
@@ -125,6 +126,60 @@ def test_bucketed_outputs_restore_order(tiny_arch, rng):
     for i, row in enumerate(rows):
         alone = _plain(model, np.array([row]), np.array([len(row)]))[0].asnumpy()[0, 0]
         assert np.abs(alone - firsts[i]).max() <= TOL
+
+
+def test_padded_width():
+    assert [padded_width(w) for w in (768, 1024, 2048, 3072, 1040, 512)] == \
+        [768, 1024 + PAD_CHANNELS, 2048 + PAD_CHANNELS, 3072 + PAD_CHANNELS, 1040, 512]
+
+
+@pytest.fixture
+def wide_arch(tiny_bert_arch):
+    """Units and FFN width multiples of 1024: the shapes whose dense inputs are padded."""
+    return tiny_bert_arch.replace(num_layers=2, num_heads=8, units=1024, hidden_size=2048)
+
+
+def test_padded_inputs_match_plain(wide_arch, rng):
+    """Zero channels appended to 1024-wide dense inputs change nothing but the speed."""
+    mx.random.seed(3)
+    model = build_model(wide_arch, use_decoder=False)
+    model.hybridize()
+    padded = FastModel.from_model(model, pad_inputs=True)
+    plain_fast = FastModel.from_model(model, pad_inputs=False)
+    named = padded.masked._collect_params_with_prefix()  # pylint: disable=protected-access
+    wide = 1024 + PAD_CHANNELS
+    assert named['layers.0.qkv.weight'].shape == (3 * 1024, wide)
+    assert named['layers.0.proj.weight'].shape == (1024, wide)
+    assert named['layers.0.ffn_1.weight'].shape == (2048 + PAD_CHANNELS, wide)
+    assert named['layers.1.ffn_2.weight'].shape == (1024, 2048 + PAD_CHANNELS)
+    # The padding itself is zero: extra input columns and extra FFN units.
+    assert not named['layers.0.qkv.weight'].data().asnumpy()[:, 1024:].any()
+    assert not named['layers.0.ffn_1.bias'].data().asnumpy()[2048:].any()
+    tokens = rng.randint(0, wide_arch.vocab_size, (3, 9))
+    types = rng.randint(0, 2, tokens.shape)
+    for valid in (np.array([9, 4, 1]), None):
+        expected = _plain(model, tokens, np.full(3, 9) if valid is None else valid, types)
+        for engine in (padded, plain_fast):
+            got = _as_list(engine(tokens, valid, types))
+            for e, g in zip(expected, got):
+                assert np.abs(e.asnumpy() - g.asnumpy()).max() <= TOL
+    # weights() gives back the logical (unpadded) weights.
+    reference = fast_weights(model)
+    for name, value in padded.weights().items():
+        np.testing.assert_array_equal(value, reference[name])
+
+
+def test_load_weights_names_misfits(wide_arch, tiny_arch):
+    encoder = FastEncoder(tiny_arch, pad_inputs=True)
+    encoder.initialize()
+    weights = fast_weights(build_model(tiny_arch, use_decoder=False))
+    load_weights(encoder, weights)  # nothing padded at width 32: loads as is
+    weights['layers.0.qkv.weight'] = np.zeros((96, 40), dtype=np.float32)
+    with pytest.raises(ValueError, match=r'layers\.0\.qkv\.weight.*\(96, 40\).*\(96, 32\)'):
+        load_weights(encoder, weights)
+    del weights['layers.0.qkv.weight']
+    with pytest.raises(KeyError, match='layers.0.qkv.weight'):
+        load_weights(encoder, weights)
 
 
 def test_pad_batch():
