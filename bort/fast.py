@@ -30,8 +30,16 @@ What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator
    batch 1 x 128, 1.11x at 1 x 512, 0.97x at 32 x 128 (where the GEMMs gain nothing and the
    copies remain); BERT-base 1.19x / 1.06x / 1.00x. ``benchmarks/bench_inference.py``'s
    ``fast-unpadded`` engine shows it side by side.
+5. **Fused residual addition + LayerNorm.** MXNet 1.9's LayerNorm runs at ~1.5 ns per element
+   per core; ``bort_add_layer_norm`` (:mod:`bort.kernels`, C++ built on first use) adds the
+   residual, normalises and writes the zero channels of the next dense layer's input in one
+   pass, so the padded graph widens only the attention context. With the embeddings it also
+   takes the position rows as the residual. Measured (2 threads, ``OMP_WAIT_POLICY=ACTIVE``):
+   ``bort_4_8_768_1024`` 24.3 -> 22.7 ms at 1 x 128, 87.7 -> 80.8 ms at 1 x 512, 538 -> 506
+   ms at 32 x 128; BERT-base 81.0 -> 78.7, 282 -> 273, 1871 -> 1823 ms. Without a compiler
+   (or with ``BORT_FUSED_OPS=0``) the graph keeps MXNet's operators.
 
-What remains is the dense layers: ~85 % of the forward pass, at 75-80 % of the measured
+What remains is the dense layers: ~90 % of the forward pass, at 75-80 % of the measured
 single-core GEMM peak (233 GFLOP/s) on one thread, for Bort's shapes as for BERT-base's. The
 graph keeps GluonNLP's (length, batch, units) order, which the interleaved attention operators
 need, with the rows flattened to 2-D between them, and transposes once at the end. It is
@@ -54,6 +62,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock, nn
 
 from .arch import Architecture
+from .kernels import OP_ADD_LAYER_NORM, load_fused_ops
 from .model import BortModel, load_model, param_dict
 
 __all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
@@ -76,36 +85,67 @@ def padded_width(width: int) -> int:
     return width + PAD_CHANNELS if width % 1024 == 0 else width
 
 
+class _AddNorm(HybridBlock):
+    """LayerNorm(x + residual): MXNet's two operators, or the fused one (:mod:`bort.kernels`).
+
+    x: (rows, H); residual: (rows, H), or (rows, H + pad) zero-padded when fused, or with
+    ``broadcast`` any shape that broadcasts to x's (fused: rows dividing x's rows, see
+    ``bort/csrc/fused_ops.cc``); output (rows, H), or (rows, H + pad) with zero channels when
+    fused.
+    """
+
+    def __init__(self, units: int, eps: float, fused: bool, pad: int, broadcast: bool = False,
+                 prefix=None):
+        super().__init__(prefix=prefix)
+        self._eps, self._fused, self._pad, self._broadcast = eps, fused, pad, broadcast
+        with self.name_scope():
+            self.gamma = self.params.get('gamma', shape=(units,), init='ones')
+            self.beta = self.params.get('beta', shape=(units,), init='zeros')
+
+    def hybrid_forward(self, F, x, residual, gamma, beta):  # pylint: disable=arguments-differ
+        if self._fused:
+            return getattr(F, OP_ADD_LAYER_NORM)(x, residual, gamma, beta, eps=self._eps,
+                                                 pad=self._pad)
+        # An elementwise '+' (node '_plus'), as before: INT8 keeps those in float32.
+        total = F.broadcast_add(x, residual) if self._broadcast else x + residual
+        return F.LayerNorm(total, gamma, beta, axis=-1, eps=self._eps)
+
+
 class _FastLayer(HybridBlock):
     """One post-LayerNorm transformer layer with a fused, pre-interleaved QKV projection."""
 
-    def __init__(self, arch: Architecture, pad_inputs: bool = False, prefix=None, params=None):
+    def __init__(self, arch: Architecture, pad_inputs: bool = False, fused_norm: bool = False,
+                 prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
-        self._heads = arch.num_heads
+        self._heads, self._fused = arch.num_heads, fused_norm
         h, eps = arch.units, arch.layer_norm_eps
-        self._h = h
         # Input widths of the dense layers, padded with zero channels where oneDNN is slow.
         self._h_in = padded_width(h) if pad_inputs else h
         i_pad = padded_width(arch.hidden_size) if pad_inputs else arch.hidden_size
+        # Fused, the normalised outputs carry the zero channels themselves: no widening copy.
+        pad_out = self._h_in - h if fused_norm else 0
         with self.name_scope():
             self.qkv = nn.Dense(3 * h, flatten=False, in_units=self._h_in, prefix='qkv_')
             self.proj = nn.Dense(h, flatten=False, in_units=self._h_in, prefix='proj_')
-            self.ln_att = nn.LayerNorm(epsilon=eps, in_channels=h, prefix='ln_att_')
+            self.ln_att = _AddNorm(h, eps, fused_norm, pad_out, prefix='ln_att_')
             # A padded FFN width costs no copy: the extra output units have zero weights and
             # bias, GELU(0) = 0, so they are the zero input channels ffn_2 expects.
             self.ffn_1 = nn.Dense(i_pad, flatten=False, in_units=self._h_in, prefix='ffn_1_')
             self.ffn_2 = nn.Dense(h, flatten=False, in_units=i_pad, prefix='ffn_2_')
-            self.ln_ffn = nn.LayerNorm(epsilon=eps, in_channels=h, prefix='ln_ffn_')
+            self.ln_ffn = _AddNorm(h, eps, fused_norm, pad_out, prefix='ln_ffn_')
 
-    def _widen(self, F, x, zeros):
+    @staticmethod
+    def _widen(F, x, zeros):
         """(rows, H) -> (rows, H_in): the shared zero channels appended (no-op unpadded)."""
         return x if zeros is None else F.concat(x, zeros, dim=1)
 
     def hybrid_forward(self, F, x, grid, zeros=None, mask=None):
         # pylint: disable=arguments-differ
-        """x: (L*B, H), rows in (length, batch) order; grid: (L, B), gives the shape only;
-        zeros: (L*B, H_in - H) or None; mask: (B, 1, 1, L) additive bias or None."""
-        qkv = F.reshape_like(self.qkv(self._widen(F, x, zeros)), grid,
+        """x: (L*B, H), rows in (length, batch) order, or (L*B, H_in) with its zero channels
+        when fused; grid: (L, B), gives the shape only; zeros: (L*B, H_in - H) or None;
+        mask: (B, 1, 1, L) additive bias or None. Returns the same layout as x."""
+        wide = (lambda v: v) if self._fused else (lambda v: self._widen(F, v, zeros))
+        qkv = F.reshape_like(self.qkv(wide(x)), grid,
                              lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (L, B, 3H)
         scores = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=self._heads)  # (B*A, L, L)
         if mask is not None:
@@ -114,10 +154,10 @@ class _FastLayer(HybridBlock):
         att = F.softmax(scores, axis=-1)
         context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=self._heads)
         context = F.reshape(context, shape=(-3, 0))                       # (L*B, H)
-        x = self.ln_att(self.proj(self._widen(F, context, zeros)) + x)
+        x = self.ln_att(self.proj(self._widen(F, context, zeros)), x)
         # GELU (erf form, as GluonNLP's) right after the dense layer so oneDNN fuses it.
-        hidden = F.LeakyReLU(self.ffn_1(self._widen(F, x, zeros)), act_type='gelu')
-        return self.ln_ffn(self.ffn_2(hidden) + x)
+        hidden = F.LeakyReLU(self.ffn_1(wide(x)), act_type='gelu')
+        return self.ln_ffn(self.ffn_2(hidden), x)
 
 
 class FastEncoder(HybridBlock):
@@ -133,6 +173,9 @@ class FastEncoder(HybridBlock):
         Give dense layers whose input width is a multiple of 1024 that width plus
         ``PAD_CHANNELS`` zero channels (weights zero-padded by :func:`load_weights`); same
         outputs, faster GEMMs with oneDNN 2.4 (see the module docstring).
+    fused_norm : bool
+        Residual addition + LayerNorm (+ zero channels) as one operator
+        (:func:`bort.kernels.load_fused_ops`); raises RuntimeError when it cannot be loaded.
 
     Inputs
     ------
@@ -148,22 +191,28 @@ class FastEncoder(HybridBlock):
     """
 
     def __init__(self, arch: Architecture, masked: bool = True, pad_inputs: bool = False,
-                 prefix=None, params=None):
+                 fused_norm: bool = False, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
-        self.arch, self.masked, self.pad_inputs = arch, masked, pad_inputs
+        if fused_norm and not load_fused_ops():
+            raise RuntimeError('fused_norm=True but the fused operators could not be built or '
+                               'loaded (see the warning above); use fused_norm=False')
+        self.arch, self.masked = arch, masked
+        self.pad_inputs, self.fused_norm = pad_inputs, fused_norm
         h = arch.units
         self._extra_channels = padded_width(h) - h if pad_inputs else 0
+        # Fused, every normalised output carries the zero channels: no widening copy of x.
+        self._pad_out = self._extra_channels if fused_norm else 0
         with self.name_scope():
             self.word_embed = nn.Embedding(arch.vocab_size, h, prefix='word_embed_')
             self.token_type_embed = (nn.Embedding(arch.token_type_vocab_size, h,
                                                   prefix='token_type_embed_')
                                      if arch.token_type_vocab_size else None)
             self.position_weight = self.params.get('position_weight', shape=(arch.max_length, h))
-            self.ln_embed = nn.LayerNorm(epsilon=arch.layer_norm_eps, in_channels=h,
-                                         prefix='ln_embed_')
+            self.ln_embed = _AddNorm(h, arch.layer_norm_eps, fused_norm, self._pad_out,
+                                     broadcast=True, prefix='ln_embed_')
             self.layers = nn.HybridSequential(prefix='layers_')
             for i in range(arch.num_layers):
-                self.layers.add(_FastLayer(arch, pad_inputs, prefix=f'{i}_'))
+                self.layers.add(_FastLayer(arch, pad_inputs, fused_norm, prefix=f'{i}_'))
             self.pooler = (nn.Dense(h, activation='tanh', flatten=False, in_units=h,
                                     prefix='pooler_') if arch.use_pooler else None)
 
@@ -177,20 +226,25 @@ class FastEncoder(HybridBlock):
         if token_types is not None:
             x = x + self.token_type_embed(F.transpose(token_types))
         positions = F.slice_like(position_weight, tokens, axes=(0,))       # (L, H)
-        x = self.ln_embed(F.broadcast_add(x, F.expand_dims(positions, axis=1)))
+        if self.fused_norm:  # rows (l, b) meet position row l; out: the layers' width
+            x = self.ln_embed(F.reshape(x, shape=(-3, 0)), positions)      # (L*B, H_in)
+        else:
+            x = F.reshape(self.ln_embed(x, F.expand_dims(positions, axis=1)),
+                          shape=(-3, 0))                                   # (L*B, H)
         mask = None
         if valid_length is not None:
             steps = F.contrib.arange_like(tokens, axis=0)                   # (L,)
             padded = F.broadcast_greater_equal(F.reshape(steps, shape=(1, -1)),
                                                F.reshape(valid_length, shape=(-1, 1)))
             mask = F.reshape(padded * MASK_VALUE, shape=(0, 1, 1, -1))     # (B, 1, 1, L)
-        x = F.reshape(x, shape=(-3, 0))                                    # (L*B, H)
         zeros = None
         if self._extra_channels:
             # One zero block shared by every widened input: a 2-D concat is a cheap copy.
             zeros = F.zeros_like(F.slice_axis(x, axis=1, begin=0, end=self._extra_channels))
         for layer in self.layers:
             x = layer(x, tokens, zeros, mask)
+        if zeros is not None and self.fused_norm:
+            x = F.slice_axis(x, axis=1, begin=0, end=self.arch.units)
         x = F.reshape_like(x, tokens, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)
         if valid_length is not None:
             x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True, axis=0)
@@ -276,6 +330,9 @@ class FastModel:
         Hybridize with ``static_alloc`` and ``static_shape``.
     pad_inputs : bool, optional
         See :class:`FastEncoder`; default: on with a oneDNN backend, off otherwise.
+    fused_norm : bool, optional
+        See :class:`FastEncoder`; default: on for the CPU when :mod:`bort.kernels` can build
+        and load its library.
 
     Call
     ----
@@ -285,7 +342,7 @@ class FastModel:
 
     def __init__(self, arch: Architecture, weights: Dict[str, np.ndarray], ctx=None,
                  backend: Optional[str] = 'MKLDNN', static: bool = True,
-                 pad_inputs: Optional[bool] = None):
+                 pad_inputs: Optional[bool] = None, fused_norm: Optional[bool] = None):
         self.arch = arch.replace(dropout=0.0)
         self.ctx = ctx or mx.cpu()
         if self.ctx.device_type != 'cpu':
@@ -293,16 +350,20 @@ class FastModel:
         self.backend = backend
         if pad_inputs is None:
             pad_inputs = backend is not None
-        self.pad_inputs = pad_inputs
-        self.masked = FastEncoder(self.arch, masked=True, pad_inputs=pad_inputs, prefix='fast_')
-        self.unmasked = FastEncoder(self.arch, masked=False, pad_inputs=pad_inputs,
-                                    prefix='fast_', params=self.masked.collect_params())
+        if fused_norm is None:
+            fused_norm = self.ctx.device_type == 'cpu' and load_fused_ops()
+        self.pad_inputs, self.fused_norm = pad_inputs, fused_norm
+        options = dict(pad_inputs=pad_inputs, fused_norm=fused_norm, prefix='fast_')
+        self.masked = FastEncoder(self.arch, masked=True, **options)
+        self.unmasked = FastEncoder(self.arch, masked=False, params=self.masked.collect_params(),
+                                    **options)
         self.masked.initialize(ctx=self.ctx)
         load_weights(self.masked, weights)
         for block in (self.masked, self.unmasked):
             block.hybridize(static_alloc=static, static_shape=static, backend=backend)
-        log.debug('fast path for %s on %s: backend %s, static memory %s', self.arch.label,
-                  self.ctx, backend, static)
+        log.debug('fast path for %s on %s: backend %s, static memory %s, padded inputs %s, '
+                  'fused LayerNorm %s', self.arch.label, self.ctx, backend, static, pad_inputs,
+                  fused_norm)
 
     @classmethod
     def from_model(cls, model: BortModel, **kwargs) -> 'FastModel':

@@ -30,7 +30,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import mxnet as mx
+if __name__ == '__main__':  # python -m bort.predict: thread settings before MXNet starts
+    from . import configure_threads
+    configure_threads(inference=True)
+
+import mxnet as mx  # noqa: E402
 import numpy as np
 
 from .cli import emit
@@ -368,13 +372,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help='int8 without --int8-model: calibrate on this many inputs')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--no-progress', action='store_true')
-    parser.epilog = ('Threads: set OMP_NUM_THREADS to the number of cores before starting '
-                     '(MXNet reads it once, at start-up).')
+    parser.epilog = ('Threads: OMP_NUM_THREADS defaults to the number of cores and '
+                     'OMP_WAIT_POLICY to ACTIVE (threads spin between operators: lower latency, '
+                     'busy idle cores); set either before starting to override.')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     if not os.environ.get('OMP_NUM_THREADS'):
         log.warning('OMP_NUM_THREADS is not set: MXNet may run single-threaded; set it to the '
-                    'number of cores')
+                    'number of cores (python -m bort.predict does it for you)')
+    log.info('OMP_NUM_THREADS=%s OMP_WAIT_POLICY=%s', os.environ.get('OMP_NUM_THREADS'),
+             os.environ.get('OMP_WAIT_POLICY'))
     result = predict_file(args.model, args.task, args.input, args.output, split=args.split,
                           engine=args.engine, batch_size=args.batch_size,
                           int8_model=args.int8_model, calib_rows=args.calib_rows,

@@ -1,6 +1,8 @@
 """The prediction command end to end on a tiny fine-tuned model, and its batching."""
 import os
 import shutil
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -49,6 +51,28 @@ def test_command_matches_the_classifier(finetuned, tmp_path):
     assert outputs['fast'] == expected
     assert outputs['plain'] == expected
     assert len(outputs['int8']) == len(expected) and outputs['int8'][0] == expected[0]
+
+
+def test_module_command_sets_inference_threads(finetuned, tmp_path):
+    """``python -m bort.predict`` sets the thread variables before MXNet starts (unless set)
+    and writes the same file as the in-process call."""
+    folder, data = finetuned
+    test_file = os.path.join(data, 'RTE', 'test.tsv')
+    env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')}
+    env['PYTHONPATH'] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                         env.get('PYTHONPATH', '')])
+    out = str(tmp_path / 'module.tsv')
+    run = subprocess.run([sys.executable, '-m', 'bort.predict', '--model', folder, '--input',
+                          test_file, '--output', out, '--batch-size', '4', '--no-progress'],
+                         env=dict(env, OMP_NUM_THREADS='1'), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert '23 sentences' in run.stdout
+    assert 'OMP_NUM_THREADS=1 OMP_WAIT_POLICY=ACTIVE' in run.stderr  # set one kept, unset one set
+    reference = str(tmp_path / 'inprocess.tsv')
+    main(['--model', folder, '--input', test_file, '--output', reference, '--batch-size', '4',
+          '--no-progress'])
+    assert _lines(out) == _lines(reference)
 
 
 def test_int8_engine_scores_close_to_float32(finetuned):
