@@ -37,7 +37,7 @@ if __name__ == '__main__':  # python -m bort.predict: thread settings before MXN
 import mxnet as mx  # noqa: E402
 import numpy as np
 
-from .cli import emit
+from .cli import emit, run_main
 from .castings import aggregate
 from .classifier import (Encoded, TaskClassifier, encode_examples, encode_pair, load_classifier,
                          predict_scores, read_head_config)
@@ -331,16 +331,19 @@ def read_inputs(task: str, path: str, split: str = 'test'):
 def predict_file(folder: str, task: Optional[str], input_path: str, output_path: str,
                  split: str = 'test', engine: str = 'fast', batch_size: int = 32,
                  int8_model: Optional[str] = None, calib_rows: int = 64,
-                 progress: bool = True) -> Dict[str, Any]:
+                 progress: bool = True, overwrite: bool = False) -> Dict[str, Any]:
     """Score a task file with a fine-tuned folder and write its predictions file.
 
     The output is the task's leaderboard format (:func:`bort.submission.format_submission`).
+    An existing ``output_path`` is refused (before any scoring) unless ``overwrite``.
 
     Returns
     -------
     dict
         :class:`PredictStats` figures plus ``output``, ``engine`` and ``task``.
     """
+    if os.path.exists(output_path) and not overwrite:
+        raise FileExistsError(f'{output_path} exists; pass --overwrite to replace it')
     if os.path.isdir(os.path.join(folder, BEST)):
         folder = os.path.join(folder, BEST)
     head_config = read_head_config(folder)
@@ -372,6 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help='int8 without --int8-model: calibrate on this many inputs')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing --output')
     parser.epilog = ('Threads: OMP_NUM_THREADS defaults to the number of cores and '
                      'OMP_WAIT_POLICY to ACTIVE (threads spin between operators: lower latency, '
                      'busy idle cores); set either before starting to override.')
@@ -385,11 +389,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = predict_file(args.model, args.task, args.input, args.output, split=args.split,
                           engine=args.engine, batch_size=args.batch_size,
                           int8_model=args.int8_model, calib_rows=args.calib_rows,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, overwrite=args.overwrite)
     emit(f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sentences/s "
          f"({args.engine}) -> {args.output}")
     return result
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main, (FileExistsError, FileNotFoundError, ValueError), 'bort.predict')

@@ -44,13 +44,17 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import mxnet as mx
+if __name__ == '__main__':  # python -m bort.quantize: thread settings before MXNet starts
+    from . import configure_threads
+    configure_threads(inference=True)
+
+import mxnet as mx  # noqa: E402
 import numpy as np
 from mxnet.base import NDArrayHandle, py_str
 from mxnet.contrib.quantization import quantize_net_v2
 from mxnet.ndarray import NDArray
 
-from .cli import emit
+from .cli import emit, run_main
 from .arch import Architecture, load_arch, save_arch
 from .fast import FastEncoder, FastModel, _as_output, fast_weights, load_weights
 from .kernels import load_fused_ops
@@ -392,8 +396,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument('--granularity', default=None, choices=('tensor-wise', 'channel-wise'))
     parser.add_argument('--exclude', nargs='*', default=['_plus'],
                         help='node-name substrings kept in float32')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an artefact already in --out')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    if os.path.exists(os.path.join(args.out, SYMBOL_FILE)) and not args.overwrite:
+        raise FileExistsError(f'{args.out} already holds a quantized model; pass --overwrite '
+                              'to replace it')
     model, tokenizer = load_float_encoder(args.model), load_tokenizer(args.model)
     rows = args.calib_rows + args.eval_rows
     tokens, valid, types = _read_lines(args.calib_text, tokenizer, rows, args.max_length)
@@ -415,4 +424,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main, (FileExistsError, FileNotFoundError, ValueError), 'bort.quantize')

@@ -73,6 +73,12 @@ def test_module_command_sets_inference_threads(finetuned, tmp_path):
     main(['--model', folder, '--input', test_file, '--output', reference, '--batch-size', '4',
           '--no-progress'])
     assert _lines(out) == _lines(reference)
+    # A predictions file already there is kept unless --overwrite.
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        main(['--model', folder, '--input', test_file, '--output', reference, '--no-progress'])
+    main(['--model', folder, '--input', test_file, '--output', reference, '--no-progress',
+          '--overwrite'])
+    assert _lines(out) == _lines(reference)
 
 
 def test_int8_engine_scores_close_to_float32(finetuned):

@@ -139,3 +139,9 @@ def test_command_writes_a_loadable_artefact(tmp_path):
     loaded = QuantizedModel.load(str(tmp_path / 'q'))
     assert loaded.info['calib_rows'] == 16
     assert _first(loaded(np.array([[2, 9, 10, 3]]))).shape == (1, 4, 32)
+    # A finished artefact is not replaced unless asked.
+    argv = ['--model', folder, '--calib-text', str(text), '--out', str(tmp_path / 'q'),
+            '--calib-rows', '8', '--eval-rows', '0', '--max-length', '24']
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        main(argv)
+    assert main(argv + ['--overwrite'])['calib_rows'] == 8
