@@ -36,8 +36,11 @@ What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator
    pass, so the padded graph widens only the attention context. With the embeddings it also
    takes the position rows as the residual. Measured (2 threads, ``OMP_WAIT_POLICY=ACTIVE``):
    ``bort_4_8_768_1024`` 24.3 -> 22.7 ms at 1 x 128, 87.7 -> 80.8 ms at 1 x 512, 538 -> 506
-   ms at 32 x 128; BERT-base 81.0 -> 78.7, 282 -> 273, 1871 -> 1823 ms. Without a compiler
-   (or with ``BORT_FUSED_OPS=0``) the graph keeps MXNet's operators.
+   ms at 32 x 128; BERT-base 81.0 -> 78.7, 282 -> 273, 1871 -> 1823 ms. In the padded graph
+   ``bort_masked_softmax`` reads ``valid_length`` and normalises each row over its valid keys,
+   in place of the additive mask's ``broadcast_add`` and the softmax (all-MiniLM-L6-v2 INT8,
+   batch 32 x 32 with padding: 26.3 -> 24.4 ms). Without a compiler (or with
+   ``BORT_FUSED_OPS=0``) the graph keeps MXNet's operators.
 
 What remains is the dense layers: ~90 % of the forward pass, at 75-80 % of the measured
 single-core GEMM peak (233 GFLOP/s) on one thread, for Bort's shapes as for BERT-base's. The
@@ -62,7 +65,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock, nn
 
 from .arch import Architecture
-from .kernels import OP_ADD_LAYER_NORM, load_fused_ops
+from .kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from .model import BortModel, load_model, param_dict
 
 __all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
@@ -114,25 +117,25 @@ class _AddNorm(HybridBlock):
 class _FastLayer(HybridBlock):
     """One post-LayerNorm transformer layer with a fused, pre-interleaved QKV projection."""
 
-    def __init__(self, arch: Architecture, pad_inputs: bool = False, fused_norm: bool = False,
+    def __init__(self, arch: Architecture, pad_inputs: bool = False, fused_ops: bool = False,
                  prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
-        self._heads, self._fused = arch.num_heads, fused_norm
+        self._heads, self._fused = arch.num_heads, fused_ops
         h, eps = arch.units, arch.layer_norm_eps
         # Input widths of the dense layers, padded with zero channels where oneDNN is slow.
         self._h_in = padded_width(h) if pad_inputs else h
         i_pad = padded_width(arch.hidden_size) if pad_inputs else arch.hidden_size
         # Fused, the normalised outputs carry the zero channels themselves: no widening copy.
-        pad_out = self._h_in - h if fused_norm else 0
+        pad_out = self._h_in - h if fused_ops else 0
         with self.name_scope():
             self.qkv = nn.Dense(3 * h, flatten=False, in_units=self._h_in, prefix='qkv_')
             self.proj = nn.Dense(h, flatten=False, in_units=self._h_in, prefix='proj_')
-            self.ln_att = _AddNorm(h, eps, fused_norm, pad_out, prefix='ln_att_')
+            self.ln_att = _AddNorm(h, eps, fused_ops, pad_out, prefix='ln_att_')
             # A padded FFN width costs no copy: the extra output units have zero weights and
             # bias, GELU(0) = 0, so they are the zero input channels ffn_2 expects.
             self.ffn_1 = nn.Dense(i_pad, flatten=False, in_units=self._h_in, prefix='ffn_1_')
             self.ffn_2 = nn.Dense(h, flatten=False, in_units=i_pad, prefix='ffn_2_')
-            self.ln_ffn = _AddNorm(h, eps, fused_norm, pad_out, prefix='ln_ffn_')
+            self.ln_ffn = _AddNorm(h, eps, fused_ops, pad_out, prefix='ln_ffn_')
 
     @staticmethod
     def _widen(F, x, zeros):
@@ -143,15 +146,19 @@ class _FastLayer(HybridBlock):
         # pylint: disable=arguments-differ
         """x: (L*B, H), rows in (length, batch) order, or (L*B, H_in) with its zero channels
         when fused; grid: (L, B), gives the shape only; zeros: (L*B, H_in - H) or None;
-        mask: (B, 1, 1, L) additive bias or None. Returns the same layout as x."""
+        mask: (B, 1, 1, L) additive bias, or when fused the valid lengths (B,), or None.
+        Returns the same layout as x."""
         wide = (lambda v: v) if self._fused else (lambda v: self._widen(F, v, zeros))
         qkv = F.reshape_like(self.qkv(wide(x)), grid,
                              lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (L, B, 3H)
         scores = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=self._heads)  # (B*A, L, L)
-        if mask is not None:
-            scores = F.broadcast_add(scores.reshape((-4, -1, self._heads, 0, 0)), mask)
-            scores = scores.reshape((-3, 0, 0))
-        att = F.softmax(scores, axis=-1)
+        if mask is not None and self._fused:
+            att = getattr(F, OP_MASKED_SOFTMAX)(scores, mask, heads=self._heads)
+        else:
+            if mask is not None:
+                scores = F.broadcast_add(scores.reshape((-4, -1, self._heads, 0, 0)), mask)
+                scores = scores.reshape((-3, 0, 0))
+            att = F.softmax(scores, axis=-1)
         context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=self._heads)
         context = F.reshape(context, shape=(-3, 0))                       # (L*B, H)
         x = self.ln_att(self.proj(self._widen(F, context, zeros)), x)
@@ -173,9 +180,10 @@ class FastEncoder(HybridBlock):
         Give dense layers whose input width is a multiple of 1024 that width plus
         ``PAD_CHANNELS`` zero channels (weights zero-padded by :func:`load_weights`); same
         outputs, faster GEMMs with oneDNN 2.4 (see the module docstring).
-    fused_norm : bool
-        Residual addition + LayerNorm (+ zero channels) as one operator
-        (:func:`bort.kernels.load_fused_ops`); raises RuntimeError when it cannot be loaded.
+    fused_ops : bool
+        Residual addition + LayerNorm (+ zero channels) as one operator, and the padded graph's
+        attention softmax over valid keys only (:func:`bort.kernels.load_fused_ops`); raises
+        RuntimeError when they cannot be loaded.
 
     Inputs
     ------
@@ -191,28 +199,28 @@ class FastEncoder(HybridBlock):
     """
 
     def __init__(self, arch: Architecture, masked: bool = True, pad_inputs: bool = False,
-                 fused_norm: bool = False, prefix=None, params=None):
+                 fused_ops: bool = False, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
-        if fused_norm and not load_fused_ops():
-            raise RuntimeError('fused_norm=True but the fused operators could not be built or '
-                               'loaded (see the warning above); use fused_norm=False')
+        if fused_ops and not load_fused_ops():
+            raise RuntimeError('fused_ops=True but the fused operators could not be built or '
+                               'loaded (see the warning above); use fused_ops=False')
         self.arch, self.masked = arch, masked
-        self.pad_inputs, self.fused_norm = pad_inputs, fused_norm
+        self.pad_inputs, self.fused_ops = pad_inputs, fused_ops
         h = arch.units
         self._extra_channels = padded_width(h) - h if pad_inputs else 0
         # Fused, every normalised output carries the zero channels: no widening copy of x.
-        self._pad_out = self._extra_channels if fused_norm else 0
+        self._pad_out = self._extra_channels if fused_ops else 0
         with self.name_scope():
             self.word_embed = nn.Embedding(arch.vocab_size, h, prefix='word_embed_')
             self.token_type_embed = (nn.Embedding(arch.token_type_vocab_size, h,
                                                   prefix='token_type_embed_')
                                      if arch.token_type_vocab_size else None)
             self.position_weight = self.params.get('position_weight', shape=(arch.max_length, h))
-            self.ln_embed = _AddNorm(h, arch.layer_norm_eps, fused_norm, self._pad_out,
+            self.ln_embed = _AddNorm(h, arch.layer_norm_eps, fused_ops, self._pad_out,
                                      broadcast=True, prefix='ln_embed_')
             self.layers = nn.HybridSequential(prefix='layers_')
             for i in range(arch.num_layers):
-                self.layers.add(_FastLayer(arch, pad_inputs, fused_norm, prefix=f'{i}_'))
+                self.layers.add(_FastLayer(arch, pad_inputs, fused_ops, prefix=f'{i}_'))
             self.pooler = (nn.Dense(h, activation='tanh', flatten=False, in_units=h,
                                     prefix='pooler_') if arch.use_pooler else None)
 
@@ -226,13 +234,15 @@ class FastEncoder(HybridBlock):
         if token_types is not None:
             x = x + self.token_type_embed(F.transpose(token_types))
         positions = F.slice_like(position_weight, tokens, axes=(0,))       # (L, H)
-        if self.fused_norm:  # rows (l, b) meet position row l; out: the layers' width
+        if self.fused_ops:  # rows (l, b) meet position row l; out: the layers' width
             x = self.ln_embed(F.reshape(x, shape=(-3, 0)), positions)      # (L*B, H_in)
         else:
             x = F.reshape(self.ln_embed(x, F.expand_dims(positions, axis=1)),
                           shape=(-3, 0))                                   # (L*B, H)
         mask = None
-        if valid_length is not None:
+        if valid_length is not None and self.fused_ops:
+            mask = valid_length  # the fused softmax reads the lengths directly
+        elif valid_length is not None:
             steps = F.contrib.arange_like(tokens, axis=0)                   # (L,)
             padded = F.broadcast_greater_equal(F.reshape(steps, shape=(1, -1)),
                                                F.reshape(valid_length, shape=(-1, 1)))
@@ -243,7 +253,7 @@ class FastEncoder(HybridBlock):
             zeros = F.zeros_like(F.slice_axis(x, axis=1, begin=0, end=self._extra_channels))
         for layer in self.layers:
             x = layer(x, tokens, zeros, mask)
-        if zeros is not None and self.fused_norm:
+        if zeros is not None and self.fused_ops:
             x = F.slice_axis(x, axis=1, begin=0, end=self.arch.units)
         x = F.reshape_like(x, tokens, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)
         if valid_length is not None:
@@ -330,7 +340,7 @@ class FastModel:
         Hybridize with ``static_alloc`` and ``static_shape``.
     pad_inputs : bool, optional
         See :class:`FastEncoder`; default: on with a oneDNN backend, off otherwise.
-    fused_norm : bool, optional
+    fused_ops : bool, optional
         See :class:`FastEncoder`; default: on for the CPU when :mod:`bort.kernels` can build
         and load its library.
 
@@ -342,7 +352,7 @@ class FastModel:
 
     def __init__(self, arch: Architecture, weights: Dict[str, np.ndarray], ctx=None,
                  backend: Optional[str] = 'MKLDNN', static: bool = True,
-                 pad_inputs: Optional[bool] = None, fused_norm: Optional[bool] = None):
+                 pad_inputs: Optional[bool] = None, fused_ops: Optional[bool] = None):
         self.arch = arch.replace(dropout=0.0)
         self.ctx = ctx or mx.cpu()
         if self.ctx.device_type != 'cpu':
@@ -350,10 +360,10 @@ class FastModel:
         self.backend = backend
         if pad_inputs is None:
             pad_inputs = backend is not None
-        if fused_norm is None:
-            fused_norm = self.ctx.device_type == 'cpu' and load_fused_ops()
-        self.pad_inputs, self.fused_norm = pad_inputs, fused_norm
-        options = dict(pad_inputs=pad_inputs, fused_norm=fused_norm, prefix='fast_')
+        if fused_ops is None:
+            fused_ops = self.ctx.device_type == 'cpu' and load_fused_ops()
+        self.pad_inputs, self.fused_ops = pad_inputs, fused_ops
+        options = dict(pad_inputs=pad_inputs, fused_ops=fused_ops, prefix='fast_')
         self.masked = FastEncoder(self.arch, masked=True, **options)
         self.unmasked = FastEncoder(self.arch, masked=False, params=self.masked.collect_params(),
                                     **options)
@@ -363,7 +373,7 @@ class FastModel:
             block.hybridize(static_alloc=static, static_shape=static, backend=backend)
         log.debug('fast path for %s on %s: backend %s, static memory %s, padded inputs %s, '
                   'fused LayerNorm %s', self.arch.label, self.ctx, backend, static, pad_inputs,
-                  fused_norm)
+                  fused_ops)
 
     @classmethod
     def from_model(cls, model: BortModel, **kwargs) -> 'FastModel':

@@ -3,7 +3,9 @@
 MXNet 1.9's LayerNorm runs at ~1.5 ns per element on one core of this project's machines (a
 residual ``elemwise_add`` and, in the padded fast path, a widening ``concat`` come on top);
 :func:`load_fused_ops` makes ``bort_add_layer_norm`` available in ``mx.nd`` and ``mx.sym``: the
-residual addition, LayerNorm and the zero channels in one pass over each row.
+residual addition, LayerNorm and the zero channels in one pass over each row; and
+``bort_masked_softmax``: the attention softmax over each row's valid keys only, in place of the
+additive mask's ``broadcast_add`` and ``softmax`` of padded batches.
 
 The library is built with the C++ compiler that also builds Horovod (``$CXX`` or ``g++``), for
 this machine's CPU (``-march=native``), against the custom-operator API shipped in the MXNet
@@ -26,13 +28,18 @@ from typing import Optional
 
 import mxnet as mx
 
-__all__ = ['load_fused_ops', 'fused_ops_available', 'SOURCE', 'OP_ADD_LAYER_NORM']
+__all__ = ['load_fused_ops', 'fused_ops_available', 'SOURCE', 'OP_ADD_LAYER_NORM',
+           'OP_MASKED_SOFTMAX']
 
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'fused_ops.cc')
 OP_ADD_LAYER_NORM = 'bort_add_layer_norm'
-FLAGS = ('-O3', '-march=native', '-fopenmp', '-shared', '-fPIC', '-std=c++17')
+OP_MASKED_SOFTMAX = 'bort_masked_softmax'
+# No errno and no FP traps: lets exp/sqrt vectorize (8x on the softmax's exp); nothing here
+# reads errno or relies on traps. Not -ffast-math: NaN/inf stay IEEE.
+FLAGS = ('-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fopenmp',
+         '-shared', '-fPIC', '-std=c++17')
 
 _STATE = {'loaded': None}  # None: not tried; else the path loaded, or '' when unavailable
 
@@ -106,8 +113,9 @@ def load_fused_ops() -> bool:
             log.info('compiling %s -> %s', SOURCE, path)
             _compile(path)
         mx.library.load(path, verbose=False)
-        if not hasattr(mx.nd, OP_ADD_LAYER_NORM):
-            raise RuntimeError(f'{path} loaded but {OP_ADD_LAYER_NORM} is not registered')
+        for op in (OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX):
+            if not hasattr(mx.nd, op):
+                raise RuntimeError(f'{path} loaded but {op} is not registered')
     except (OSError, RuntimeError, mx.base.MXNetError) as err:
         log.warning('fused operators unavailable, using MXNet\'s own (slower): %s', err)
         return False

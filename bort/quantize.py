@@ -25,7 +25,7 @@ second feed-forward layer (GELU outputs, long-tailed): ``exclude=('_plus', 'ffn_
 cosine 0.99 for about 15 % of the INT8 speed-up.
 
 LayerNorm and softmax stay in float32 (there is no INT8 kernel for them in MXNet 1.9). With the
-fused operator (``fused_norm``, :mod:`bort.kernels`) the residual additions are inside the
+fused operator (``fused_ops``, :mod:`bort.kernels`) the residual additions are inside the
 float32 ``bort_add_layer_norm`` nodes, which the quantization pass leaves as they are: the same
 choice as ``exclude=('_plus',)``, whose pattern then matches nothing.
 
@@ -97,9 +97,10 @@ class QuantizeConfig:
     num_calib_examples : int, optional
         Use at most this many calibration rows.
     calib_batch_size : int
-    fused_norm : bool, optional
-        Residual addition + LayerNorm as one float32 operator (:mod:`bort.kernels`; MiniLM at
-        batch 32 x 32: 29.4 -> 26.0 ms); default: when it can be loaded. An artefact made with
+    fused_ops : bool, optional
+        Residual addition + LayerNorm, and the masked attention softmax, as float32 operators
+        of :mod:`bort.kernels` (MiniLM at batch 32 x 32, add + LayerNorm alone: 29.4 -> 26.0
+        ms); default: when they can be loaded. An artefact made with
         it needs the operator library where it is loaded (built there on first use).
     """
 
@@ -110,7 +111,7 @@ class QuantizeConfig:
     exclude: Tuple[str, ...] = ('_plus',)
     num_calib_examples: Optional[int] = None
     calib_batch_size: int = 8
-    fused_norm: Optional[bool] = None
+    fused_ops: Optional[bool] = None
 
     def __post_init__(self):
         if self.calib_mode not in CALIB_MODES:
@@ -195,7 +196,7 @@ class QuantizedModel:
         if os.path.exists(os.path.join(folder, CONFIG_FILE)):
             with open(os.path.join(folder, CONFIG_FILE)) as f:
                 info = json.load(f)
-        if info.get('fused_norm') and not load_fused_ops():
+        if info.get('fused_ops') and not load_fused_ops():
             raise RuntimeError(f'{folder} was quantized with the fused LayerNorm operator, '
                                'which could not be built or loaded here (see the warning above)')
         names = [f'data{i}' for i in range(3 if arch.token_type_vocab_size else 2)]
@@ -227,7 +228,7 @@ class _PercentileCollector:
         self.min_max_dict[name] = (min(old[0], float(low)), max(old[1], float(high)))
 
 
-def _float_encoder(model: Union[BortModel, FastModel], fused_norm: bool = False
+def _float_encoder(model: Union[BortModel, FastModel], fused_ops: bool = False
                    ) -> Tuple[Architecture, FastEncoder]:
     """A fresh, un-partitioned, masked FastEncoder holding ``model``'s weights.
 
@@ -238,7 +239,7 @@ def _float_encoder(model: Union[BortModel, FastModel], fused_norm: bool = False
         arch, weights = model.arch, model.weights()
     else:
         arch, weights = model.arch.replace(dropout=0.0), fast_weights(model)
-    encoder = FastEncoder(arch, masked=True, fused_norm=fused_norm, prefix=_PREFIX)
+    encoder = FastEncoder(arch, masked=True, fused_ops=fused_ops, prefix=_PREFIX)
     encoder.initialize()
     load_weights(encoder, weights)
     return arch, encoder
@@ -271,7 +272,7 @@ def quantize_encoder(model: Union[BortModel, FastModel], tokens: np.ndarray,
     ctx = ctx or mx.cpu()
     if ctx.device_type != 'cpu':
         raise ValueError('INT8 quantization uses oneDNN kernels: CPU only')
-    fused = load_fused_ops() if config.fused_norm is None else config.fused_norm
+    fused = load_fused_ops() if config.fused_ops is None else config.fused_ops
     arch, encoder = _float_encoder(model, fused)
     tokens = np.asarray(tokens, dtype=np.float32)
     data = {'data0': tokens, 'data1': np.asarray(valid_length, dtype=np.float32)}
@@ -304,7 +305,7 @@ def quantize_encoder(model: Union[BortModel, FastModel], tokens: np.ndarray,
             'quantized_dtype': config.quantized_dtype,
             'granularity': config.granularity, 'exclude': list(config.exclude),
             'calib_rows': int(usable), 'calib_seq_len': int(tokens.shape[1]),
-            'fused_norm': bool(fused),
+            'fused_ops': bool(fused),
             'mxnet': mx.__version__}
     return QuantizedModel(arch, qnet, info, ctx)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bort.fast import FastModel
-from bort.kernels import OP_ADD_LAYER_NORM, load_fused_ops
+from bort.kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from bort.model import build_model
 
 pytestmark = pytest.mark.skipif(not load_fused_ops(), reason='no C++ compiler to build the op')
@@ -72,6 +72,40 @@ def test_shape_errors(residual_shape):
         _op(x, np.zeros(residual_shape, np.float32), gamma, gamma).wait_to_read()
 
 
+def _masked_softmax_reference(scores, valid, heads):
+    """numpy: softmax over keys j < valid[n // heads], zeros beyond; uniform when none."""
+    out = np.zeros_like(scores, dtype=np.float64)
+    for n in range(scores.shape[0]):
+        length = int(valid[n // heads])
+        if length == 0:
+            out[n] = 1.0 / scores.shape[2]
+            continue
+        kept = scores[n, :, :length].astype(np.float64)
+        kept = np.exp(kept - kept.max(axis=1, keepdims=True))
+        out[n, :, :length] = kept / kept.sum(axis=1, keepdims=True)
+    return out
+
+
+@pytest.mark.parametrize('keys', [19, 32, 128])  # a generic length and two bucket lengths
+def test_masked_softmax_matches_numpy_and_the_additive_mask(rng, keys):
+    heads, batch, queries = 3, 4, 5
+    scores = (rng.randn(batch * heads, queries, keys) * 8).astype(np.float32)
+    valid = np.array([keys, 7, 1, 0], dtype=np.float32)
+    got = getattr(mx.nd, OP_MASKED_SOFTMAX)(mx.nd.array(scores), mx.nd.array(valid),
+                                            heads=heads).asnumpy()
+    np.testing.assert_allclose(got, _masked_softmax_reference(scores, valid, heads),
+                               rtol=2e-6, atol=1e-7)
+    assert not got[3:6, :, 7:].any()  # item 1's padded keys get exactly 0
+    # What the unfused graph computes: the -1e9 additive mask, then softmax.
+    mask = (np.arange(keys)[None, :] >= valid[:, None]) * -1e9
+    additive = mx.nd.softmax(mx.nd.array(
+        scores.reshape(batch, heads, queries, keys) + mask[:, None, None, :]), axis=-1)
+    np.testing.assert_allclose(got, additive.asnumpy().reshape(got.shape), atol=1e-6)
+    with pytest.raises(mx.base.MXNetError):
+        getattr(mx.nd, OP_MASKED_SOFTMAX)(mx.nd.array(scores), mx.nd.array(valid[:3]),
+                                          heads=heads).wait_to_read()
+
+
 def test_inside_a_hybridized_graph_and_no_backward(rng):
     class Block(mx.gluon.HybridBlock):
         def hybrid_forward(self, F, x, r, g, b):  # pylint: disable=arguments-differ
@@ -99,7 +133,7 @@ def test_fused_and_unfused_fast_paths_agree(tiny_bert_arch, rng):
         model = build_model(arch, use_decoder=False)
         tokens = rng.randint(0, arch.vocab_size, (2, 7))
         valid = np.array([7, 3])
-        outs = [FastModel.from_model(model, fused_norm=fused, pad_inputs=pad)(tokens, valid)
+        outs = [FastModel.from_model(model, fused_ops=fused, pad_inputs=pad)(tokens, valid)
                 for fused in (True, False) for pad in (True, False)]
         for out in outs[1:]:
             for a, b in zip(outs[0], out):
@@ -120,7 +154,7 @@ def test_fallbacks_without_the_library(tmp_path):
             'arch = Architecture(num_layers=1, num_heads=2, units=8, hidden_size=16, '
             'vocab_size=20, max_length=8)\n'
             'fast = FastModel.from_model(build_model(arch, use_decoder=False))\n'
-            'print("fused", fast.fused_norm, fast([[1, 2, 3]]).shape)\n')
+            'print("fused", fast.fused_ops, fast([[1, 2, 3]]).shape)\n')
     disabled = _run(code, BORT_FUSED_OPS='0')
     assert disabled.returncode == 0, disabled.stderr[-2000:]
     assert 'fused False (1, 3, 8)' in disabled.stdout

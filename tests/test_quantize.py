@@ -44,8 +44,8 @@ def test_int8_close_to_float32(setup, mode, fused):
     """With MXNet's LayerNorm and residual '+', and with the fused operator when it loads."""
     model, tokens, valid, head = setup
     qmodel = quantize_encoder(model, tokens[:16], valid[:16],
-                              config=QuantizeConfig(calib_mode=mode, fused_norm=fused))
-    assert qmodel.info['fused_norm'] == (fused is None and load_fused_ops())
+                              config=QuantizeConfig(calib_mode=mode, fused_ops=fused))
+    assert qmodel.info['fused_ops'] == (fused is None and load_fused_ops())
     ref = _first(FastModel.from_model(model)(tokens[16:], valid[16:])).asnumpy()
     out = _first(qmodel(tokens[16:], valid[16:])).asnumpy()
     seq = compare_outputs(ref, out, valid[16:])
@@ -74,7 +74,7 @@ def test_artefact_round_trip(setup, tmp_path):
     graph = json.load(open(os.path.join(folder, SYMBOL_FILE)))
     ops = {node['op'] for node in graph['nodes']}
     assert '_sg_mkldnn_fully_connected' in ops and '_contrib_quantize_v2' in ops
-    assert (OP_ADD_LAYER_NORM in ops) == info['fused_norm'] == load_fused_ops()
+    assert (OP_ADD_LAYER_NORM in ops) == info['fused_ops'] == load_fused_ops()
 
 
 def test_pooler_and_token_types(tiny_bert_arch, rng):
