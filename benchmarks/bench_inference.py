@@ -54,9 +54,9 @@ import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
 from bort.costs import flops  # noqa: E402
-from bort.fast import FastModel, set_threads  # noqa: E402
+from bort.fast import FastModel  # noqa: E402
 from bort.latency import (compare_latency, device_string, matmul_peak_gflops,  # noqa: E402
-                          thread_info)
+                          set_threads, thread_info)
 from bort.model import build_model, save_model  # noqa: E402
 from bort.quantize import QuantizeConfig, quantize_encoder  # noqa: E402
 

@@ -32,7 +32,8 @@ from bort import configure_threads  # noqa: E402
 
 configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet
 
-from bort.fast import FastModel, bucket_batches, pad_batch  # noqa: E402
+from bort.batching import bucket_batches, pad_batch  # noqa: E402
+from bort.fast import FastModel  # noqa: E402
 from bort.quantize import (CALIB_MODES, QuantizeConfig, QuantizedModel,  # noqa: E402
                            compare_outputs, quantize_encoder)
 

@@ -40,7 +40,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from .arch import load_arch
 from .distributed import Comm
-from .fast import bucket_batches, pad_batch
+from .batching import bucket_batches, pad_batch
 from .model import BortModel, build_model, load_model, load_params, save_model, PARAMS_FILE
 from .tasks import Example, TaskSpec, get_task
 

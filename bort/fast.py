@@ -50,15 +50,13 @@ inference only: no dropout, no MLM head. A GPU context is accepted (``backend`` 
 are then off; the oneDNN rewrites are CPU-only) but untested: this project's machines have the
 CPU wheel.
 
-Length bucketing (:func:`bucket_batches`) sorts a mixed-length corpus by length, cuts batches,
-pads each to the smallest bucket size that holds it and lets the caller restore the input order.
+Mixed-length inputs are batched by :func:`bort.batching.bucket_batches` (a few padded lengths,
+so a few cached graphs).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -69,15 +67,12 @@ from .kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from .model import BortModel, load_model, param_dict
 
 __all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
-           'set_threads', 'load_fast', 'bucket_batches', 'pad_batch', 'DEFAULT_BUCKETS',
-           'MASK_VALUE', 'PAD_CHANNELS']
+           'load_fast', 'MASK_VALUE', 'PAD_CHANNELS']
 
 log = logging.getLogger(__name__)
 
 #: Additive bias of a padded key: exp(score - 1e9 - max) is exactly 0 in float32.
 MASK_VALUE = -1e9
-#: Padded lengths a bucketed batch may take.
-DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Zero channels appended to a dense layer's input whose width is a multiple of 1024.
 PAD_CHANNELS = 16
 
@@ -306,24 +301,6 @@ def fast_weights(model: BortModel) -> Dict[str, np.ndarray]:
     return out
 
 
-def set_threads(num_threads: int) -> None:
-    """Thread count for what can still change at run time: torch's pool, and MXNet operators
-    run on the calling thread.
-
-    MXNet's engine workers size their OpenMP pools from ``OMP_NUM_THREADS`` when MXNet starts
-    (``MXSetNumOMPThreads`` is ``omp_set_num_threads`` in the calling thread only, so with the
-    default threaded engine it does not reach them, as measured). Set ``OMP_NUM_THREADS`` before
-    ``import mxnet``: unset, MXNet ran as if single-threaded on this project's machines. This
-    function also records the value in the environment, for child processes.
-    """
-    lib = mx.base._LIB  # pylint: disable=protected-access
-    lib.MXSetNumOMPThreads(ctypes.c_int(int(num_threads)))
-    os.environ['OMP_NUM_THREADS'] = str(int(num_threads))
-    torch = __import__('sys').modules.get('torch')
-    if torch is not None:
-        torch.set_num_threads(int(num_threads))
-
-
 class FastModel:
     """The fast float32 inference engine: two cached graphs (padded / unpadded), shared weights.
 
@@ -446,69 +423,6 @@ def _as_output(out):
     if isinstance(out, (list, tuple)):
         return tuple(out) if len(out) > 1 else out[0]
     return out
-
-
-def pad_batch(token_lists: Sequence[Sequence[int]], length: int, pad_id: int = 1
-              ) -> Tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists (truncating longer ones) to one (batch, length) array.
-
-    Returns
-    -------
-    tokens : (batch, length) int32
-    valid_length : (batch,) int32
-    """
-    tokens = np.full((len(token_lists), length), pad_id, dtype=np.int32)
-    valid = np.zeros(len(token_lists), dtype=np.int32)
-    for row, ids in enumerate(token_lists):
-        ids = list(ids)[:length]
-        tokens[row, :len(ids)] = ids
-        valid[row] = len(ids)
-    return tokens, valid
-
-
-def bucket_batches(lengths: Sequence[int], batch_size: int,
-                   buckets: Optional[Sequence[int]] = DEFAULT_BUCKETS,
-                   max_length: Optional[int] = None) -> List[Tuple[np.ndarray, int]]:
-    """Group sequences into batches of similar length.
-
-    Sequences are sorted by length (stable), cut into consecutive batches of ``batch_size`` and
-    each batch is padded to the smallest bucket size that holds its longest row (to that length
-    itself when ``buckets`` is None). A few bucket sizes keep the number of distinct shapes, and so
-    of cached graphs and oneDNN primitives, small.
-
-    Parameters
-    ----------
-    lengths : sequence of int, length N
-    batch_size : int
-    buckets : sequence of int or None
-    max_length : int, optional
-        Longer rows are truncated to this (and it caps the bucket sizes).
-
-    Returns
-    -------
-    list of (indices, padded_length)
-        ``indices`` are positions into the input; scatter each batch's outputs back to them to
-        restore the input order.
-    """
-    if batch_size <= 0:
-        raise ValueError('batch_size must be positive')
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if max_length is not None:
-        lengths = np.minimum(lengths, max_length)
-    order = np.argsort(lengths, kind='stable')
-    sizes = sorted(set(buckets)) if buckets else None
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        longest = max(int(lengths[idx].max()), 1)
-        padded = longest
-        if sizes:
-            fitting = [b for b in sizes if b >= longest]
-            padded = fitting[0] if fitting else longest
-        if max_length is not None:
-            padded = min(padded, max_length)
-        batches.append((idx, padded))
-    return batches
 
 
 def load_fast(folder_or_model: Union[str, BortModel], **kwargs) -> FastModel:

@@ -42,7 +42,7 @@ from .checkpoint import CheckpointManager, step_seed, write_json_atomic
 from .classifier import (Encoded, HeadConfig, TaskClassifier, build_classifier, encode_examples,
                          load_classifier, make_batch, predict_scores, save_classifier, task_loss)
 from .distributed import Comm
-from .fast import bucket_batches
+from .batching import bucket_batches
 from .log import MetricsLog, progress
 from .metrics import primary_metric
 from .optim import learning_rate, make_trainer, optimizer_step

@@ -16,6 +16,7 @@ several threads it also counts their spin-waiting, so use it single-threaded.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-__all__ = ['LatencyResult', 'measure_latency', 'compare_latency', 'model_runner',
+__all__ = ['LatencyResult', 'measure_latency', 'compare_latency', 'model_runner', 'set_threads',
            'matmul_peak_gflops', 'device_string', 'thread_info']
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,24 @@ class LatencyResult:
                 f'(p10 {1e3 * self.p10:.1f}, p90 {1e3 * self.p90:.1f}; {self.repeats} runs), '
                 f'{1e3 * self.per_sample:.2f} ms/sample, batch {self.batch_size}, '
                 f'seq {self.seq_len}, threads {self.threads}, {self.clock} clock, {self.device}')
+
+
+def set_threads(num_threads: int) -> None:
+    """Thread count for what can still change at run time: torch's pool, and MXNet operators
+    run on the calling thread.
+
+    MXNet's engine workers size their OpenMP pools from ``OMP_NUM_THREADS`` when MXNet starts
+    (``MXSetNumOMPThreads`` is ``omp_set_num_threads`` in the calling thread only, so with the
+    default threaded engine it does not reach them, as measured). Set ``OMP_NUM_THREADS`` before
+    ``import mxnet``: unset, MXNet ran as if single-threaded on this project's machines. This
+    function also records the value in the environment, for child processes.
+    """
+    lib = mx.base._LIB  # pylint: disable=protected-access
+    lib.MXSetNumOMPThreads(ctypes.c_int(int(num_threads)))
+    os.environ['OMP_NUM_THREADS'] = str(int(num_threads))
+    torch = sys.modules.get('torch')
+    if torch is not None:
+        torch.set_num_threads(int(num_threads))
 
 
 def thread_info() -> Dict[str, Optional[str]]:

@@ -42,7 +42,8 @@ from .castings import aggregate
 from .classifier import (Encoded, TaskClassifier, encode_examples, encode_pair, load_classifier,
                          predict_scores, read_head_config)
 from .distributed import Comm
-from .fast import DEFAULT_BUCKETS, FastModel, bucket_batches, pad_batch
+from .batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
+from .fast import FastModel
 from .metrics import compute_metrics
 from .readers import read_examples
 from .submission import format_submission, write_submission

@@ -361,7 +361,7 @@ def load_float_encoder(folder: str) -> BortModel:
 def _read_lines(path: str, tokenizer, rows: int, max_length: int):
     """Token ids and types of the first ``rows`` non-empty lines ("a" or "a<TAB>b")."""
     from .classifier import encode_pair  # pylint: disable=import-outside-toplevel
-    from .fast import pad_batch  # pylint: disable=import-outside-toplevel
+    from .batching import pad_batch  # pylint: disable=import-outside-toplevel
     encoded = []
     with open(path, encoding='utf-8') as f:
         for line in f:

@@ -26,7 +26,7 @@ import mxnet as mx
 import numpy as np
 
 from .classifier import encode_pair
-from .fast import pad_batch
+from .batching import pad_batch
 from .model import load_model
 from .tasks import Example
 from .tokenizer import load_tokenizer

@@ -3,9 +3,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.fast import (DEFAULT_BUCKETS, PAD_CHANNELS, FastEncoder, FastModel, bucket_batches,
-                       fast_weights, load_fast, load_weights, pad_batch, padded_width,
-                       set_threads)
+from bort.batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
+from bort.fast import (PAD_CHANNELS, FastEncoder, FastModel, fast_weights, load_fast,
+                       load_weights, padded_width)
+from bort.latency import set_threads
 from bort.model import build_model, save_model
 
 TOL = 1e-4
