@@ -42,9 +42,9 @@ What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator
    batch 32 x 32 with padding: 26.3 -> 24.4 ms). Without a compiler (or with
    ``BORT_FUSED_OPS=0``) the graph keeps MXNet's operators.
 
-What remains is the dense layers: ~90 % of the forward pass, at 75-80 % of the measured
-single-core GEMM peak (233 GFLOP/s) on one thread, for Bort's shapes as for BERT-base's. The
-graph keeps GluonNLP's (length, batch, units) order, which the interleaved attention operators
+What remains is the dense layers: ~90 % of the forward pass at batch 1 x 128, each layer shape
+at 279-299 GFLOP/s on 2 threads (oneDNN verbose timings; 60-65 % of the 2-thread GEMM peak), for
+Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units) order, which the interleaved attention operators
 need, with the rows flattened to 2-D between them, and transposes once at the end. It is
 inference only: no dropout, no MLM head. A GPU context is accepted (``backend`` and the padding
 are then off; the oneDNN rewrites are CPU-only) but untested: this project's machines have the
