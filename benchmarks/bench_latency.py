@@ -22,6 +22,10 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bort import configure_threads  # noqa: E402
+
+configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet
+
 import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
