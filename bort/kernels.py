@@ -24,11 +24,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from typing import Optional
 
 import mxnet as mx
 
-__all__ = ['load_fused_ops', 'fused_ops_available', 'SOURCE', 'OP_ADD_LAYER_NORM',
+__all__ = ['load_fused_ops', 'SOURCE', 'OP_ADD_LAYER_NORM',
            'OP_MASKED_SOFTMAX']
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,3 @@ def load_fused_ops() -> bool:
     _STATE['loaded'] = path
     return True
 
-
-def fused_ops_available() -> Optional[str]:
-    """The loaded library's path, or None (after :func:`load_fused_ops` was tried or not)."""
-    return _STATE['loaded'] or None
