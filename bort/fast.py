@@ -44,11 +44,11 @@ What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator
 
 What remains is the dense layers: ~90 % of the forward pass at batch 1 x 128, each layer shape
 at 279-299 GFLOP/s on 2 threads (oneDNN verbose timings; 60-65 % of the 2-thread GEMM peak), for
-Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units) order, which the interleaved attention operators
-need, with the rows flattened to 2-D between them, and transposes once at the end. It is
-inference only: no dropout, no MLM head. A GPU context is accepted (``backend`` and the padding
-are then off; the oneDNN rewrites are CPU-only) but untested: this project's machines have the
-CPU wheel.
+Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units) order,
+which the interleaved attention operators need, with the rows flattened to 2-D between them,
+and transposes once at the end. It is inference only: no dropout, no MLM head. A GPU context is
+accepted (``backend`` and the padding are then off; the oneDNN rewrites are CPU-only) but
+untested: this project's machines have the CPU wheel.
 
 Mixed-length inputs are batched by :func:`bort.batching.bucket_batches` (a few padded lengths,
 so a few cached graphs).
@@ -118,17 +118,17 @@ class _FastLayer(HybridBlock):
         self._heads, self._fused = arch.num_heads, fused_ops
         h, eps = arch.units, arch.layer_norm_eps
         # Input widths of the dense layers, padded with zero channels where oneDNN is slow.
-        self._h_in = padded_width(h) if pad_inputs else h
+        h_in = padded_width(h) if pad_inputs else h
         i_pad = padded_width(arch.hidden_size) if pad_inputs else arch.hidden_size
         # Fused, the normalised outputs carry the zero channels themselves: no widening copy.
-        pad_out = self._h_in - h if fused_ops else 0
+        pad_out = h_in - h if fused_ops else 0
         with self.name_scope():
-            self.qkv = nn.Dense(3 * h, flatten=False, in_units=self._h_in, prefix='qkv_')
-            self.proj = nn.Dense(h, flatten=False, in_units=self._h_in, prefix='proj_')
+            self.qkv = nn.Dense(3 * h, flatten=False, in_units=h_in, prefix='qkv_')
+            self.proj = nn.Dense(h, flatten=False, in_units=h_in, prefix='proj_')
             self.ln_att = _AddNorm(h, eps, fused_ops, pad_out, prefix='ln_att_')
             # A padded FFN width costs no copy: the extra output units have zero weights and
             # bias, GELU(0) = 0, so they are the zero input channels ffn_2 expects.
-            self.ffn_1 = nn.Dense(i_pad, flatten=False, in_units=self._h_in, prefix='ffn_1_')
+            self.ffn_1 = nn.Dense(i_pad, flatten=False, in_units=h_in, prefix='ffn_1_')
             self.ffn_2 = nn.Dense(h, flatten=False, in_units=i_pad, prefix='ffn_2_')
             self.ln_ffn = _AddNorm(h, eps, fused_ops, pad_out, prefix='ln_ffn_')
 
@@ -204,14 +204,14 @@ class FastEncoder(HybridBlock):
         h = arch.units
         self._extra_channels = padded_width(h) - h if pad_inputs else 0
         # Fused, every normalised output carries the zero channels: no widening copy of x.
-        self._pad_out = self._extra_channels if fused_ops else 0
+        pad_out = self._extra_channels if fused_ops else 0
         with self.name_scope():
             self.word_embed = nn.Embedding(arch.vocab_size, h, prefix='word_embed_')
             self.token_type_embed = (nn.Embedding(arch.token_type_vocab_size, h,
                                                   prefix='token_type_embed_')
                                      if arch.token_type_vocab_size else None)
             self.position_weight = self.params.get('position_weight', shape=(arch.max_length, h))
-            self.ln_embed = _AddNorm(h, arch.layer_norm_eps, fused_ops, self._pad_out,
+            self.ln_embed = _AddNorm(h, arch.layer_norm_eps, fused_ops, pad_out,
                                      broadcast=True, prefix='ln_embed_')
             self.layers = nn.HybridSequential(prefix='layers_')
             for i in range(arch.num_layers):
