@@ -4,7 +4,7 @@
         --output_dir runs/rte [--agora --teacher TEACHER_DIR] [--predict]
     horovodrun -np 2 -H localhost:2 --gloo python run_finetune.py ...   # synchronised workers
 
-Every field of :class:`bort.finetune.FinetuneConfig` and :class:`bort.agora.AgoraConfig` is a
+Every field of :class:`bort.finetune.FinetuneConfig` and :class:`bort.finetune.agora.AgoraConfig` is a
 flag of the same name; ``--config FILE.json`` sets defaults from a JSON object whose keys are flag
 names, and flags given on the command line win. ``--finetuned DIR`` skips training and uses a
 fine-tuned folder (e.g. the MNLI model for AX). Outputs in ``--output_dir``: ``dev_metrics.json``
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
-from bort import configure_threads
+from bort.threads import configure_threads
 
 
 @dataclass
@@ -34,8 +34,8 @@ class RunOptions:
 
 def _configs():
     # pylint: disable=import-outside-toplevel  (nothing heavy at import time)
-    from bort.agora import AgoraConfig
-    from bort.finetune import FinetuneConfig
+    from bort.finetune.agora import AgoraConfig
+    from bort.finetune.loop import FinetuneConfig
     return FinetuneConfig, AgoraConfig, RunOptions
 
 
@@ -56,13 +56,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     configure_threads()  # before MXNet is imported
     finetune_config, agora_config, options = parse_args(argv)
     # pylint: disable=import-outside-toplevel
-    from bort.agora import run_agora
+    from bort.finetune.agora import run_agora
     from bort.checkpoint import write_json_atomic
     from bort.distributed import init_comm
-    from bort.finetune import finetune
-    from bort.predict import evaluate_folder, predict_test
+    from bort.finetune.loop import finetune
+    from bort.finetune.evaluate import evaluate_folder, predict_test
     from bort.log import setup_logging
-    from bort.tasks import get_task
+    from bort.finetune.tasks import get_task
 
     comm = init_comm(gpu=options.gpu)
     os.makedirs(finetune_config.output_dir, exist_ok=True)

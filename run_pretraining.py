@@ -11,7 +11,7 @@ Several workers (Gloo on CPU, NCCL on GPU)::
 
 ``--config FILE.json`` holds flag names as keys (``"kd-weight"`` or ``"kd_weight"``); flags on the
 command line win. ``--arch`` takes a registered name, an ``arch.json`` file or folder, a search
-result JSON, or an inline JSON object. Prepare the data with ``python -m bort.pretrain_data``.
+result JSON, or an inline JSON object. Prepare the data with ``python -m bort.pretrain.prepare``.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import json
 import logging
 from typing import Dict, List, Optional, Sequence
 
-from bort import configure_threads
+from bort.threads import configure_threads
 
 log = logging.getLogger('run_pretraining')
 
 HELP = {
-    'data': 'folder written by `python -m bort.pretrain_data` (or a glob of shards)',
+    'data': 'folder written by `python -m bort.pretrain.prepare` (or a glob of shards)',
     'eval_data': "held-out shards (default: the data folder's eval-* shards)",
     'arch': 'student: registered name, arch JSON file/folder, search result, or inline JSON',
     'teacher': 'teacher model folder (arch.json + model.params with MLM head)',
@@ -53,7 +53,7 @@ def build_parser(config_cls) -> argparse.ArgumentParser:
 def parse_config(argv: Optional[Sequence[str]] = None):
     """The run's :class:`~bort.pretrain.PretrainConfig` from flags and an optional JSON file."""
     from bort.cli import parse_with_config  # pylint: disable=import-outside-toplevel
-    from bort.pretrain import PretrainConfig  # pylint: disable=import-outside-toplevel
+    from bort.pretrain.loop import PretrainConfig  # pylint: disable=import-outside-toplevel
     return PretrainConfig(**parse_with_config(build_parser(PretrainConfig), argv))
 
 
@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     # pylint: disable=import-outside-toplevel
     from bort.distributed import init_comm
     from bort.log import setup_logging
-    from bort.pretrain import pretrain
+    from bort.pretrain.loop import pretrain
     config = parse_config(argv)
     comm = init_comm(gpu=config.gpu)
     setup_logging(comm)
@@ -75,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 if __name__ == '__main__':
     from bort.cli import run_main
-    from bort.kd_teacher import VocabularyMismatchError
-    from bort.pretrain import NonFiniteLossError
+    from bort.pretrain.teacher import VocabularyMismatchError
+    from bort.pretrain.loop import NonFiniteLossError
     run_main(main, (NonFiniteLossError, VocabularyMismatchError, FileExistsError),
              'run_pretraining')

@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Dict, List, Optional, Sequence
 
-from bort import configure_threads
+from bort.threads import configure_threads
 from bort.cli import emit
 
 log = logging.getLogger('run_search')
@@ -75,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 if __name__ == '__main__':
     from bort.cli import run_main
-    from bort.kd_teacher import VocabularyMismatchError
+    from bort.pretrain.teacher import VocabularyMismatchError
     from bort.search.evaluate import SettingsMismatchError
     run_main(main, (SettingsMismatchError, VocabularyMismatchError, FileNotFoundError),
              'run_search')

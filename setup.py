@@ -13,8 +13,8 @@ setup(
     description='Optimal subarchitecture extraction for BERT (Bort): FPTAS search, knowledge-'
                 'distillation pretraining and Agora fine-tuning on MXNet/GluonNLP',
     packages=find_packages(include=['bort', 'bort.*']),
-    # C++ source of the fused operators, compiled on first use (bort/kernels.py).
-    package_data={'bort': ['csrc/*.cc']},
+    # C++ source of the fused operators, compiled on first use (bort/inference/kernels.py).
+    package_data={'bort.inference': ['csrc/*.cc']},
     python_requires='>=3.8,<3.12',
     install_requires=_requirements('requirements.txt'),
     extras_require={

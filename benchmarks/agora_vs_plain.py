@@ -3,9 +3,9 @@
 Setting, chosen to fit ~15 minutes of a 2-core CPU and to keep one score uncontaminated:
 
 * Encoder: all-MiniLM-L6-v2 (``~/.cache/bort/teachers/minilm_l6_encoder``, imported by
-  :mod:`bort.teachers`), the best pretrained encoder this project has offline; no pretrained
+  :mod:`bort.pretrain.default_teacher`), the best pretrained encoder this project has offline; no pretrained
   Bort student exists yet. The ``mlm`` transformation uses the same encoder with the masked-LM
-  head fitted by :func:`bort.teachers.minilm_teacher`.
+  head fitted by :func:`bort.pretrain.default_teacher.minilm_teacher`.
 * Data, from the official RTE files: ``heldout`` training rows are set aside as a held-out
   test set that no model ever trains on or is selected on; the teacher fine-tunes on the other
   training rows; the students get only ``student_examples`` of those (Agora's scarce-data
@@ -48,10 +48,10 @@ import time
 
 import numpy as np
 
-from bort.agora import AgoraConfig, run_agora
-from bort.finetune import FinetuneConfig, finetune
-from bort.predict import evaluate_folder
-from bort.tasks import get_task
+from bort.finetune.agora import AgoraConfig, run_agora
+from bort.finetune.loop import FinetuneConfig, finetune
+from bort.finetune.evaluate import evaluate_folder
+from bort.finetune.tasks import get_task
 from bort.log import setup_logging
 
 CACHE = os.path.expanduser('~/.cache/bort/teachers')

@@ -4,24 +4,24 @@ For each architecture (default: the released Bort shape and BERT-base, random we
 shape (default: batch 1 x seq 128, batch 1 x seq 512, batch 32 x seq 128), in one process:
 
 - ``plain``: GluonNLP ``BERTModel`` (:class:`bort.model.BortModel`) hybridized with static memory;
-- ``fast``: :class:`bort.fast.FastModel` (masked softmax replaced, oneDNN fusion); every row
+- ``fast``: :class:`bort.inference.fast.FastModel` (masked softmax replaced, oneDNN fusion); every row
   is full length, so it runs its unpadded graph, as torch skips an all-ones mask;
 - ``fast-masked``: the same engine's padded graph (additive mask, output masking) on the same
   full-length rows: what a batch with padding costs;
 - ``fast-unpadded``: the fast path without zero channels appended to 1024-wide dense-layer
   inputs (``pad_inputs=False``): what that padding gains;
-- ``int8``: :class:`bort.quantize.QuantizedModel` (oneDNN INT8, channel-wise, naive calibration;
+- ``int8``: :class:`bort.inference.quantize.QuantizedModel` (oneDNN INT8, channel-wise, naive calibration;
   random weights, so it is calibrated on random tokens: this measures speed only, see
   ``benchmarks/int8_accuracy.py`` for accuracy on a real task);
 - ``torch``: a transformers ``BertModel`` with the same weights, obtained through the interop
-  export (:func:`bort.convert.export_hf`) and checked against the MXNet outputs.
+  export (:func:`bort.interop.convert.export_hf`) and checked against the MXNet outputs.
 
 For each shape, every engine of every architecture runs interleaved with the others (one call
 of each per round, ``--repeats`` rounds), together with a float32 GEMM probe (2048^3
 FullyConnected), so that load from other processes hits them all alike and the Bort vs BERT-base
 ratio compares like with like. Printed as markdown: medians, p10-p90 spreads, speed-ups over
 torch and over the fast path, FLOPs (:func:`bort.costs.flops`), achieved GFLOP/s against the
-quiet-machine GEMM peak (:func:`bort.latency.matmul_peak_gflops`, best of 10, before and after)
+quiet-machine GEMM peak (:func:`bort.inference.latency.matmul_peak_gflops`, best of 10, before and after)
 and against the probe's median in the same rounds, and the Bort vs BERT-base speed-up next to
 their FLOP ratio. INT8 rows above 100 % are expected: the peak is a float32 one.
 
@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bort import configure_threads  # noqa: E402
+from bort.threads import configure_threads  # noqa: E402
 
 configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet and torch
 
@@ -54,11 +54,11 @@ import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
 from bort.costs import flops  # noqa: E402
-from bort.fast import FastModel  # noqa: E402
-from bort.latency import (compare_latency, device_string, matmul_peak_gflops,  # noqa: E402
-                          set_threads, thread_info)
+from bort.inference.fast import FastModel  # noqa: E402
+from bort.inference.latency import (compare_latency, device_string, matmul_peak_gflops, set_threads,
+                                    thread_info)
 from bort.model import build_model, save_model  # noqa: E402
-from bort.quantize import QuantizeConfig, quantize_encoder  # noqa: E402
+from bort.inference.quantize import QuantizeConfig, quantize_encoder  # noqa: E402
 
 ENGINES = ('plain', 'fast', 'fast-masked', 'fast-unpadded', 'int8', 'torch')
 
@@ -70,14 +70,14 @@ def torch_model(model, threads: int):
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            from bort.convert import export_hf  # pylint: disable=import-outside-toplevel
+            from bort.interop.convert import export_hf  # pylint: disable=import-outside-toplevel
             save_model(model, os.path.join(tmp, 'mx'))
             export_hf(os.path.join(tmp, 'mx'), os.path.join(tmp, 'hf'))
             tm = BertModel.from_pretrained(os.path.join(tmp, 'hf'),
                                            add_pooling_layer=model.arch.use_pooler)
         except ImportError:  # no interop module: copy by the SPEC's name mapping
             # pylint: disable=import-outside-toplevel
-            from bort.hf import config_from_arch, hf_names
+            from bort.interop.hf import config_from_arch, hf_names
             from transformers import BertConfig  # pylint: disable=import-outside-toplevel
             from bort.model import param_dict  # pylint: disable=import-outside-toplevel
             arch = model.arch
@@ -239,7 +239,7 @@ def main(argv=None) -> Dict:
     parser.add_argument('--quick', action='store_true', help='3 repeats, 1 warm-up')
     parser.add_argument('--clock', default='wall', choices=('wall', 'process'),
                         help='process: CPU time of this process, robust to other load when '
-                             'run with OMP_NUM_THREADS=1 (bort.latency)')
+                             'run with OMP_NUM_THREADS=1 (bort.inference.latency)')
     parser.add_argument('--json', default=None, help='write every sample here')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')

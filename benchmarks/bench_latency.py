@@ -22,7 +22,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bort import configure_threads  # noqa: E402
+from bort.threads import configure_threads  # noqa: E402
 
 configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet
 
@@ -30,8 +30,8 @@ import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
 from bort.costs import flops, num_parameters  # noqa: E402
-from bort.fast import FastModel  # noqa: E402
-from bort.latency import compare_latency, device_string, thread_info  # noqa: E402
+from bort.inference.fast import FastModel  # noqa: E402
+from bort.inference.latency import compare_latency, device_string, thread_info  # noqa: E402
 from bort.model import build_model  # noqa: E402
 
 #: The paper's Table 1 CPU seconds per sample (its setting, not this machine's).
@@ -92,9 +92,9 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument('--quick', action='store_true', help='3 repeats, 1 warm-up')
     parser.add_argument('--clock', default='wall', choices=('wall', 'process'),
                         help='process: CPU time of this process, robust to other load when '
-                             'run with OMP_NUM_THREADS=1 (bort.latency)')
+                             'run with OMP_NUM_THREADS=1 (bort.inference.latency)')
     parser.add_argument('--fast', action='store_true',
-                        help='time the fast path (bort.fast) instead of the plain model')
+                        help='time the fast path (bort.inference.fast) instead of the plain model')
     parser.add_argument('--json', default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')

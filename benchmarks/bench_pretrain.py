@@ -60,11 +60,11 @@ def step_breakdown(data: str, teacher_dir: str, batch_size: int, max_predictions
     import time
     import mxnet as mx
     from bort.arch import Architecture
-    from bort.distill import kd_loss
-    from bort.kd_teacher import Teacher, mlm_logits
+    from bort.pretrain.losses import kd_loss
+    from bort.pretrain.teacher import Teacher, mlm_logits
     from bort.model import build_model
-    from bort.pretrain_shards import read_meta
-    from bort.pretrain_stream import BatchStream, list_shards, masking_from_meta
+    from bort.pretrain.shards import read_meta
+    from bort.pretrain.stream import BatchStream, list_shards, masking_from_meta
     meta = read_meta(data)
     masking = masking_from_meta(meta, max_predictions=max_predictions)
     stream = BatchStream(list_shards(data), 0, 1, batch_size, 1, masking)

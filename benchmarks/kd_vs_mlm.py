@@ -1,11 +1,11 @@
 """Distillation vs self-supervised pretraining of the same student (the paper's Table 3 in small).
 
 Real text, real teacher: the corpus is the docstring prose of the installed Python
-(:func:`bort.corpus.python_docs_corpus`), taken *after* the first 4 MB that the teacher's MLM head
+(:func:`bort.pretrain.corpus.python_docs_corpus`), taken *after* the first 4 MB that the teacher's MLM head
 was fitted on; the teacher is all-MiniLM-L6-v2 (6 layers, width 384, uncased WordPiece), by
-default MLM-adapted (``--teacher minilm``, :func:`bort.teachers.adapted_minilm_teacher`: every
+default MLM-adapted (``--teacher minilm``, :func:`bort.pretrain.default_teacher.adapted_minilm_teacher`: every
 weight trained 400 steps on the first 2 MB, ~30 % held-out top-1), or with only an MLM head fitted
-on the frozen encoder (``--teacher minilm-head``, :func:`bort.teachers.minilm_teacher`, ~12 %).
+on the frozen encoder (``--teacher minilm-head``, :func:`bort.pretrain.default_teacher.minilm_teacher`, ~12 %).
 The data is tokenized with the teacher's tokenizer (a shared vocabulary is required).
 
 Runs of the same student from the same initialisation, same data order and masks, same steps,
@@ -49,9 +49,9 @@ def real_data(work_dir: str, teacher_cache: str, corpus_mb: float = 2.0, seq_len
               teacher_name: str = 'minilm'):
     """The teacher folder and a prepared data folder of real text (both cached in place)."""
     # pylint: disable=import-outside-toplevel
-    from bort.corpus import python_docs_corpus
-    from bort.pretrain_data import PrepConfig, prepare_pretraining_data
-    from bort.teachers import adapted_minilm_teacher, minilm_teacher
+    from bort.pretrain.corpus import python_docs_corpus
+    from bort.pretrain.prepare import PrepConfig, prepare_pretraining_data
+    from bort.pretrain.default_teacher import adapted_minilm_teacher, minilm_teacher
     teacher = (adapted_minilm_teacher(teacher_cache) if teacher_name == 'minilm'
                else minilm_teacher(teacher_cache))
     skip = 4_000_000  # the teacher's MLM head was fitted on the first 4 MB of this corpus
@@ -80,10 +80,10 @@ def teacher_metrics(teacher_dir: str, config) -> dict:
     # pylint: disable=import-outside-toplevel
     import math
     import mxnet as mx
-    from bort.kd_teacher import Teacher
-    from bort.pretrain import evaluate
-    from bort.pretrain_data import read_meta
-    from bort.pretrain_stream import fixed_batches, list_shards, masking_from_meta
+    from bort.pretrain.teacher import Teacher
+    from bort.pretrain.loop import evaluate
+    from bort.pretrain.prepare import read_meta
+    from bort.pretrain.stream import fixed_batches, list_shards, masking_from_meta
     meta = read_meta(config.data)
     masking = masking_from_meta(meta, config.mask_ratio, config.max_predictions)
     batches = fixed_batches(list_shards(config.data, 'eval'), config.batch_size, masking,
@@ -130,7 +130,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # pylint: disable=import-outside-toplevel
     from bort.log import setup_logging
-    from bort.pretrain import PretrainConfig, pretrain
+    from bort.pretrain.loop import PretrainConfig, pretrain
     setup_logging()
     logging.getLogger('bort.checkpoint').setLevel(logging.WARNING)
     os.makedirs(args.work_dir, exist_ok=True)

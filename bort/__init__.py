@@ -1,38 +1,12 @@
 """Bort: optimal subarchitecture extraction for BERT, distillation pretraining and Agora.
 
-The package is split by noun (see README.md); importing it loads nothing heavy.
+The library is grouped by journey (see README.md): :mod:`bort.search`, :mod:`bort.pretrain`,
+:mod:`bort.finetune` (with Agora), :mod:`bort.inference` and :mod:`bort.interop`, with the shared
+nouns (architecture and costs, model, checkpoints, optimiser, distributed, logging, command lines,
+tokenizers) at the top. Importing the package loads nothing heavy.
 """
-import os
+from .threads import configure_threads
 
 __version__ = '0.1.0'
 
-
-def configure_threads(inference: bool = False) -> int:
-    """Give each worker its share of the cores, before MXNet is imported.
-
-    Unset, ``OMP_NUM_THREADS`` made MXNet's CPU operators run as if single-threaded (1.7× slower
-    on these machines). The scripts call this first; a value the user set is kept. Under
-    ``horovodrun`` the cores are split between the workers of one host.
-
-    Parameters
-    ----------
-    inference : bool
-        Also set ``OMP_WAIT_POLICY=ACTIVE`` (unless set): OpenMP threads spin between the many
-        short parallel regions of a forward pass instead of sleeping. Measured on 2 cores, batch
-        1 x 128, fast path: ``bort_4_8_768_1024`` 28.7 -> 25.5 ms, BERT-base 91.7 -> 86.1 ms.
-        Idle threads then keep their cores busy, so it is left off for training.
-
-    Returns
-    -------
-    int
-        The thread count in force.
-    """
-    if 'OMP_NUM_THREADS' not in os.environ:
-        local_workers = int(os.environ.get('HOROVOD_LOCAL_SIZE')
-                            or os.environ.get('OMPI_COMM_WORLD_LOCAL_SIZE') or 1)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
-            else (os.cpu_count() or 1)
-        os.environ['OMP_NUM_THREADS'] = str(max(1, cores // local_workers))
-    if inference:
-        os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
-    return int(os.environ['OMP_NUM_THREADS'])
+__all__ = ['configure_threads', '__version__']

@@ -6,8 +6,8 @@ import numpy as np
 
 from bort.arch import Architecture
 from bort.model import build_model, save_model
-from bort.pretrain_data import PrepConfig, prepare_pretraining_data
-from bort.wordpiece import WordPieceTokenizer
+from bort.pretrain.prepare import PrepConfig, prepare_pretraining_data
+from bort.tokenizers import WordPieceTokenizer
 
 SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 WORDS = ['the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'far', 'a', 'big', 'red', 'blue',

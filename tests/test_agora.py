@@ -12,13 +12,13 @@ import pytest
 
 import run_finetune
 import toy_glue
-from bort import agora
-from bort.agora import (AgoraConfig, Teacher, TeacherError, prune_worst_one, prune_worst_ties,
-                        run_agora, theta_grid)
-from bort.classifier import HeadConfig, build_classifier, save_classifier
-from bort.finetune import finetune
+from bort.finetune import agora
+from bort.finetune.agora import (AgoraConfig, Teacher, TeacherError, prune_worst_one,
+                                 prune_worst_ties, run_agora, theta_grid)
+from bort.finetune.classifier import HeadConfig, build_classifier, save_classifier
+from bort.finetune.loop import finetune
 from bort.log import MetricsLog
-from bort.tasks import Example
+from bort.finetune.tasks import Example
 
 FLIPPED = tuple(range(0, 32, 4))  # 8 of the 32 dev rows carry the wrong gold label
 
@@ -114,7 +114,7 @@ def test_theta_shrinks_every_iteration_and_teacher_labels_the_points(teacher, tm
 
 
 def _dev(base):
-    from bort.readers import read_examples
+    from bort.finetune.readers import read_examples
     return read_examples('RTE', base.data_dir, 'dev')
 
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from bort.arch import (ARCHITECTURES, Architecture, ArchitectureError, PAPER_SEARCH_SPACE,
-                       get_arch, load_arch, save_arch, search_space)
+from bort.arch import (ARCHITECTURES, Architecture, ArchitectureError, PAPER_SEARCH_SPACE, get_arch,
+                       load_arch, save_arch, search_space)
 
 
 def test_registry_shapes():

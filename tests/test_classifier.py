@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import toy_glue
-from bort.bpe import ByteBPETokenizer, bytes_to_unicode
-from bort.classifier import (HeadConfig, TaskClassifier, build_classifier, encode_pair,
-                             load_classifier, make_batch, predict_scores, save_classifier,
-                             task_loss)
+from bort.tokenizers import ByteBPETokenizer, bytes_to_unicode
+from bort.finetune.classifier import (HeadConfig, TaskClassifier, build_classifier, encode_pair,
+                                      load_classifier, make_batch, predict_scores, save_classifier,
+                                      task_loss)
 from bort.model import build_model, save_model
 
 

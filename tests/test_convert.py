@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bort.arch import Architecture
-from bort.convert import export_hf, import_gluon, import_hf, main, model_arrays
-from bort.hf import UnsupportedCheckpointError
+from bort.interop.convert import export_hf, import_gluon, import_hf, main, model_arrays
+from bort.interop.hf import UnsupportedCheckpointError
 from bort.model import CheckpointMismatchError, build_model, load_model, param_dict, save_model
-from bort.tokenizer import load_tokenizer
+from bort.tokenizers import load_tokenizer
 
 torch = pytest.importorskip('torch', reason='the optional extra (pip install .[hf]) is not '
                             'installed: torch is needed to compare with transformers')

@@ -1,5 +1,5 @@
 """The docstring corpus: prose kept, the rest dropped, deterministic files."""
-from bort.corpus import docstring_sentences, python_docs_corpus
+from bort.pretrain.corpus import docstring_sentences, python_docs_corpus
 
 DOC = '''Compute the thing from the other thing.
 

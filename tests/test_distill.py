@@ -3,8 +3,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.distill import (MaskingConfig, kd_loss, mask_tokens, masked_accuracy, masked_lm_loss,
-                          soft_cross_entropy)
+from bort.pretrain.masking import MaskingConfig, mask_tokens
+from bort.pretrain.losses import kd_loss, masked_accuracy, masked_lm_loss, soft_cross_entropy
 
 
 def _softmax(x, axis=-1):

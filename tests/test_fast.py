@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from bort.batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
-from bort.fast import (PAD_CHANNELS, FastEncoder, FastModel, fast_weights, load_fast,
-                       load_weights, padded_width)
-from bort.latency import set_threads
+from bort.inference.fast import (PAD_CHANNELS, FastEncoder, FastModel, fast_weights, load_fast,
+                                 load_weights, padded_width)
+from bort.inference.latency import set_threads
 from bort.model import build_model, save_model
 
 TOL = 1e-4

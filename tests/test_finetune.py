@@ -11,7 +11,7 @@ import pytest
 
 import run_finetune
 import toy_glue
-from bort.finetune import epoch_batches, finetune
+from bort.finetune.loop import epoch_batches, finetune
 from bort.log import MetricsLog
 from bort.model import param_dict
 

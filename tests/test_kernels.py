@@ -7,8 +7,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.fast import FastModel
-from bort.kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
+from bort.inference.fast import FastModel
+from bort.inference.kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from bort.model import build_model
 
 pytestmark = pytest.mark.skipif(not load_fused_ops(), reason='no C++ compiler to build the op')
@@ -150,7 +150,7 @@ def test_fallbacks_without_the_library(tmp_path):
     """Disabled, or with a compiler that fails, the fast path uses MXNet's own operators."""
     code = ('import logging; logging.basicConfig(level=logging.WARNING)\n'
             'from bort.arch import Architecture\n'
-            'from bort.fast import FastModel\nfrom bort.model import build_model\n'
+            'from bort.inference.fast import FastModel\nfrom bort.model import build_model\n'
             'arch = Architecture(num_layers=1, num_heads=2, units=8, hidden_size=16, '
             'vocab_size=20, max_length=8)\n'
             'fast = FastModel.from_model(build_model(arch, use_decoder=False))\n'

@@ -4,9 +4,9 @@ import time
 import numpy as np
 import pytest
 
-from bort.fast import FastModel
-from bort.latency import (LatencyResult, compare_latency, device_string, format_results,
-                          matmul_peak_gflops, measure_latency)
+from bort.inference.fast import FastModel
+from bort.inference.latency import (LatencyResult, compare_latency, device_string, format_results,
+                                    matmul_peak_gflops, measure_latency)
 from bort.model import build_model
 
 

@@ -4,9 +4,9 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from bort.metrics import (METRICS, answer_em, answer_f1, compute_metrics, gender_parity,
-                          multirc_em, normalize_answer, primary_metric)
-from bort.tasks import TASKS
+from bort.finetune.metrics import (METRICS, answer_em, answer_f1, compute_metrics, gender_parity,
+                                   multirc_em, normalize_answer, primary_metric)
+from bort.finetune.tasks import TASKS
 
 
 @pytest.fixture

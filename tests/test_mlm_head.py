@@ -4,9 +4,9 @@ import json
 import mxnet as mx
 import numpy as np
 
-from bort.mlm_head import HeadFitConfig, fit_mlm_head, main, mask_sequence, pack_sequences
+from bort.pretrain.mlm_head import HeadFitConfig, fit_mlm_head, main, mask_sequence, pack_sequences
 from bort.model import build_model, load_model, param_dict, save_model
-from bort.wordpiece import WordPieceTokenizer
+from bort.tokenizers import WordPieceTokenizer
 
 SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 WORDS = [f'w{i}' for i in range(60)]

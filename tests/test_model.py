@@ -2,8 +2,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.model import (CheckpointMismatchError, build_model, load_model, load_params,
-                        save_model)
+from bort.model import CheckpointMismatchError, build_model, load_model, load_params, save_model
 
 
 def _inputs(rng, arch, batch=3, length=10):

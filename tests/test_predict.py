@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import toy_glue
-from bort.classifier import (HeadConfig, build_classifier, encode_examples, load_classifier,
-                             predict_scores, save_classifier)
-from bort.predict import load_predictor, main, predict_encoded, predict_texts, read_inputs
-from bort.readers import read_examples
+from bort.finetune.classifier import (HeadConfig, build_classifier, encode_examples,
+                                      load_classifier, predict_scores, save_classifier)
+from bort.inference.predict import load_predictor, main, predict_encoded, predict_texts, read_inputs
+from bort.finetune.readers import read_examples
 
 
 @pytest.fixture(scope='module')
@@ -54,7 +54,7 @@ def test_command_matches_the_classifier(finetuned, tmp_path):
 
 
 def test_module_command_sets_inference_threads(finetuned, tmp_path):
-    """``python -m bort.predict`` sets the thread variables before MXNet starts (unless set)
+    """``python -m bort.inference.predict`` sets the thread variables before MXNet starts (unless set)
     and writes the same file as the in-process call."""
     folder, data = finetuned
     test_file = os.path.join(data, 'RTE', 'test.tsv')
@@ -62,7 +62,7 @@ def test_module_command_sets_inference_threads(finetuned, tmp_path):
     env['PYTHONPATH'] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
                                          env.get('PYTHONPATH', '')])
     out = str(tmp_path / 'module.tsv')
-    run = subprocess.run([sys.executable, '-m', 'bort.predict', '--model', folder, '--input',
+    run = subprocess.run([sys.executable, '-m', 'bort.inference.predict', '--model', folder, '--input',
                           test_file, '--output', out, '--batch-size', '4', '--no-progress'],
                          env=dict(env, OMP_NUM_THREADS='1'), capture_output=True, text=True,
                          timeout=300)
@@ -133,8 +133,8 @@ def test_predict_encoded_restores_order():
 
 
 def test_saved_int8_artefact_serves_predictions(finetuned, tmp_path):
-    """bort.quantize on the fine-tuned folder, then the command with --int8-model."""
-    from bort import quantize
+    """bort.inference.quantize on the fine-tuned folder, then the command with --int8-model."""
+    from bort.inference import quantize
     folder, data = finetuned
     examples = read_examples('RTE', data, 'test')
     text = tmp_path / 'calib.txt'

@@ -13,15 +13,15 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort import pretrain as pretrain_module
+from bort.pretrain import loop as pretrain_module
 from bort.distributed import Comm
-from bort.kd_teacher import Teacher, VocabularyMismatchError, mlm_logits
+from bort.pretrain.teacher import Teacher, VocabularyMismatchError, mlm_logits
 from bort.model import build_model, load_model, param_dict
 from bort.optim import learning_rate
-from bort.pretrain import (NonFiniteLossError, PretrainConfig, accumulate_gradients, evaluate,
-                           pretrain, resolve_arch)
-from bort.pretrain_data import read_meta
-from bort.pretrain_stream import (BatchStream, MLMBatch, fixed_batches, list_shards,
+from bort.pretrain.loop import (NonFiniteLossError, PretrainConfig, accumulate_gradients, evaluate,
+                                pretrain, resolve_arch)
+from bort.pretrain.prepare import read_meta
+from bort.pretrain.stream import (BatchStream, MLMBatch, fixed_batches, list_shards,
                                   masking_from_meta)
 from pretrain_helpers import arch_json, prepared_data, save_teacher, student_arch, tiny_tokenizer
 

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from bort.distill import MaskingConfig
-from bort.pretrain_data import (SHARD_KEYS, DataFormatError, PrepConfig, document_sequences,
-                                iter_documents, main, original_tokens, prepare_pretraining_data,
-                                read_meta, read_shard, write_shard)
+from bort.pretrain.masking import MaskingConfig
+from bort.pretrain.prepare import (SHARD_KEYS, DataFormatError, PrepConfig, document_sequences,
+                                   iter_documents, main, original_tokens, prepare_pretraining_data,
+                                   read_meta, read_shard, write_shard)
 from pretrain_helpers import tiny_tokenizer, write_corpus
 
 

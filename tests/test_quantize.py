@@ -11,11 +11,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.fast import FastModel
-from bort.kernels import OP_ADD_LAYER_NORM, load_fused_ops
+from bort.inference.fast import FastModel
+from bort.inference.kernels import OP_ADD_LAYER_NORM, load_fused_ops
 from bort.model import build_model
-from bort.quantize import (CONFIG_FILE, PARAMS_FILE, SYMBOL_FILE, QuantizeConfig,
-                           QuantizedModel, compare_outputs, quantize_encoder)
+from bort.inference.quantize import (CONFIG_FILE, PARAMS_FILE, SYMBOL_FILE, QuantizeConfig,
+                                     QuantizedModel, compare_outputs, quantize_encoder)
 
 REL_TOL = 0.03
 ARGMAX_AGREEMENT = 0.9
@@ -127,7 +127,7 @@ def test_compare_outputs_against_numpy(rng):
 
 def test_command_writes_a_loadable_artefact(tmp_path):
     import toy_glue
-    from bort.quantize import main
+    from bort.inference.quantize import main
     folder = toy_glue.pretrained_folder(str(tmp_path / 'pretrained'))
     rng = np.random.RandomState(0)
     text = tmp_path / 'calib.txt'

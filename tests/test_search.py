@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bort.arch import Architecture
-from bort.distill import soft_cross_entropy, topk_soft_cross_entropy
+from bort.pretrain.losses import soft_cross_entropy, topk_soft_cross_entropy
 from bort.search import (SearchConfig, build_space, epsilon_select, non_dominated, order_space,
                          rank_records, w_coefficient)
 from bort.search.config import resolve_grid

@@ -13,7 +13,8 @@ import pytest
 
 from bort.search import STRATEGIES, run_search
 from bort.search import evaluate as evaluate_module
-from bort.search.bo import BayesianStrategy, parse_objectives
+from bort.search.bo import BayesianStrategy
+from bort.search.config import parse_objectives
 from bort.search.pareto import (hypervolume, hypervolume_2d, optuna_hypervolume, pareto_front,
                                 reference_point)
 from test_search_driver import REPO, _horovodrun, _rows, tiny_config, tiny_inputs  # noqa: F401

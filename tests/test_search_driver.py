@@ -14,7 +14,7 @@ from bort.arch import Architecture, load_arch
 from bort.model import build_model, load_model, save_model
 from bort.search import SearchConfig, run_search
 from bort.search.evaluate import SettingsMismatchError
-from bort.wordpiece import WordPieceTokenizer
+from bort.tokenizers import WordPieceTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ('the a model layer teacher student search error cost tree river stone light water '

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from bort.castings import aggregate
-from bort.readers import read_examples
-from bort.submission import format_submission, submission_path, write_submission
-from bort.tasks import TASKS
+from bort.finetune.castings import aggregate
+from bort.finetune.readers import read_examples
+from bort.finetune.submission import format_submission, submission_path, write_submission
+from bort.finetune.tasks import TASKS
 
 
 def test_glue_classification_tsv(tmp_path):

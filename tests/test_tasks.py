@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from bort.castings import COPA_QUESTIONS, aggregate, balance_labels
-from bort.readers import label_counts, read_examples
-from bort.tasks import (TASKS, DataFormatError, Example, TaskSpec, TsvColumns, get_task,
-                        task_names)
+from bort.finetune.castings import COPA_QUESTIONS, aggregate, balance_labels
+from bort.finetune.readers import label_counts, read_examples
+from bort.finetune.tasks import (TASKS, DataFormatError, Example, TaskSpec, TsvColumns, get_task,
+                                 task_names)
 
 
 def write(path, lines):

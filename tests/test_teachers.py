@@ -6,11 +6,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.convert import import_hf
-from bort.mlm_head import HeadFitConfig
+from bort.interop.convert import import_hf
+from bort.pretrain.mlm_head import HeadFitConfig
 from bort.model import load_model
-from bort.teachers import adapted_minilm_teacher, minilm_dir, minilm_teacher
-from bort.tokenizer import load_tokenizer
+from bort.pretrain.default_teacher import adapted_minilm_teacher, minilm_dir, minilm_teacher
+from bort.tokenizers import load_tokenizer
 
 SENTENCES = [
     'A man is eating food.',

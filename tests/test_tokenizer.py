@@ -4,10 +4,9 @@ import os
 
 import pytest
 
-from bort.tokenizer import (BERT_SPECIALS, ByteBPETokenizer, SentencePieceTokenizer,
-                            WordPieceTokenizer, gpt2_tokenizer, load_tokenizer,
-                            train_sentencepiece)
-from bort.bpe import bytes_to_unicode
+from bort.tokenizers import (BERT_SPECIALS, ByteBPETokenizer, SentencePieceTokenizer,
+                             gpt2_tokenizer, train_sentencepiece)
+from bort.tokenizers import WordPieceTokenizer, bytes_to_unicode, load_tokenizer
 
 TEXTS = ["Hello world! It's a test.", "Café naïve  résumé, 2024-01-02\tand\nnew lines ",
          "  leading spaces and trailing  ", "unknown ZQX glyphs 中文 😀", "don't we'll I'd"]

@@ -7,8 +7,8 @@ import pytest
 import toy_glue
 from bort.arch import Architecture
 from bort.model import build_model, save_model
-from bort.tasks import Example
-from bort.transforms import TRANSFORMS, delete_words, make_transform, swap_words
+from bort.finetune.tasks import Example
+from bort.finetune.transforms import TRANSFORMS, delete_words, make_transform, swap_words
 
 EXAMPLES = [Example('d-0', 'the cat sat on the mat .', 'a dog ran yes .', 1, idx=0),
             Example('d-1', 'old man', None, 0, idx=1)]

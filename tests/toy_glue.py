@@ -13,7 +13,7 @@ import numpy as np
 
 from bort.arch import Architecture
 from bort.model import build_model, save_model
-from bort.wordpiece import WordPieceTokenizer
+from bort.tokenizers import WordPieceTokenizer
 
 FILLER = ['the', 'cat', 'dog', 'sat', 'on', 'mat', 'a', 'big', 'small', 'red', 'blue', 'green',
           'house', 'tree', 'car', 'ran', 'saw', 'ate', 'fish', 'bird', 'sun', 'moon', 'day',
@@ -80,7 +80,7 @@ def write_rte(data_dir: str, n_train: int = 64, n_dev: int = 32, n_test: int = 1
 
 def finetune_config(tmp_path, **changes):
     """A FinetuneConfig that learns the toy task in a second (data and model made if missing)."""
-    from bort.finetune import FinetuneConfig
+    from bort.finetune.loop import FinetuneConfig
     data, model = str(tmp_path / 'data'), str(tmp_path / 'pretrained')
     if not os.path.isdir(data):
         write_rte(data)

@@ -42,48 +42,24 @@ import math
 import os
 import warnings
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..arch import Architecture
-from .config import KNOBS, SearchConfig
+from .config import KNOBS, SearchConfig, parse_objectives, validate_bo
 from .space import SearchSpace
 from .strategies import Strategy, register_strategy
 
-__all__ = ['BayesianStrategy', 'OBJECTIVES', 'STUDY_FILE', 'parse_objectives', 'validate_bo',
+__all__ = ['BayesianStrategy', 'STUDY_FILE',
            'bo_budget']
 
 log = logging.getLogger(__name__)
 
-#: Objectives a study can minimise, and the record field each is read from.
-OBJECTIVES = ('error', 'latency', 'params')
 STUDY_FILE = 'bo_study.db'
 STUDY_NAME = 'bort-bo'
-SAMPLERS = ('tpe', 'gp', 'nsga2', 'random')
 MAX_MISSES = 4  # duplicates in a row before a uniform pick among the untried tuples
 EVALUATED = ('trained', 'diverged')
-
-
-def parse_objectives(text: str) -> Tuple[str, ...]:
-    """``'error,latency'`` -> ('error', 'latency'); error and latency are always included."""
-    names = tuple(dict.fromkeys(n.strip() for n in str(text).split(',') if n.strip()))
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown or not {'error', 'latency'} <= set(names):
-        raise ValueError(f'bo_objectives must list error and latency (and optionally params), '
-                         f'comma-separated; got {text!r}')
-    return names
-
-
-def validate_bo(config: SearchConfig) -> None:
-    """Raise ValueError on Bayesian-search settings that cannot run."""
-    parse_objectives(config.bo_objectives)
-    if config.bo_sampler not in SAMPLERS:
-        raise ValueError(f'bo_sampler must be one of {SAMPLERS}, got {config.bo_sampler!r}')
-    if config.max_latency_ms < 0 or config.max_params < 0 or config.max_candidates < 0:
-        raise ValueError('max_latency_ms, max_params and max_candidates must be >= 0')
-    if config.max_latency_ms and config.cost != 'measured':
-        raise ValueError('--max_latency_ms needs --cost measured')
 
 
 def bo_budget(config: SearchConfig, space_size: int) -> int:

@@ -23,8 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..arch import Architecture
 from ..checkpoint import write_json_atomic
-from .pareto import (hypervolume, optuna_hypervolume, pareto_front, plot_front,
-                     reference_point)
+from .pareto import hypervolume, optuna_hypervolume, pareto_front, plot_front, reference_point
 from .report import PLOT_FILE, TABLE_FILE
 
 __all__ = ['front_summary', 'write_bo_outputs', 'remeasure', 'hypervolume_of', 'search_latency',
@@ -72,7 +71,7 @@ def remeasure(archs: Sequence[Architecture], config, ctx=None) -> Dict[tuple, Di
         first), ``batch_size, seq_len, warmup, repeats, threads, device``.
     """
     # pylint: disable=import-outside-toplevel
-    from ..latency import compare_latency
+    from ..inference.latency import compare_latency
     from ..model import build_model
     models = {}
     for arch in archs:

@@ -28,14 +28,14 @@ import math
 import os
 import shutil
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..arch import ARCHITECTURES
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
-from .bo import bo_budget, parse_objectives
+from .bo import bo_budget
 from .bo_report import hypervolume_of
-from .config import SearchConfig, resolve_grid
+from .config import SearchConfig, parse_objectives, resolve_grid
 from .inference import COSTS_FILE
 from .pareto import pareto_front, reference_point
 from .report import BEST_ARCH_FILE
@@ -137,8 +137,18 @@ def _plot(fronts: Dict[str, List[List[float]]], reference: Dict, unit: str, path
     plt.close(fig)
 
 
-def run_comparison(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
+def run_comparison(config: SearchConfig, run_one: Callable[[SearchConfig, Comm], Dict],
+                   comm: Optional[Comm] = None) -> Dict:
     """Run the FPTAS and the Bayesian search at an equal budget and compare them (collective).
+
+    Parameters
+    ----------
+    config : SearchConfig
+        ``strategy='compare'``; each strategy runs in a sub-folder of ``config.out``.
+    run_one : callable
+        Runs one strategy's search (:func:`bort.search.driver.run_search`), passed in so that
+        this module does not import the driver that dispatches to it.
+    comm : Comm, optional
 
     Returns
     -------
@@ -146,8 +156,6 @@ def run_comparison(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
         On rank 0: ``table`` (Markdown), ``comparison`` (what comparison.json holds),
         ``results`` (each strategy's :func:`run_search` result), ``wall_seconds``. Else ``{}``.
     """
-    # pylint: disable=import-outside-toplevel
-    from .driver import run_search
     comm = comm or Comm()
     start = time.time()
     setup = dict(compare_budget(config), sampler=config.bo_sampler)
@@ -175,7 +183,7 @@ def run_comparison(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
                 shutil.copyfile(seed_costs, own)
         comm.barrier()
         begin = time.time()
-        results[name] = run_search(configs[name], comm)
+        results[name] = run_one(configs[name], comm)
         walls[name] = time.time() - begin
     if not comm.is_root:
         return {}

@@ -20,7 +20,8 @@ from typing import Dict, Tuple
 
 from ..arch import PAPER_SEARCH_SPACE
 
-__all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'resolve_grid', 'default_cache_dir']
+__all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'OBJECTIVES', 'SAMPLERS', 'resolve_grid', 'default_cache_dir',
+           'parse_objectives', 'validate_bo']
 
 #: The four knobs of the architecture family, in the paper's <D, A, H, I> order.
 KNOBS = ('num_layers', 'num_heads', 'units', 'hidden_size')
@@ -177,7 +178,6 @@ class SearchConfig:
         if self.temperature <= 0:
             raise ValueError('temperature must be positive')
         if self.strategy in ('bo', 'compare'):
-            from .bo import validate_bo  # pylint: disable=import-outside-toplevel
             validate_bo(self)
 
     @property
@@ -236,3 +236,30 @@ def resolve_grid(config: SearchConfig) -> Dict[str, Tuple[int, ...]]:
         if getattr(config, knob):
             grid[knob] = tuple(getattr(config, knob))
     return grid
+
+
+# -- Bayesian-search settings (bort.search.bo) ---------------------------------------------
+#: Objectives a study can minimise, and the record field each is read from.
+OBJECTIVES = ('error', 'latency', 'params')
+SAMPLERS = ('tpe', 'gp', 'nsga2', 'random')
+
+
+def parse_objectives(text: str) -> Tuple[str, ...]:
+    """``'error,latency'`` -> ('error', 'latency'); error and latency are always included."""
+    names = tuple(dict.fromkeys(n.strip() for n in str(text).split(',') if n.strip()))
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not {'error', 'latency'} <= set(names):
+        raise ValueError(f'bo_objectives must list error and latency (and optionally params), '
+                         f'comma-separated; got {text!r}')
+    return names
+
+
+def validate_bo(config: 'SearchConfig') -> None:
+    """Raise ValueError on Bayesian-search settings that cannot run."""
+    parse_objectives(config.bo_objectives)
+    if config.bo_sampler not in SAMPLERS:
+        raise ValueError(f'bo_sampler must be one of {SAMPLERS}, got {config.bo_sampler!r}')
+    if config.max_latency_ms < 0 or config.max_params < 0 or config.max_candidates < 0:
+        raise ValueError('max_latency_ms, max_params and max_candidates must be >= 0')
+    if config.max_latency_ms and config.cost != 'measured':
+        raise ValueError('--max_latency_ms needs --cost measured')

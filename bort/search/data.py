@@ -6,7 +6,7 @@ once (:mod:`bort.search.teacher`). Each batch is masked once (BERT's 80/10/10), 
 state drawn from the seed: static masking within a search, which is what makes the cache valid.
 
 Documents are shuffled with the seed and packed into ``CLS sentences SEP`` sequences of at most
-``seq_len`` tokens (:func:`bort.mlm_head.pack_sequences`); the first sequences are held out, the
+``seq_len`` tokens (:func:`bort.pretrain.mlm_head.pack_sequences`); the first sequences are held out, the
 next ones train. A corpus too small for the requested batches is cycled, with a warning.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ..distill import MaskingConfig
-from ..mlm_head import pack_sequences, read_documents
-from ..pretrain_stream import MLMBatch, mask_batch
-from ..tokenizer import Tokenizer
+from ..pretrain.masking import MaskingConfig
+from ..pretrain.mlm_head import pack_sequences, read_documents
+from ..pretrain.stream import MLMBatch, mask_batch
+from ..tokenizers import Tokenizer
 
 __all__ = ['SearchData', 'make_search_data', 'corpus_sequences', 'masking_for']
 

@@ -25,8 +25,9 @@ from typing import Dict, List, Optional
 from ..arch import ARCHITECTURES, Architecture
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
-from ..kd_teacher import Teacher
+from ..pretrain.teacher import Teacher
 from ..log import progress as rank0_progress
+from .compare import run_comparison
 from .config import SearchConfig, resolve_grid
 from .data import SearchData, corpus_sequences, make_search_data, masking_for
 from .evaluate import CandidateEvaluator, ResultStore
@@ -34,7 +35,7 @@ from .inference import CostModel
 from .report import score_records, write_outputs
 from .space import build_space
 from .strategies import make_strategy
-from .teacher import TeacherTargets, load_teacher, weights_digest
+from .targets import TeacherTargets, load_teacher, weights_digest
 
 __all__ = ['run_search', 'CONFIG_FILE']
 
@@ -56,7 +57,7 @@ def _root_first(comm: Comm, fn):
 def _corpus_files(config: SearchConfig, comm: Comm) -> List[str]:
     if config.corpus:
         return list(config.corpus)
-    from ..corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
+    from ..pretrain.corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
     path = os.path.join(config.resolved_cache_dir, 'teachers',
                         f'python_docs_{config.corpus_bytes}.txt')
 
@@ -104,8 +105,7 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
     comm = comm or Comm()
     config.validate()
     if config.strategy == 'compare':  # FPTAS and BO at an equal budget: bort.search.compare
-        from .compare import run_comparison  # pylint: disable=import-outside-toplevel
-        return run_comparison(config, comm)
+        return run_comparison(config, run_search, comm)
     start = time.time()
     bars = partial(rank0_progress, comm=comm, disable=not config.progress)
     if comm.is_root:

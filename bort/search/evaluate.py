@@ -30,7 +30,7 @@ from ..distributed import Comm
 from .config import SearchConfig
 from .inference import CostModel
 from .space import arch_key
-from .teacher import TeacherTargets
+from .targets import TeacherTargets
 from .trainer import train_candidate
 
 __all__ = ['ResultStore', 'CandidateEvaluator', 'SettingsMismatchError', 'balanced_share']

@@ -5,7 +5,7 @@ p is exact (:func:`bort.costs.num_parameters`). i is either
 - ``measured``: CPU seconds per sample of the hybridized encoder (random weights: the values do
   not change the time), at a stated batch size and sequence length, the median of repeated runs
   after warm-up, as the paper's Table 1 reports. Architectures are timed in groups with their
-  runs interleaved (:func:`bort.latency.compare_latency`), so a burst of load from elsewhere
+  runs interleaved (:func:`bort.inference.latency.compare_latency`), so a burst of load from elsewhere
   does not favour one of them; or
 - ``flops``: the operation count of :func:`bort.costs.flops` per sample, deterministic.
 
@@ -116,7 +116,7 @@ class CostModel:
         """Time a group of encoders with interleaved repeats (A, B, C, A, B, C, ...), so that
         load from elsewhere on the machine hits them alike."""
         # pylint: disable=import-outside-toplevel
-        from ..latency import compare_latency
+        from ..inference.latency import compare_latency
         from ..model import build_model
         models = {}
         for arch in archs:

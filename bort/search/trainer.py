@@ -2,7 +2,7 @@
 
 One fixed hyperparameter set for every candidate (the paper: SGD, one batch size, learning rate,
 clipping constant and warm-up proportion), the learning-rate schedule of :mod:`bort.optim`, and
-the distillation objective of :mod:`bort.distill` against the teacher's masked-LM distribution
+the distillation objective of :mod:`bort.pretrain.losses` against the teacher's masked-LM distribution
 (:class:`~bort.search.teacher.TeacherTargets`). A candidate trains on one worker; its
 initialisation and dropout are seeded from the search seed and its tuple, so the result does not
 depend on which worker trains it, nor on the order.
@@ -20,11 +20,11 @@ import mxnet as mx
 
 from ..arch import Architecture
 from ..distributed import Comm
-from ..kd_teacher import mlm_logits
+from ..pretrain.teacher import mlm_logits
 from ..model import build_model
 from ..optim import learning_rate, make_trainer, optimizer_step
 from .config import SearchConfig
-from .teacher import TeacherTargets
+from .targets import TeacherTargets
 
 __all__ = ['candidate_seed', 'train_candidate']
 

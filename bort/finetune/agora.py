@@ -1,0 +1,430 @@
+"""Agora (de Wynter, 2020): fine-tuning that grows the training set from the student's mistakes.
+
+Inputs, as SPEC section 6 reads the method: the untrained student (a pretrained encoder and a
+fresh head: Timaeus), a teacher fine-tuned on the task (Socrates, any architecture the project
+loads) whose dev accuracy must exceed 2/3, the train and dev sets, a set Θ of hyperparameter
+sets and a transformation function (:mod:`bort.finetune.transforms`). Each iteration:
+
+1. fine-tune one student per θ in Θ (:func:`bort.finetune.finetune`, ``epochs`` each: the
+   budget) on the training set so far, and score it on dev;
+2. take the best student (ties: the first θ in Θ's order) and its dev mistakes;
+3. transform the mistakes into new points, label them with the teacher (never with the dev
+   gold labels) and add them to the training set;
+4. prune Θ with a pluggable rule (:data:`PRUNE_RULES`); the default, ``worst_ties``, is the
+   project's reading of "remove the longest common sequence rooted at the first element":
+   sort Θ by score ascending and remove the worst θ and every θ tied with it;
+5. repeat until Θ is empty.
+
+It returns the best student over all iterations and the convergent hyperparameter set (CHS):
+the best θ of the last iteration. Options: ``replay`` k re-runs the last k iterations once Θ is
+empty (Θ is restored to what it was k iterations before the end; the data keeps growing);
+``chs`` runs ``chs_iterations`` iterations over one known θ, without pruning.
+
+The score Agora compares is accuracy over the (cast) examples, the quantity its guarantees are
+about: the argmax class against the label; for regression (STS-B), rounded prediction against
+rounded label, as the paper did. The task's own metrics are logged beside it.
+
+Everything lands in ``output_dir``: ``agora_state.json`` (rewritten atomically after every
+student and every iteration, so a killed run resumes where it stopped; a student killed
+mid-training resumes from its own checkpoint), ``metrics.jsonl`` (one ``agora_iteration``
+record per iteration: Θ size, best θ, dev score, points added), ``iter-NNN/theta-KKK/`` (each
+iteration keeps only its best student), ``best/`` (the best student) and ``chs.json``.
+
+Under Horovod every worker takes part in each student's training (:mod:`bort.finetune`); the
+transformation draws its points on rank 0, which broadcasts them, and the teacher labels them
+with every worker; rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..checkpoint import step_seed, write_json_atomic
+from .classifier import encode_examples, load_classifier, predict_scores
+from ..distributed import Comm
+from .loop import BEST, FinetuneConfig, finetune, load_split, remove_checkpoints
+from ..log import MetricsLog
+from .tasks import Example, TaskSpec, get_task
+from ..tokenizers import load_tokenizer
+from .transforms import make_transform
+
+__all__ = ['AgoraConfig', 'AgoraResult', 'Teacher', 'TeacherError', 'theta_grid',
+           'PRUNE_RULES', 'prune_worst_ties', 'prune_worst_one', 'agora_accuracy',
+           'dev_mistakes', 'check_teacher', 'run_agora', 'THETA_KEYS']
+
+log = logging.getLogger(__name__)
+
+#: The FinetuneConfig fields a hyperparameter set θ sets.
+THETA_KEYS = ('seed', 'lr', 'weight_decay', 'warmup_ratio', 'batch_size')
+STATE_FILE = 'agora_state.json'
+Theta = Dict[str, Any]
+
+
+@dataclass
+class AgoraConfig:
+    """Agora's settings (flags of ``run_finetune.py --agora``); the grid defaults are the
+    released README's starting Θ (480 sets).
+
+    Parameters
+    ----------
+    teacher : str
+        Fine-tuned folder of the task teacher (or a fine-tuning run folder holding ``best/``).
+    min_teacher_accuracy : float
+        The teacher's dev accuracy must exceed this (2/3, the method's requirement).
+    seeds, lrs, weight_decays, warmup_ratios, batch_sizes : lists
+        Θ is their Cartesian product, in that nesting order (seeds vary fastest).
+    transform : str
+        A name in :data:`bort.finetune.transforms.TRANSFORMS`.
+    transform_fraction : float
+        Share of words/tokens a transformation changes.
+    copies : int
+        New points per dev mistake.
+    mlm_model : str
+        Masked-LM folder for ``transform='mlm'``; empty: the student's pretrained folder.
+    mlm_temperature : float
+        Temperature of the masked-LM draws.
+    prune : str
+        A name in :data:`PRUNE_RULES`.
+    replay : int
+        Re-run the last k iterations once Θ is empty (0: no replay).
+    chs : str
+        JSON object of one θ (keys :data:`THETA_KEYS`): run over that set only.
+    chs_iterations : int
+        Iterations in CHS mode.
+    """
+
+    teacher: str = ''
+    min_teacher_accuracy: float = 2 / 3
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    lrs: List[float] = field(default_factory=lambda: [1e-4, 1e-5, 9e-6])
+    weight_decays: List[float] = field(default_factory=lambda: [0.0, 10.0, 100.0, 350.0])
+    warmup_ratios: List[float] = field(default_factory=lambda: [0.35, 0.40, 0.45, 0.50])
+    batch_sizes: List[int] = field(default_factory=lambda: [8, 16])
+    transform: str = 'mlm'
+    transform_fraction: float = 0.15
+    copies: int = 1
+    mlm_model: str = ''
+    mlm_temperature: float = 1.0
+    prune: str = 'worst_ties'
+    replay: int = 0
+    chs: str = ''
+    chs_iterations: int = 3
+
+
+@dataclass
+class AgoraResult:
+    """What :func:`run_agora` returns: the best student, the CHS and the iteration log."""
+
+    folder: str
+    score: float
+    metrics: Dict[str, float]
+    theta: Theta
+    chs: Theta
+    iterations: int
+    points_added: int
+    examples_seen: int
+    teacher_accuracy: float
+    history: List[Dict[str, Any]]
+
+
+class TeacherError(ValueError):
+    """The teacher does not qualify (too weak on dev, or made for other labels)."""
+
+
+def theta_grid(config: AgoraConfig) -> List[Theta]:
+    """Θ from the config: one known set in CHS mode, else the grid."""
+    if config.chs:
+        theta = json.loads(config.chs) if isinstance(config.chs, str) else dict(config.chs)
+        missing = [k for k in THETA_KEYS if k not in theta]
+        if missing or set(theta) - set(THETA_KEYS):
+            raise ValueError(f'a CHS needs exactly the keys {THETA_KEYS}; got {sorted(theta)}')
+        return [theta]
+    grid = itertools.product(config.batch_sizes, config.warmup_ratios, config.weight_decays,
+                             config.lrs, config.seeds)
+    return [dict(zip(('batch_size', 'warmup_ratio', 'weight_decay', 'lr', 'seed'), values))
+            for values in grid]
+
+
+def prune_worst_ties(thetas: Sequence[Theta], scores: Sequence[float]) -> List[Theta]:
+    """Remove the worst θ and every θ whose score equals it; the rest keep their order."""
+    worst = min(scores)
+    return [t for t, s in zip(thetas, scores) if s != worst]
+
+
+def prune_worst_one(thetas: Sequence[Theta], scores: Sequence[float]) -> List[Theta]:
+    """Remove only the worst θ (the last of tied ones in Θ's order): a slower alternative."""
+    worst = max(range(len(scores)), key=lambda i: (-scores[i], i))
+    return [t for i, t in enumerate(thetas) if i != worst]
+
+
+#: Pruning rules: ``rule(thetas, scores) -> remaining thetas``, which must be fewer.
+PRUNE_RULES: Dict[str, Callable[[Sequence[Theta], Sequence[float]], List[Theta]]] = {
+    'worst_ties': prune_worst_ties, 'worst_one': prune_worst_one}
+
+
+def _predictions(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
+    if spec.is_regression:
+        return np.round(scores[:, 0])
+    return np.argmax(scores, axis=1)
+
+
+def _correct(spec: TaskSpec, examples: Sequence[Example], scores: np.ndarray) -> np.ndarray:
+    labels = np.asarray([ex.label for ex in examples], dtype=np.float64)
+    return _predictions(spec, scores) == (np.round(labels) if spec.is_regression else labels)
+
+
+def agora_accuracy(task: Any, examples: Sequence[Example], scores: np.ndarray) -> float:
+    """Example-level accuracy (regression: rounded), the score Agora compares."""
+    return float(np.mean(_correct(get_task(task), examples, scores)))
+
+
+def dev_mistakes(task: Any, examples: Sequence[Example], scores: np.ndarray) -> List[int]:
+    """Indices of the examples that ``scores`` gets wrong (see :func:`agora_accuracy`)."""
+    return np.flatnonzero(~_correct(get_task(task), examples, scores)).tolist()
+
+
+class Teacher:
+    """A fine-tuned folder used as Agora's labeller (its own tokenizer and max length).
+
+    Parameters
+    ----------
+    folder : str
+        A fine-tuned folder, or a fine-tuning run folder holding ``best/``.
+    comm : Comm, optional
+    batch_size : int
+    """
+
+    def __init__(self, folder: str, comm: Optional[Comm] = None, batch_size: int = 32):
+        if os.path.isdir(os.path.join(folder, BEST)):
+            folder = os.path.join(folder, BEST)
+        self.folder = folder
+        self.comm = comm or Comm()
+        self.model = load_classifier(folder, self.comm.ctx)
+        self.model.hybridize(static_alloc=True)
+        self.tokenizer = load_tokenizer(folder)
+        self.task = get_task(self.model.head_config.task)
+        self.batch_size = batch_size
+
+    def scores(self, examples: Sequence[Example]) -> np.ndarray:
+        """(N, num_classes) scores of the teacher."""
+        encoded = encode_examples(self.tokenizer, examples, self.model.head_config.max_length)
+        return predict_scores(self.model, encoded, self.tokenizer.pad_id, self.batch_size,
+                              self.comm)
+
+    def label(self, examples: Sequence[Example]) -> List[Example]:
+        """Copies of ``examples`` carrying the teacher's labels (class index or float)."""
+        if not examples:
+            return []
+        scores = self.scores(examples)
+        if self.task.is_regression:  # the raw score, not its rounding, is the label
+            return [dataclasses.replace(ex, label=float(s))
+                    for ex, s in zip(examples, scores[:, 0])]
+        return [dataclasses.replace(ex, label=int(p))
+                for ex, p in zip(examples, np.argmax(scores, axis=1))]
+
+
+def check_teacher(teacher: Teacher, task: Any, dev: Sequence[Example],
+                  min_accuracy: float = 2 / 3) -> float:
+    """The teacher's dev accuracy, after checking it qualifies.
+
+    Raises
+    ------
+    TeacherError
+        The teacher predicts other labels than the task's, or its dev accuracy does not exceed
+        ``min_accuracy``.
+    """
+    spec = get_task(task)
+    if teacher.task.labels != spec.labels:
+        raise TeacherError(f'teacher {teacher.folder} was fine-tuned on {teacher.task.name} '
+                           f'(labels {teacher.task.labels}); {spec.name} has labels '
+                           f'{spec.labels}')
+    accuracy = agora_accuracy(spec, dev, teacher.scores(dev))
+    if not accuracy > min_accuracy:
+        raise TeacherError(f'teacher {teacher.folder} has dev accuracy {accuracy:.4f} on '
+                           f'{spec.name}; Agora needs a teacher above {min_accuracy:.4f} '
+                           f'(2/3 unless --min_teacher_accuracy says otherwise)')
+    return accuracy
+
+
+def _key(theta: Theta) -> str:
+    return json.dumps({k: theta[k] for k in THETA_KEYS}, sort_keys=True)
+
+
+def _examples_to_json(examples: Sequence[Example]) -> List[Dict[str, Any]]:
+    return [{'guid': ex.guid, 'text_a': ex.text_a, 'text_b': ex.text_b, 'label': ex.label}
+            for ex in examples]
+
+
+def _new_state(thetas: List[Theta], config: AgoraConfig) -> Dict[str, Any]:
+    return {'iteration': 0, 'thetas': thetas, 'theta_history': [], 'results': {}, 'added': [],
+            'history': [], 'best': None, 'chs': None, 'replays_done': 0, 'examples_seen': 0,
+            'chs_left': config.chs_iterations if config.chs else None}
+
+
+def _copy_folder(src: str, dst: str) -> None:
+    tmp = dst.rstrip('/') + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def _train_students(base: FinetuneConfig, state: Dict[str, Any], spec: TaskSpec,
+                    train: List[Example], dev: List[Example], tokenizer, comm: Comm,
+                    save: Callable[[], None]) -> None:
+    """Step 1: one student per θ not trained yet in this iteration; results into ``state``."""
+    iteration_dir = os.path.join(base.output_dir, f"iter-{state['iteration']:03d}")
+    for k, theta in enumerate(state['thetas']):
+        if _key(theta) in state['results']:
+            continue
+        run = dataclasses.replace(base, output_dir=os.path.join(iteration_dir, f'theta-{k:03d}'),
+                                  **theta)
+        result = finetune(run, comm, train=train, dev=dev, tokenizer=tokenizer,
+                          show_progress=False)
+        remove_checkpoints(run.output_dir, comm)
+        state['results'][_key(theta)] = {
+            'score': agora_accuracy(spec, dev, result.dev_scores), 'metrics': result.metrics,
+            'folder': result.folder, 'mistakes': dev_mistakes(spec, dev, result.dev_scores)}
+        state['examples_seen'] += result.steps * theta['batch_size']
+        if comm.is_root:
+            log.info('iteration %d, θ %d/%d %s: dev accuracy %.4f', state['iteration'], k + 1,
+                     len(state['thetas']), _key(theta),
+                     state['results'][_key(theta)]['score'])
+        save()
+
+
+def _new_points(mistakes: List[Example], seed: int, iteration: int, transform, teacher: Teacher,
+                comm: Comm) -> List[Example]:
+    """Steps 2-3: the best student's dev mistakes, transformed and labelled by the teacher.
+
+    The draws happen once, on rank 0 (seeded by θ's seed and the iteration, so a resumed run
+    draws the same points); the teacher's labelling is collective. A point's guid
+    ``agora-<iteration>:<source guid>+t<copy>`` keeps it traceable to its source.
+    """
+    new: List[Example] = []
+    if comm.is_root and mistakes:
+        new = transform(mistakes, np.random.RandomState(step_seed(seed, iteration)))
+    new = teacher.label(comm.broadcast_object(new))
+    return [dataclasses.replace(ex, guid=f'agora-{iteration}:{ex.guid}') for ex in new]
+
+
+def _next_thetas(state: Dict[str, Any], scores: List[float], config: AgoraConfig
+                 ) -> List[Theta]:
+    """Step 4: prune Θ (or count down the CHS iterations); replay once Θ would be empty."""
+    thetas = state['thetas']
+    state['theta_history'].append(thetas)
+    if state['chs_left'] is not None:
+        state['chs_left'] -= 1
+        remaining = thetas if state['chs_left'] > 0 else []
+    else:
+        remaining = PRUNE_RULES[config.prune](thetas, scores)
+        if len(remaining) >= len(thetas):
+            raise RuntimeError(f'pruning rule {config.prune!r} did not shrink Θ')
+    if not remaining and config.replay and not state['replays_done']:
+        state['replays_done'] = 1
+        remaining = state['theta_history'][-min(config.replay, len(state['theta_history']))]
+        log.info('replaying the last %d iteration(s)', config.replay)
+    return remaining
+
+
+def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = None
+              ) -> AgoraResult:
+    """Run Agora (resuming from ``base.output_dir`` when it holds a state file).
+
+    Parameters
+    ----------
+    base : FinetuneConfig
+        Task, data, pretrained student, head, max length, epochs per training (the budget) and
+        the output folder; θ overrides its seed, lr, weight decay, warm-up and batch size.
+    config : AgoraConfig
+    comm : Comm, optional
+
+    Returns
+    -------
+    AgoraResult
+    """
+    comm = comm or Comm()
+    spec = get_task(base.task)
+    if config.prune not in PRUNE_RULES:
+        raise KeyError(f'unknown pruning rule {config.prune!r}; known: {sorted(PRUNE_RULES)}')
+    tokenizer = load_tokenizer(base.model)
+    train, dev = load_split(base, 'train'), load_split(base, 'dev')
+    teacher = Teacher(config.teacher, comm, base.eval_batch_size)
+    teacher_accuracy = check_teacher(teacher, spec, dev, config.min_teacher_accuracy)
+    transform = make_transform(config.transform, fraction=config.transform_fraction,
+                               copies=config.copies, mlm_model=config.mlm_model or base.model,
+                               temperature=config.mlm_temperature, max_length=base.max_length,
+                               ctx=comm.ctx)
+    state_path = os.path.join(base.output_dir, STATE_FILE)
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+        log.info('resuming Agora at iteration %d (%d θ left)', state['iteration'],
+                 len(state['thetas']))
+    else:
+        state = _new_state(theta_grid(config), config)
+    os.makedirs(base.output_dir, exist_ok=True)
+    metrics_log = MetricsLog(os.path.join(base.output_dir, 'metrics.jsonl'), comm)
+
+    def save() -> None:
+        if comm.is_root:
+            write_json_atomic(state_path, state)
+
+    if comm.is_root:
+        log.info('Agora on %s: teacher dev accuracy %.4f, |Θ| = %d, %d train / %d dev',
+                 spec.name, teacher_accuracy, len(state['thetas']), len(train), len(dev))
+    while state['thetas']:
+        added = [Example(**record) for record in state['added']]
+        _train_students(base, state, spec, train + added, dev, tokenizer, comm, save)
+        thetas = state['thetas']
+        scores = [state['results'][_key(t)]['score'] for t in thetas]
+        best_k = int(np.argmax(scores))  # the first of tied best
+        best = state['results'][_key(thetas[best_k])]
+        new = _new_points([dev[i] for i in best['mistakes']], thetas[best_k]['seed'],
+                          state['iteration'], transform, teacher, comm)
+        if state['best'] is None or best['score'] > state['best']['score']:
+            state['best'] = dict(best, theta=thetas[best_k], iteration=state['iteration'])
+            if comm.is_root:
+                _copy_folder(best['folder'], os.path.join(base.output_dir, BEST))
+        record = {'event': 'agora_iteration', 'iteration': state['iteration'],
+                  'theta_size': len(thetas), 'best_theta': thetas[best_k],
+                  'dev_score': best['score'], 'dev_metrics': best['metrics'],
+                  'mistakes': len(best['mistakes']), 'points_added': len(new),
+                  'train_size': len(train) + len(added) + len(new),
+                  'replay': state['replays_done'] > 0, 'examples_seen': state['examples_seen']}
+        metrics_log.write(record)
+        state['history'].append(record)
+        state['added'] += _examples_to_json(new)
+        state['chs'] = thetas[best_k]
+        remaining = _next_thetas(state, scores, config)
+        if comm.is_root:  # keep only this iteration's best student
+            for other in state['results'].values():
+                if other['folder'] != best['folder']:
+                    shutil.rmtree(os.path.dirname(other['folder']), ignore_errors=True)
+            log.info('iteration %d: best θ %s, dev accuracy %.4f, %d points added, |Θ| %d → %d',
+                     state['iteration'], _key(thetas[best_k]), best['score'], len(new),
+                     len(thetas), len(remaining))
+        state.update(thetas=remaining, results={}, iteration=state['iteration'] + 1)
+        save()
+    comm.barrier()
+    best = state['best']
+    summary = {'task': spec.name, 'chs': state['chs'], 'best_theta': best['theta'],
+               'best_iteration': best['iteration'], 'dev_score': best['score'],
+               'dev_metrics': best['metrics'], 'iterations': state['iteration'],
+               'points_added': len(state['added']), 'examples_seen': state['examples_seen'],
+               'teacher_accuracy': teacher_accuracy}
+    if comm.is_root:
+        write_json_atomic(os.path.join(base.output_dir, 'chs.json'), summary)
+    return AgoraResult(folder=os.path.join(base.output_dir, BEST), score=best['score'],
+                       metrics=best['metrics'], theta=best['theta'], chs=state['chs'],
+                       iterations=state['iteration'], points_added=len(state['added']),
+                       examples_seen=state['examples_seen'], teacher_accuracy=teacher_accuracy,
+                       history=state['history'])

@@ -1,0 +1,356 @@
+"""Plain fine-tuning of a pretrained encoder on one task, single process or under Horovod.
+
+One function, :func:`finetune`, does what the released script did, minus its bugs:
+
+* BERT-Adam (:func:`bort.optim.make_trainer`), linear warm-up then linear decay
+  (:func:`bort.optim.learning_rate`), global-norm clipping, no decay on LayerNorm and biases;
+* epochs with a dev evaluation after each, early stopping on the task's primary metric
+  (``early_stop`` epochs without improvement; 0 never stops early) and the best model kept
+  as a fine-tuned folder (``output_dir/best``, :func:`bort.finetune.classifier.save_classifier`);
+* a checkpoint after every epoch (``output_dir/checkpoints/step-NNNNNNN``), from which a killed
+  run resumes at the next epoch with the same data order, dropout masks and schedule;
+* length-bucketed batches: each epoch's shuffled order is cut into chunks of 50 batches, each
+  chunk sorted by length and cut into batches padded to a few bucket sizes;
+* under Horovod (``horovodrun``) the workers really are synchronised, unlike the released
+  script's: parameters broadcast from rank 0, each global batch of ``batch_size`` examples split
+  over the workers, gradients averaged before clipping and the update, dev predictions gathered
+  so that every worker takes the same early-stopping decision. A 2-worker run takes the same
+  steps as one process with the same global batch.
+
+Released defaults (``run_finetune.sh``): batch 8, lr 5e-5, weight decay 110, warm-up 0.45,
+max length 512, seed 2. Note what weight decay 110 means with BERT-Adam's decoupled decay:
+every step shrinks each weight by ``lr · wd`` = 0.55 % at lr 5e-5, so a few hundred steps
+wipe most of a pretrained encoder out. It is kept as the default because it is the released
+value; pass a small one (``--weight_decay 0.01``) for ordinary fine-tuning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import mxnet as mx
+import numpy as np
+
+from ..checkpoint import CheckpointManager, step_seed, write_json_atomic
+from .classifier import (Encoded, HeadConfig, TaskClassifier, build_classifier, encode_examples,
+                         load_classifier, make_batch, predict_scores, save_classifier, task_loss)
+from ..distributed import Comm
+from ..batching import bucket_batches
+from ..log import MetricsLog, progress
+from .metrics import primary_metric
+from ..optim import learning_rate, make_trainer, optimizer_step
+from .evaluate import BEST, evaluate
+from .readers import read_examples
+from .tasks import Example, get_task
+from ..tokenizers import load_tokenizer
+
+__all__ = ['FinetuneConfig', 'FinetuneResult', 'finetune', 'epoch_batches', 'load_split',
+           'remove_checkpoints', 'BEST', 'CHUNK_BATCHES']
+
+log = logging.getLogger(__name__)
+
+#: Batches per length-sorted chunk of an epoch (bigger: less padding, less randomness).
+CHUNK_BATCHES = 50
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (the flags of ``run_finetune.py``).
+
+    Parameters
+    ----------
+    task : str
+        Task name (:mod:`bort.finetune.tasks`).
+    data_dir : str
+        Folder with the benchmark's task folders in their official layouts.
+    model : str
+        Pretrained project model folder (``model.params``, ``arch.json``, tokenizer files).
+    output_dir : str
+        Run folder: ``best/``, ``checkpoints/``, ``metrics.jsonl``, ``dev_metrics.json``.
+    head : {'auto', 'linear', 'two_layer', 'released'}
+        See :mod:`bort.finetune.classifier`.
+    head_dropout, init_range : float
+        Head dropout; r of the head's U(−r, r) initialisation (released 0.5).
+    max_length : int
+        Tokens per encoded pair, special tokens included.
+    batch_size : int
+        Global batch: split over the workers.
+    lr, weight_decay, warmup_ratio, epsilon : float
+        BERT-Adam settings (weight decay is decoupled: ``lr · wd`` per step).
+    clip_norm : float
+        Global gradient-norm clip (0: none).
+    epochs : int
+        Training epochs (the budget; the paper found Bort needs 50-100 on small tasks).
+    early_stop : int
+        Stop after this many epochs without improvement of the primary metric (0: never).
+    seed : int
+        Seeds the head, the data order and the dropout masks.
+    eval_batch_size : int
+        Per-worker batch for dev and test predictions.
+    balance : bool
+        Balance the training labels (for the MultiRC/ReCoRD/RACE castings).
+    max_train_examples : int
+        Keep a random subset of this many training examples (0: all).
+    """
+
+    task: str = 'RTE'
+    data_dir: str = 'data/glue'
+    model: str = ''
+    output_dir: str = 'runs/finetune'
+    head: str = 'auto'
+    head_dropout: float = 0.1
+    init_range: float = 0.5
+    max_length: int = 512
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 110.0
+    warmup_ratio: float = 0.45
+    epsilon: float = 1e-6
+    clip_norm: float = 1.0
+    epochs: int = 3
+    early_stop: int = 0
+    seed: int = 2
+    eval_batch_size: int = 32
+    balance: bool = False
+    max_train_examples: int = 0
+
+    def head_config(self) -> HeadConfig:
+        return HeadConfig.resolve(self.task, self.head, dropout=self.head_dropout,
+                                  init_range=self.init_range, max_length=self.max_length)
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns.
+
+    Attributes
+    ----------
+    metrics : dict
+        Dev metrics of the best epoch (primary metric first).
+    score : float
+        The best epoch's primary metric.
+    epoch : int
+        The best epoch (0-based).
+    dev_scores : (N_dev, num_classes) float32
+        The best model's dev scores, in dev-example order.
+    folder : str
+        The best model's fine-tuned folder.
+    steps : int
+        Optimizer steps taken in all.
+    history : list of dict
+        One record per epoch.
+    model : TaskClassifier
+        The model as it ended (the last epoch, not necessarily the best).
+    """
+
+    metrics: Dict[str, float]
+    score: float
+    epoch: int
+    dev_scores: np.ndarray
+    folder: str
+    steps: int
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    model: Optional[TaskClassifier] = None
+
+
+def load_split(config: FinetuneConfig, split: str) -> List[Example]:
+    """Read ``split`` of the configured task (training data balanced and subsampled as set)."""
+    train = split == 'train'
+    examples = read_examples(config.task, config.data_dir, split,
+                             balance=train and config.balance, seed=config.seed)
+    if train and 0 < config.max_train_examples < len(examples):
+        keep = np.random.RandomState(config.seed).choice(len(examples), config.max_train_examples,
+                                                         replace=False)
+        examples = [examples[i] for i in sorted(keep)]
+    return examples
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
+                  ) -> List[Tuple[np.ndarray, int]]:
+    """The batches of one epoch: shuffled, length-bucketed, identical on every worker.
+
+    Returns
+    -------
+    list of (indices, padded_length)
+        ``ceil(N / batch_size)`` batches; only the last of the epoch's chunks can be short.
+    """
+    rng = np.random.RandomState(step_seed(seed, epoch))
+    order = rng.permutation(len(lengths))
+    batches = []
+    chunk = batch_size * CHUNK_BATCHES
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        for rows, padded in bucket_batches([lengths[i] for i in part], batch_size):
+            batches.append((part[rows], padded))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _labels(examples: Sequence[Example]) -> np.ndarray:
+    # Class indices and regression scores alike travel as float32, what the losses take.
+    if any(ex.label is None for ex in examples):
+        raise ValueError('training examples must be labelled')
+    return np.asarray([ex.label for ex in examples], dtype=np.float32)
+
+
+def _train_epoch(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List, loss_fn,
+                 encoded: Sequence[Encoded], labels: np.ndarray, pad_id: int,
+                 batches: List[Tuple[np.ndarray, int]], config: FinetuneConfig, comm: Comm,
+                 step: int, total_steps: int, bar) -> Tuple[int, float]:
+    """One epoch of optimizer steps; returns the new step count and the mean training loss."""
+    losses = []
+    for batch, length in batches:
+        if len(batch) < comm.size:  # a worker would get nothing (only a tiny last batch)
+            continue
+        mine = comm.shard(batch)
+        inputs, types, valid = make_batch(encoded, mine, length, pad_id, comm.ctx,
+                                          model.uses_token_types)
+        target = mx.nd.array(labels[mine], ctx=comm.ctx, dtype=labels.dtype)
+        trainer.set_learning_rate(learning_rate(step, total_steps, config.lr,
+                                                config.warmup_ratio))
+        mx.random.seed(step_seed(config.seed, step, comm.rank))  # dropout, also after resume
+        with mx.autograd.record():
+            # This worker's summed loss / global batch · workers: the workers' average of
+            # these gradients is the global batch's mean gradient, as one process computes it.
+            loss = loss_fn(model(inputs, types, valid), target).sum() * (comm.size / len(batch))
+        loss.backward()
+        norm = optimizer_step(trainer, params, config.clip_norm)
+        if not math.isfinite(norm):
+            raise FloatingPointError(f'gradient norm {norm} at step {step}; lower the lr')
+        losses.append(float(loss.asscalar()) / comm.size)
+        step += 1
+        bar.update(1)
+    return step, float(np.mean(losses)) if losses else float('nan')
+
+
+def _check_same_run(checkpoint: str, config: FinetuneConfig) -> None:
+    """Resuming under other settings would silently mix two runs: refuse it."""
+    with open(os.path.join(checkpoint, 'config.json')) as f:
+        saved = json.load(f)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(k for k in current if saved.get(k) != current[k])
+    if changed:
+        raise ValueError(f'{config.output_dir} holds a run with other settings '
+                         f'({", ".join(changed)} differ); resume with the same flags or use a '
+                         'new --output_dir')
+
+
+def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
+             train: Optional[Sequence[Example]] = None, dev: Optional[Sequence[Example]] = None,
+             tokenizer=None, show_progress: bool = True) -> FinetuneResult:
+    """Fine-tune ``config.model`` on ``config.task``; resume if ``output_dir`` has a checkpoint.
+
+    Parameters
+    ----------
+    config : FinetuneConfig
+    comm : Comm, optional
+        Workers (single process by default). Every worker must call this.
+    train, dev : sequences of Example, optional
+        Override the task's files (Agora passes its growing training set).
+    tokenizer : Tokenizer, optional
+        Defaults to the one in ``config.model``.
+    show_progress : bool
+        A tqdm bar over optimizer steps on rank 0.
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    comm = comm or Comm()
+    spec = get_task(config.task)
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    train = list(train) if train is not None else load_split(config, 'train')
+    dev = list(dev) if dev is not None else load_split(config, 'dev')
+    train_enc = encode_examples(tokenizer, train, config.max_length)
+    dev_enc = encode_examples(tokenizer, dev, config.max_length)
+    labels = _labels(train)
+    pad_id = tokenizer.pad_id
+
+    model = build_classifier(config.model, config.head_config(), comm.ctx, seed=config.seed)
+    comm.broadcast_parameters(model.collect_params())
+    model.hybridize(static_alloc=True)
+    params = [p for p in model.collect_params().values() if p.grad_req != 'null']
+    trainer = make_trainer(model.collect_params(), comm, 'bertadam', lr=config.lr,
+                           weight_decay=config.weight_decay, epsilon=config.epsilon)
+    loss_fn = task_loss(spec)
+    lengths = [len(ids) for ids, _ in train_enc]
+    steps_per_epoch = sum(len(b) >= comm.size for b, _ in epoch_batches(
+        lengths, config.batch_size, config.seed, 0))
+    total_steps = steps_per_epoch * config.epochs
+    best_folder = os.path.join(config.output_dir, BEST)
+    checkpoints = CheckpointManager(os.path.join(config.output_dir, 'checkpoints'), comm, keep=1)
+    metrics_log = MetricsLog(os.path.join(config.output_dir, 'metrics.jsonl'), comm)
+
+    state: Dict[str, Any] = {'epoch': -1, 'score': -math.inf, 'best_epoch': -1, 'metrics': {},
+                             'bad_epochs': 0, 'history': [], 'finished': False, 'steps': 0}
+    latest = checkpoints.latest()
+    if latest:
+        _check_same_run(latest, config)
+        state = checkpoints.load(latest, model, trainer)
+        log.info('resumed from %s (epoch %d done)', latest, state['epoch'])
+    best_scores: Optional[np.ndarray] = None
+    if comm.is_root:
+        log.info('%s: %d train / %d dev examples, %d steps (%d epochs), %d worker(s)', spec.name,
+                 len(train), len(dev), total_steps, config.epochs, comm.size)
+    step = state['steps']
+    bar = progress(total=total_steps, initial=step, comm=comm, disable=not show_progress,
+                   desc=f'{spec.name} fine-tuning')
+    for epoch in range(state['epoch'] + 1, config.epochs):
+        if state['finished']:
+            break
+        tic = time.time()
+        batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+        step, train_loss = _train_epoch(model, trainer, params, loss_fn, train_enc, labels,
+                                        pad_id, batches, config, comm, step, total_steps, bar)
+        metrics, scores = evaluate(spec, model, dev, dev_enc, pad_id, config.eval_batch_size,
+                                   comm)
+        score = metrics[primary_metric(spec)]
+        if not math.isfinite(score):  # e.g. the Pearson correlation of constant predictions
+            score = -math.inf
+        record = {'event': 'epoch', 'epoch': epoch, 'step': step, 'train_loss': train_loss,
+                  'seconds': round(time.time() - tic, 3), **metrics}
+        metrics_log.write(record)
+        state['history'].append(record)
+        if score > state['score'] or state['best_epoch'] < 0:
+            state.update(score=score, best_epoch=epoch, metrics=metrics, bad_epochs=0)
+            best_scores = scores
+            if comm.is_root:
+                save_classifier(model, best_folder, tokenizer)
+        else:
+            state['bad_epochs'] += 1
+        state.update(epoch=epoch, steps=step)
+        state['finished'] = (epoch + 1 == config.epochs or
+                             0 < config.early_stop <= state['bad_epochs'])
+        if comm.is_root:
+            log.info('epoch %d: loss %.4f, dev %s %.4f (best %.4f at epoch %d)', epoch,
+                     train_loss, primary_metric(spec), score, state['score'],
+                     state['best_epoch'])
+        checkpoints.save(step, model, trainer, dataclasses.asdict(config), state)
+    bar.close()
+    comm.barrier()
+    if best_scores is None:  # resumed after the best epoch: score the saved best model again
+        best = load_classifier(best_folder, comm.ctx)
+        best_scores = predict_scores(best, dev_enc, pad_id, config.eval_batch_size, comm)
+    if comm.is_root:
+        write_json_atomic(os.path.join(config.output_dir, 'dev_metrics.json'),
+                          {'task': spec.name, 'metrics': state['metrics'],
+                           'epoch': state['best_epoch'], 'steps': state['steps'],
+                           'train_examples': len(train), 'dev_examples': len(dev)})
+    return FinetuneResult(metrics=state['metrics'], score=state['score'],
+                          epoch=state['best_epoch'], dev_scores=best_scores, folder=best_folder,
+                          steps=state['steps'], history=state['history'], model=model)
+
+
+def remove_checkpoints(output_dir: str, comm: Optional[Comm] = None) -> None:
+    """Delete a finished run's resume checkpoints, keeping ``best/`` and the logs."""
+    comm = comm or Comm()
+    comm.barrier()
+    if comm.is_root:
+        shutil.rmtree(os.path.join(output_dir, 'checkpoints'), ignore_errors=True)
+    comm.barrier()

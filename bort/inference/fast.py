@@ -1,0 +1,432 @@
+"""A fast inference path for the Bort family on CPU (and GPU): same weights, same outputs.
+
+What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator profiler
+(``MXNET_EXEC_BULK_EXEC_INFERENCE=0``, batch 1, sequence 512, ``bort_4_8_768_1024``):
+
+1. **The masked softmax.** ``softmax(scores, length=valid_len, use_length=True)`` has no oneDNN
+   kernel; it runs mshadow's generic loop: 9.7 ms a call, 190 of 640 ms (30 %) of the forward
+   pass. The plain softmax over the last axis is a oneDNN JIT kernel (0.34 ms on that tensor).
+   :class:`FastEncoder` therefore masks padded keys with an additive bias (0 or ``-1e9``) and
+   calls the plain softmax; when no row is padded (every ``valid_length`` equals the padded
+   length, always the case in a length bucket of equal lengths) it leaves the mask out altogether
+   (a second cached graph, same weights).
+2. **Per-call weight preparation.** GluonNLP interleaves the query/key/value weights (reshape,
+   concat, stack) on every forward pass. Here the interleaved ``(3H, H)`` weight is computed once,
+   when the weights are copied in.
+3. **oneDNN graph fusion.** Hybridizing with ``backend='MKLDNN'`` rewrites ``FullyConnected`` into
+   ``_sg_mkldnn_fully_connected`` with the GELU fused in as a post-op, and the two
+   ``interleaved_matmul_selfatt`` operators into oneDNN batched matmuls (2.5 -> 1.3 ms a call).
+   ``static_alloc``/``static_shape`` keep memory planned once per input shape.
+4. **Zero-padded 1024-wide inputs.** oneDNN 2.4's float32 GEMM did not use the second thread
+   when the input width K of a dense layer is a multiple of 1024 (measured on 2 cores, 128 rows:
+   ~180 GFLOP/s at K = 1024 against 280-330 at K = 1040 or 768; still 300 vs 360-400 at 512
+   rows; even at 4096). With ``pad_inputs`` (the default on the oneDNN backend) such layers get
+   ``PAD_CHANNELS`` extra input channels with zero weights: ``bort_4_8_768_1024``'s query/key/
+   value, output and first feed-forward layers (K = H = 1024), BERT-base's second feed-forward
+   layer (K = I = 3072). The first feed-forward layer's extra output units (zero weights and
+   bias, GELU(0) = 0) are the second one's zero inputs for free; the other padded inputs are
+   the activations with one shared (rows, 16) zero block concatenated in 2-D (a 3-D concat or
+   ``pad`` cost 4-6x more). Measured at 2 threads: ``bort_4_8_768_1024`` 1.29x faster at
+   batch 1 x 128, 1.11x at 1 x 512, 0.97x at 32 x 128 (where the GEMMs gain nothing and the
+   copies remain); BERT-base 1.19x / 1.06x / 1.00x. ``benchmarks/bench_inference.py``'s
+   ``fast-unpadded`` engine shows it side by side.
+5. **Fused residual addition + LayerNorm.** MXNet 1.9's LayerNorm runs at ~1.5 ns per element
+   per core; ``bort_add_layer_norm`` (:mod:`bort.inference.kernels`, C++ built on first use) adds the
+   residual, normalises and writes the zero channels of the next dense layer's input in one
+   pass, so the padded graph widens only the attention context. With the embeddings it also
+   takes the position rows as the residual. Measured (2 threads, ``OMP_WAIT_POLICY=ACTIVE``):
+   ``bort_4_8_768_1024`` 24.3 -> 22.7 ms at 1 x 128, 87.7 -> 80.8 ms at 1 x 512, 538 -> 506
+   ms at 32 x 128; BERT-base 81.0 -> 78.7, 282 -> 273, 1871 -> 1823 ms. In the padded graph
+   ``bort_masked_softmax`` reads ``valid_length`` and normalises each row over its valid keys,
+   in place of the additive mask's ``broadcast_add`` and the softmax (all-MiniLM-L6-v2 INT8,
+   batch 32 x 32 with padding: 26.3 -> 24.4 ms). Without a compiler (or with
+   ``BORT_FUSED_OPS=0``) the graph keeps MXNet's operators.
+
+What remains is the dense layers: ~90 % of the forward pass at batch 1 x 128, each layer shape
+at 279-299 GFLOP/s on 2 threads (oneDNN verbose timings; 60-65 % of the 2-thread GEMM peak), for
+Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units) order,
+which the interleaved attention operators need, with the rows flattened to 2-D between them,
+and transposes once at the end. It is inference only: no dropout, no MLM head. A GPU context is
+accepted (``backend`` and the padding are then off; the oneDNN rewrites are CPU-only) but
+untested: this project's machines have the CPU wheel.
+
+Mixed-length inputs are batched by :func:`bort.batching.bucket_batches` (a few padded lengths,
+so a few cached graphs).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional, Tuple, Union
+
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import HybridBlock, nn
+
+from ..arch import Architecture
+from .kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
+from ..model import BortModel, load_model, param_dict
+
+__all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
+           'load_fast', 'MASK_VALUE', 'PAD_CHANNELS']
+
+log = logging.getLogger(__name__)
+
+#: Additive bias of a padded key: exp(score - 1e9 - max) is exactly 0 in float32.
+MASK_VALUE = -1e9
+#: Zero channels appended to a dense layer's input whose width is a multiple of 1024.
+PAD_CHANNELS = 16
+
+
+def padded_width(width: int) -> int:
+    """The input width a dense layer gets with ``pad_inputs``: ``width + PAD_CHANNELS`` when
+    ``width`` is a multiple of 1024 (oneDNN 2.4's slow case, see the module docstring)."""
+    return width + PAD_CHANNELS if width % 1024 == 0 else width
+
+
+class _AddNorm(HybridBlock):
+    """LayerNorm(x + residual): MXNet's two operators, or the fused one (:mod:`bort.inference.kernels`).
+
+    x: (rows, H); residual: (rows, H), or (rows, H + pad) zero-padded when fused, or with
+    ``broadcast`` any shape that broadcasts to x's (fused: rows dividing x's rows, see
+    ``bort/inference/csrc/fused_ops.cc``); output (rows, H), or (rows, H + pad) with zero channels when
+    fused.
+    """
+
+    def __init__(self, units: int, eps: float, fused: bool, pad: int, broadcast: bool = False,
+                 prefix=None):
+        super().__init__(prefix=prefix)
+        self._eps, self._fused, self._pad, self._broadcast = eps, fused, pad, broadcast
+        with self.name_scope():
+            self.gamma = self.params.get('gamma', shape=(units,), init='ones')
+            self.beta = self.params.get('beta', shape=(units,), init='zeros')
+
+    def hybrid_forward(self, F, x, residual, gamma, beta):  # pylint: disable=arguments-differ
+        if self._fused:
+            return getattr(F, OP_ADD_LAYER_NORM)(x, residual, gamma, beta, eps=self._eps,
+                                                 pad=self._pad)
+        # An elementwise '+' (node '_plus'), as before: INT8 keeps those in float32.
+        total = F.broadcast_add(x, residual) if self._broadcast else x + residual
+        return F.LayerNorm(total, gamma, beta, axis=-1, eps=self._eps)
+
+
+class _FastLayer(HybridBlock):
+    """One post-LayerNorm transformer layer with a fused, pre-interleaved QKV projection."""
+
+    def __init__(self, arch: Architecture, pad_inputs: bool = False, fused_ops: bool = False,
+                 prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        self._heads, self._fused = arch.num_heads, fused_ops
+        h, eps = arch.units, arch.layer_norm_eps
+        # Input widths of the dense layers, padded with zero channels where oneDNN is slow.
+        h_in = padded_width(h) if pad_inputs else h
+        i_pad = padded_width(arch.hidden_size) if pad_inputs else arch.hidden_size
+        # Fused, the normalised outputs carry the zero channels themselves: no widening copy.
+        pad_out = h_in - h if fused_ops else 0
+        with self.name_scope():
+            self.qkv = nn.Dense(3 * h, flatten=False, in_units=h_in, prefix='qkv_')
+            self.proj = nn.Dense(h, flatten=False, in_units=h_in, prefix='proj_')
+            self.ln_att = _AddNorm(h, eps, fused_ops, pad_out, prefix='ln_att_')
+            # A padded FFN width costs no copy: the extra output units have zero weights and
+            # bias, GELU(0) = 0, so they are the zero input channels ffn_2 expects.
+            self.ffn_1 = nn.Dense(i_pad, flatten=False, in_units=h_in, prefix='ffn_1_')
+            self.ffn_2 = nn.Dense(h, flatten=False, in_units=i_pad, prefix='ffn_2_')
+            self.ln_ffn = _AddNorm(h, eps, fused_ops, pad_out, prefix='ln_ffn_')
+
+    @staticmethod
+    def _widen(F, x, zeros):
+        """(rows, H) -> (rows, H_in): the shared zero channels appended (no-op unpadded)."""
+        return x if zeros is None else F.concat(x, zeros, dim=1)
+
+    def hybrid_forward(self, F, x, grid, zeros=None, mask=None):
+        # pylint: disable=arguments-differ
+        """x: (L*B, H), rows in (length, batch) order, or (L*B, H_in) with its zero channels
+        when fused; grid: (L, B), gives the shape only; zeros: (L*B, H_in - H) or None;
+        mask: (B, 1, 1, L) additive bias, or when fused the valid lengths (B,), or None.
+        Returns the same layout as x."""
+        wide = (lambda v: v) if self._fused else (lambda v: self._widen(F, v, zeros))
+        qkv = F.reshape_like(self.qkv(wide(x)), grid,
+                             lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (L, B, 3H)
+        scores = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=self._heads)  # (B*A, L, L)
+        if mask is not None and self._fused:
+            att = getattr(F, OP_MASKED_SOFTMAX)(scores, mask, heads=self._heads)
+        else:
+            if mask is not None:
+                scores = F.broadcast_add(scores.reshape((-4, -1, self._heads, 0, 0)), mask)
+                scores = scores.reshape((-3, 0, 0))
+            att = F.softmax(scores, axis=-1)
+        context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=self._heads)
+        context = F.reshape(context, shape=(-3, 0))                       # (L*B, H)
+        x = self.ln_att(self.proj(self._widen(F, context, zeros)), x)
+        # GELU (erf form, as GluonNLP's) right after the dense layer so oneDNN fuses it.
+        hidden = F.LeakyReLU(self.ffn_1(wide(x)), act_type='gelu')
+        return self.ln_ffn(self.ffn_2(hidden), x)
+
+
+class FastEncoder(HybridBlock):
+    """Inference graph of :class:`bort.model.BortModel` without MLM head.
+
+    Parameters
+    ----------
+    arch : Architecture
+    masked : bool
+        Build the graph with ``valid_length`` (padding masked in attention, padded outputs
+        zeroed); False builds the unpadded graph whose forward takes the tokens only.
+    pad_inputs : bool
+        Give dense layers whose input width is a multiple of 1024 that width plus
+        ``PAD_CHANNELS`` zero channels (weights zero-padded by :func:`load_weights`); same
+        outputs, faster GEMMs with oneDNN 2.4 (see the module docstring).
+    fused_ops : bool
+        Residual addition + LayerNorm (+ zero channels) as one operator, and the padded graph's
+        attention softmax over valid keys only (:func:`bort.inference.kernels.load_fused_ops`); raises
+        RuntimeError when they cannot be loaded.
+
+    Inputs
+    ------
+    inputs : (batch_size, seq_len) float or int
+        Token ids.
+    valid_length : (batch_size,) float, only when ``masked``
+    token_types : (batch_size, seq_len), only when the architecture has token types
+
+    Outputs
+    -------
+    sequence_outputs : (batch_size, seq_len, units)
+    pooled_output : (batch_size, units), only with a pooler
+    """
+
+    def __init__(self, arch: Architecture, masked: bool = True, pad_inputs: bool = False,
+                 fused_ops: bool = False, prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        if fused_ops and not load_fused_ops():
+            raise RuntimeError('fused_ops=True but the fused operators could not be built or '
+                               'loaded (see the warning above); use fused_ops=False')
+        self.arch, self.masked = arch, masked
+        self.pad_inputs, self.fused_ops = pad_inputs, fused_ops
+        h = arch.units
+        self._extra_channels = padded_width(h) - h if pad_inputs else 0
+        # Fused, every normalised output carries the zero channels: no widening copy of x.
+        pad_out = self._extra_channels if fused_ops else 0
+        with self.name_scope():
+            self.word_embed = nn.Embedding(arch.vocab_size, h, prefix='word_embed_')
+            self.token_type_embed = (nn.Embedding(arch.token_type_vocab_size, h,
+                                                  prefix='token_type_embed_')
+                                     if arch.token_type_vocab_size else None)
+            self.position_weight = self.params.get('position_weight', shape=(arch.max_length, h))
+            self.ln_embed = _AddNorm(h, arch.layer_norm_eps, fused_ops, pad_out,
+                                     broadcast=True, prefix='ln_embed_')
+            self.layers = nn.HybridSequential(prefix='layers_')
+            for i in range(arch.num_layers):
+                self.layers.add(_FastLayer(arch, pad_inputs, fused_ops, prefix=f'{i}_'))
+            self.pooler = (nn.Dense(h, activation='tanh', flatten=False, in_units=h,
+                                    prefix='pooler_') if arch.use_pooler else None)
+
+    def hybrid_forward(self, F, inputs, *args, position_weight=None):
+        # pylint: disable=arguments-differ
+        args = list(args)
+        valid_length = args.pop(0) if self.masked else None
+        token_types = args.pop(0) if self.token_type_embed is not None else None
+        tokens = F.transpose(inputs)                                       # (L, B)
+        x = self.word_embed(tokens)                                        # (L, B, H)
+        if token_types is not None:
+            x = x + self.token_type_embed(F.transpose(token_types))
+        positions = F.slice_like(position_weight, tokens, axes=(0,))       # (L, H)
+        if self.fused_ops:  # rows (l, b) meet position row l; out: the layers' width
+            x = self.ln_embed(F.reshape(x, shape=(-3, 0)), positions)      # (L*B, H_in)
+        else:
+            x = F.reshape(self.ln_embed(x, F.expand_dims(positions, axis=1)),
+                          shape=(-3, 0))                                   # (L*B, H)
+        mask = None
+        if valid_length is not None and self.fused_ops:
+            mask = valid_length  # the fused softmax reads the lengths directly
+        elif valid_length is not None:
+            steps = F.contrib.arange_like(tokens, axis=0)                   # (L,)
+            padded = F.broadcast_greater_equal(F.reshape(steps, shape=(1, -1)),
+                                               F.reshape(valid_length, shape=(-1, 1)))
+            mask = F.reshape(padded * MASK_VALUE, shape=(0, 1, 1, -1))     # (B, 1, 1, L)
+        zeros = None
+        if self._extra_channels:
+            # One zero block shared by every widened input: a 2-D concat is a cheap copy.
+            zeros = F.zeros_like(F.slice_axis(x, axis=1, begin=0, end=self._extra_channels))
+        for layer in self.layers:
+            x = layer(x, tokens, zeros, mask)
+        if zeros is not None and self.fused_ops:
+            x = F.slice_axis(x, axis=1, begin=0, end=self.arch.units)
+        x = F.reshape_like(x, tokens, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)
+        if valid_length is not None:
+            x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True, axis=0)
+        outputs = [F.transpose(x, axes=(1, 0, 2))]                         # (B, L, H)
+        if self.pooler is not None:
+            first = F.reshape(F.slice_axis(x, axis=0, begin=0, end=1), shape=(-3, 0))
+            outputs.append(self.pooler(first))                             # (B, H)
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _interleave(query: np.ndarray, key: np.ndarray, value: np.ndarray, heads: int) -> np.ndarray:
+    """GluonNLP's per-head interleaving: (H, ...) x 3 -> (3H, ...) as [q_0 k_0 v_0 q_1 k_1 ...]."""
+    parts = [a.reshape((heads, -1) + a.shape[1:]) for a in (query, key, value)]
+    return np.concatenate(parts, axis=1).reshape((-1,) + query.shape[1:])
+
+
+def fast_weights(model: BortModel) -> Dict[str, np.ndarray]:
+    """The weights of ``model`` under :class:`FastEncoder`'s structural names.
+
+    Returns
+    -------
+    dict of str -> numpy array
+        Keys such as ``layers.0.qkv.weight`` with shape (3H, H), the query/key/value weights
+        interleaved per head exactly as GluonNLP's attention cell does at run time.
+    """
+    src = {k: v.data().asnumpy() for k, v in param_dict(model).items()}
+    arch = model.arch
+    out = {'word_embed.weight': src['word_embed.0.weight'],
+           'position_weight': src['encoder.position_weight'],
+           'ln_embed.gamma': src['encoder.layer_norm.gamma'],
+           'ln_embed.beta': src['encoder.layer_norm.beta']}
+    if arch.token_type_vocab_size:
+        out['token_type_embed.weight'] = src['token_type_embed.0.weight']
+    if arch.use_pooler:
+        out['pooler.weight'], out['pooler.bias'] = src['pooler.weight'], src['pooler.bias']
+    for i in range(arch.num_layers):
+        cell, dst = f'encoder.transformer_cells.{i}.', f'layers.{i}.'
+        att = cell + 'attention_cell.proj_'
+        for kind in ('weight', 'bias'):
+            out[dst + 'qkv.' + kind] = _interleave(src[att + 'query.' + kind],
+                                                   src[att + 'key.' + kind],
+                                                   src[att + 'value.' + kind], arch.num_heads)
+            out[dst + 'proj.' + kind] = src[cell + 'proj.' + kind]
+            out[dst + 'ffn_1.' + kind] = src[cell + 'ffn.ffn_1.' + kind]
+            out[dst + 'ffn_2.' + kind] = src[cell + 'ffn.ffn_2.' + kind]
+        for kind in ('gamma', 'beta'):
+            out[dst + 'ln_att.' + kind] = src[cell + 'layer_norm.' + kind]
+            out[dst + 'ln_ffn.' + kind] = src[cell + 'ffn.layer_norm.' + kind]
+    return out
+
+
+class FastModel:
+    """The fast float32 inference engine: two cached graphs (padded / unpadded), shared weights.
+
+    Parameters
+    ----------
+    arch : Architecture
+    weights : dict of str -> numpy array
+        As returned by :func:`fast_weights`.
+    ctx : mx.Context, optional
+        Defaults to the CPU.
+    backend : str or None
+        Subgraph backend for graph fusion; ``'MKLDNN'`` (default on CPU) or None. Ignored on GPU.
+    static : bool
+        Hybridize with ``static_alloc`` and ``static_shape``.
+    pad_inputs : bool, optional
+        See :class:`FastEncoder`; default: on with a oneDNN backend, off otherwise.
+    fused_ops : bool, optional
+        See :class:`FastEncoder`; default: on for the CPU when :mod:`bort.inference.kernels` can build
+        and load its library.
+
+    Call
+    ----
+    ``fast(inputs, valid_length=None, token_types=None)`` with NDArrays or numpy arrays of shapes
+    (batch, seq_len), (batch,), (batch, seq_len); returns what :class:`FastEncoder` returns.
+    """
+
+    def __init__(self, arch: Architecture, weights: Dict[str, np.ndarray], ctx=None,
+                 backend: Optional[str] = 'MKLDNN', static: bool = True,
+                 pad_inputs: Optional[bool] = None, fused_ops: Optional[bool] = None):
+        self.arch = arch.replace(dropout=0.0)
+        self.ctx = ctx or mx.cpu()
+        if self.ctx.device_type != 'cpu':
+            backend = None
+        self.backend = backend
+        if pad_inputs is None:
+            pad_inputs = backend is not None
+        if fused_ops is None:
+            fused_ops = self.ctx.device_type == 'cpu' and load_fused_ops()
+        self.pad_inputs, self.fused_ops = pad_inputs, fused_ops
+        options = dict(pad_inputs=pad_inputs, fused_ops=fused_ops, prefix='fast_')
+        self.masked = FastEncoder(self.arch, masked=True, **options)
+        self.unmasked = FastEncoder(self.arch, masked=False, params=self.masked.collect_params(),
+                                    **options)
+        self.masked.initialize(ctx=self.ctx)
+        load_weights(self.masked, weights)
+        for block in (self.masked, self.unmasked):
+            block.hybridize(static_alloc=static, static_shape=static, backend=backend)
+        log.debug('fast path for %s on %s: backend %s, static memory %s, padded inputs %s, '
+                  'fused LayerNorm %s', self.arch.label, self.ctx, backend, static, pad_inputs,
+                  fused_ops)
+
+    @classmethod
+    def from_model(cls, model: BortModel, **kwargs) -> 'FastModel':
+        """A fast engine with the weights of a :class:`BortModel` (its MLM head is not used)."""
+        return cls(model.arch, fast_weights(model), **kwargs)
+
+    @classmethod
+    def from_folder(cls, folder: str, **kwargs) -> 'FastModel':
+        """A fast engine from a model folder (``model.params`` + ``arch.json``)."""
+        return cls.from_model(load_model(folder, use_decoder=False), **kwargs)
+
+    def weights(self) -> Dict[str, np.ndarray]:
+        """The weights, as :func:`fast_weights` gives them (without input padding)."""
+        logical = _param_shapes(FastEncoder(self.arch, pad_inputs=False))
+        named = self.masked._collect_params_with_prefix()  # pylint: disable=protected-access
+        return {name: param.data().asnumpy()[tuple(slice(0, n) for n in logical[name])]
+                for name, param in named.items()}
+
+    def _nd(self, array, dtype='float32') -> mx.nd.NDArray:
+        if isinstance(array, mx.nd.NDArray):
+            return array.as_in_context(self.ctx)
+        return mx.nd.array(np.asarray(array), ctx=self.ctx, dtype=dtype)
+
+    def __call__(self, inputs, valid_length=None, token_types=None):
+        inputs = self._nd(inputs)
+        extra = []
+        if self.arch.token_type_vocab_size:
+            extra = [mx.nd.zeros(inputs.shape, ctx=self.ctx) if token_types is None
+                     else self._nd(token_types)]
+        if valid_length is not None:
+            lengths = (valid_length.asnumpy() if isinstance(valid_length, mx.nd.NDArray)
+                       else np.asarray(valid_length))
+            if not np.all(lengths >= inputs.shape[1]):
+                return _as_output(self.masked(inputs, self._nd(valid_length), *extra))
+        return _as_output(self.unmasked(inputs, *extra))
+
+
+def _param_shapes(encoder: FastEncoder) -> Dict[str, Tuple[int, ...]]:
+    named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
+    return {name: tuple(param.shape) for name, param in named.items()}
+
+
+def load_weights(encoder: FastEncoder, weights: Dict[str, np.ndarray]) -> None:
+    """Copy :func:`fast_weights` into an initialized encoder, zero-padding where it pads inputs.
+
+    Raises
+    ------
+    KeyError
+        When names differ (each one listed).
+    ValueError
+        When a weight does not fit its parameter (name and both shapes).
+    """
+    named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
+    missing = sorted(set(named) ^ set(weights))
+    if missing:
+        raise KeyError(f'weights do not match the fast graph: {missing}')
+    for name, param in named.items():
+        value = np.asarray(weights[name], dtype=np.float32)
+        shape = tuple(param.shape)
+        if value.shape != shape:
+            if len(value.shape) != len(shape) or any(a > b for a, b in zip(value.shape, shape)):
+                raise ValueError(f'weight {name}: shape {value.shape} does not fit the fast '
+                                 f'graph\'s {shape}')
+            value = np.pad(value, [(0, b - a) for a, b in zip(value.shape, shape)])
+        param.set_data(mx.nd.array(value, dtype='float32'))
+
+
+def _as_output(out):
+    """Hybridized blocks return lists; give a tuple (or the single array) like eager mode."""
+    if isinstance(out, (list, tuple)):
+        return tuple(out) if len(out) > 1 else out[0]
+    return out
+
+
+def load_fast(folder_or_model: Union[str, BortModel], **kwargs) -> FastModel:
+    """:class:`FastModel` from a model folder or a built model."""
+    if isinstance(folder_or_model, str):
+        return FastModel.from_folder(folder_or_model, **kwargs)
+    return FastModel.from_model(folder_or_model, **kwargs)

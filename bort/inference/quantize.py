@@ -1,0 +1,428 @@
+"""INT8 post-training quantization of the encoder with MXNet's oneDNN quantization flow.
+
+The float32 graph is :class:`bort.inference.fast.FastEncoder` (padding-masked variant). MXNet's
+``quantize_net_v2`` partitions it for the ``MKLDNN_QUANTIZE`` backend, replaces the dense layers
+(with their fused GELU), the two interleaved attention matmuls, the residual additions and the
+word-embedding lookup by INT8 oneDNN kernels, and, with calibration, fixes every requantization
+range from the float32 activations seen on a few calibration batches:
+
+- ``naive``: the min/max observed on the calibration data;
+- ``entropy``: the threshold that minimises the KL divergence between the float32 and the
+  quantized activation histograms (slower to calibrate, clips outliers);
+- ``percentile`` (this project's): per layer, the ``percentile``-th and ``(100 - percentile)``-th
+  percentiles of the values, so rare outliers (BERT-family residual streams and GELU outputs have
+  them) do not stretch the INT8 grid; fed to MXNet as a custom collector (``customize``);
+- ``none``: no calibration; ranges are computed at run time (slower inference). The attention
+  value matmul then stays float32: its INT8 kernel needs a calibrated unsigned softmax input.
+
+What to keep in float32 was measured on a real pretrained encoder (all-MiniLM-L6-v2, SST-2 dev,
+``benchmarks/int8_accuracy.py``): with everything quantized, tensor-wise, the INT8 sentence
+features had cosine 0.56 to float32 and the task lost 5.5 points. The residual additions carry
+the residual stream's outlier dimensions onto one INT8 grid; keeping them float32
+(``exclude=('_plus',)``, the default) and using per-channel weight scales (the default with
+calibration) gave cosine 0.98 and no accuracy loss. The next largest error is the input of the
+second feed-forward layer (GELU outputs, long-tailed): ``exclude=('_plus', 'ffn_2')`` gives
+cosine 0.99 for about 15 % of the INT8 speed-up.
+
+LayerNorm and softmax stay in float32 (there is no INT8 kernel for them in MXNet 1.9). With the
+fused operator (``fused_ops``, :mod:`bort.inference.kernels`) the residual additions are inside the
+float32 ``bort_add_layer_norm`` nodes, which the quantization pass leaves as they are: the same
+choice as ``exclude=('_plus',)``, whose pattern then matches nothing.
+
+A quantized model is a deployable folder: ``encoder-symbol.json`` and ``encoder-0000.params``
+(the partitioned INT8 graph with its calibrated ranges, loadable by any MXNet 1.9 oneDNN build
+through ``SymbolBlock.imports``), ``arch.json`` and ``quantization.json`` (how it was made and,
+when measured, its agreement with float32).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+if __name__ == '__main__':  # python -m bort.inference.quantize: thread settings before MXNet starts
+    from ..threads import configure_threads
+    configure_threads(inference=True)
+
+import mxnet as mx  # noqa: E402
+import numpy as np
+from mxnet.base import NDArrayHandle, py_str
+from mxnet.contrib.quantization import quantize_net_v2
+from mxnet.ndarray import NDArray
+
+from ..cli import emit, run_main
+from ..arch import Architecture, load_arch, save_arch
+from .fast import FastEncoder, FastModel, _as_output, fast_weights, load_weights
+from .kernels import load_fused_ops
+from ..model import BortModel
+
+__all__ = ['QuantizeConfig', 'QuantizedModel', 'quantize_encoder', 'compare_outputs',
+           'load_float_encoder', 'main', 'CALIB_MODES', 'SYMBOL_FILE', 'PARAMS_FILE',
+           'CONFIG_FILE']
+
+log = logging.getLogger(__name__)
+
+CALIB_MODES = ('naive', 'entropy', 'percentile', 'none')
+SYMBOL_FILE = 'encoder-symbol.json'
+PARAMS_FILE = 'encoder-0000.params'
+CONFIG_FILE = 'quantization.json'
+_PREFIX = 'q_'
+
+
+@dataclass
+class QuantizeConfig:
+    """How to quantize.
+
+    Attributes
+    ----------
+    calib_mode : str
+        ``naive``, ``entropy``, ``percentile`` or ``none`` (see the module docstring).
+    percentile : float
+        For ``percentile`` calibration: the upper percentile kept (the lower is its mirror).
+    quantized_dtype : str
+        ``auto`` (uint8 where the calibrated range is non-negative, else int8), ``int8``,
+        ``uint8``.
+    granularity : str or None
+        ``tensor-wise`` or ``channel-wise`` weight scales; None (default) picks channel-wise
+        with calibration and tensor-wise without (MXNet 1.9's channel-wise kernels need
+        calibrated ranges: uncalibrated channel-wise crashed, so it is refused).
+    exclude : tuple of str
+        Layers kept in float32, matched as substrings of the float32 graph's node names
+        (``_plus`` the residual additions, ``ffn_2``, ``qkv``, ``proj``, ``word_embed``,
+        ``q_0_`` a whole layer, ...).
+    num_calib_examples : int, optional
+        Use at most this many calibration rows.
+    calib_batch_size : int
+    fused_ops : bool, optional
+        Residual addition + LayerNorm, and the masked attention softmax, as float32 operators
+        of :mod:`bort.inference.kernels` (MiniLM at batch 32 x 32, add + LayerNorm alone: 29.4 -> 26.0
+        ms); default: when they can be loaded. An artefact made with
+        it needs the operator library where it is loaded (built there on first use).
+    """
+
+    calib_mode: str = 'naive'
+    percentile: float = 99.99
+    quantized_dtype: str = 'auto'
+    granularity: Optional[str] = None
+    exclude: Tuple[str, ...] = ('_plus',)
+    num_calib_examples: Optional[int] = None
+    calib_batch_size: int = 8
+    fused_ops: Optional[bool] = None
+
+    def __post_init__(self):
+        if self.calib_mode not in CALIB_MODES:
+            raise ValueError(f'calib_mode must be one of {CALIB_MODES}, got {self.calib_mode!r}')
+        if self.granularity is None:
+            self.granularity = 'tensor-wise' if self.calib_mode == 'none' else 'channel-wise'
+        if self.granularity not in ('tensor-wise', 'channel-wise'):
+            raise ValueError(f'granularity must be tensor-wise or channel-wise, '
+                             f'got {self.granularity!r}')
+        if self.granularity == 'channel-wise' and self.calib_mode == 'none':
+            raise ValueError('channel-wise quantization needs calibration: use '
+                             "calib_mode='naive', 'entropy' or 'percentile', or "
+                             "granularity='tensor-wise'")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f'percentile must be in (50, 100], got {self.percentile}')
+        self.exclude = tuple(self.exclude)
+
+
+class QuantizedModel:
+    """An INT8 encoder: a partitioned MXNet graph plus its architecture.
+
+    Call
+    ----
+    ``qmodel(inputs, valid_length=None, token_types=None)``: inputs (batch, seq_len) token ids,
+    valid_length (batch,) (omitted: every row full), token_types (batch, seq_len) when the
+    architecture has them. Returns the sequence outputs (batch, seq_len, units), and the pooled
+    output (batch, units) as a second element when the architecture has a pooler; float32.
+    """
+
+    def __init__(self, arch: Architecture, block: mx.gluon.SymbolBlock, info: Dict,
+                 ctx: Optional[mx.Context] = None):
+        self.arch, self.block, self.info = arch, block, info
+        self.ctx = ctx or mx.cpu()
+
+    def _nd(self, array) -> mx.nd.NDArray:
+        if isinstance(array, mx.nd.NDArray):
+            return array.as_in_context(self.ctx)
+        return mx.nd.array(np.asarray(array), ctx=self.ctx, dtype='float32')
+
+    def __call__(self, inputs, valid_length=None, token_types=None):
+        inputs = self._nd(inputs)
+        if valid_length is None:
+            valid_length = mx.nd.full((inputs.shape[0],), inputs.shape[1], ctx=self.ctx)
+        args = [inputs, self._nd(valid_length)]
+        if self.arch.token_type_vocab_size:
+            args.append(mx.nd.zeros(inputs.shape, ctx=self.ctx) if token_types is None
+                        else self._nd(token_types))
+        return _as_output(self.block(*args))
+
+    @property
+    def input_names(self) -> List[str]:
+        return [f'data{i}' for i in range(3 if self.arch.token_type_vocab_size else 2)]
+
+    def save(self, folder: str) -> str:
+        """Write the deployable artefact into ``folder``; returns the folder."""
+        os.makedirs(folder, exist_ok=True)
+        # Written by hand rather than with ``export``, which needs a forward pass first (an
+        # un-run block exported an empty parameter file).
+        graph = self.block(*[mx.sym.var(name) for name in self.input_names])
+        graph = mx.sym.Group(graph) if isinstance(graph, (list, tuple)) else graph
+        graph.save(os.path.join(folder, SYMBOL_FILE), remove_amp_cast=False)
+        aux = set(graph.list_auxiliary_states())
+        arrays = {('aux:' if name in aux else 'arg:') + name: param.data().as_in_context(mx.cpu())
+                  for name, param in self.block.collect_params().items()}
+        mx.nd.save(os.path.join(folder, PARAMS_FILE), arrays)
+        save_arch(self.arch, os.path.join(folder, 'arch.json'))
+        with open(os.path.join(folder, CONFIG_FILE), 'w') as f:
+            json.dump(self.info, f, indent=2, sort_keys=True)
+            f.write('\n')
+        return folder
+
+    @classmethod
+    def load(cls, folder: str, ctx: Optional[mx.Context] = None,
+             static: bool = True) -> 'QuantizedModel':
+        """Load an artefact written by :meth:`save` (hybridized with static memory)."""
+        ctx = ctx or mx.cpu()
+        for name in (SYMBOL_FILE, PARAMS_FILE):
+            if not os.path.exists(os.path.join(folder, name)):
+                raise FileNotFoundError(f'no {name} in {folder}: not a quantized model folder')
+        arch = load_arch(folder)
+        info = {}
+        if os.path.exists(os.path.join(folder, CONFIG_FILE)):
+            with open(os.path.join(folder, CONFIG_FILE)) as f:
+                info = json.load(f)
+        if info.get('fused_ops') and not load_fused_ops():
+            raise RuntimeError(f'{folder} was quantized with the fused LayerNorm operator, '
+                               'which could not be built or loaded here (see the warning above)')
+        names = [f'data{i}' for i in range(3 if arch.token_type_vocab_size else 2)]
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # "Cannot decide type" for integer-valued inputs
+            block = mx.gluon.SymbolBlock.imports(os.path.join(folder, SYMBOL_FILE), names,
+                                                 os.path.join(folder, PARAMS_FILE), ctx=ctx)
+        block.hybridize(static_alloc=static, static_shape=static)
+        return cls(arch, block, info, ctx)
+
+
+class _PercentileCollector:
+    """A calibration collector (MXNet's ``customize`` mode): per layer output, the running
+    extremes of each batch's low and high percentiles."""
+
+    def __init__(self, percentile: float):
+        self.percentile = percentile
+        self.min_max_dict: Dict[str, Tuple[float, float]] = {}
+
+    def collect(self, name, arr) -> None:
+        name = py_str(name)
+        if not name.endswith('_output'):
+            return
+        values = NDArray(ctypes.cast(arr, NDArrayHandle), writable=False).asnumpy().ravel()
+        if values.size == 0 or values.dtype.kind != 'f':
+            return
+        low, high = np.percentile(values, [100 - self.percentile, self.percentile])
+        old = self.min_max_dict.get(name, (float(low), float(high)))
+        self.min_max_dict[name] = (min(old[0], float(low)), max(old[1], float(high)))
+
+
+def _float_encoder(model: Union[BortModel, FastModel], fused_ops: bool = False
+                   ) -> Tuple[Architecture, FastEncoder]:
+    """A fresh, un-partitioned, masked FastEncoder holding ``model``'s weights.
+
+    Its dense-layer inputs are not padded: with oneDNN's INT8 kernels padding measured no gain
+    (``bort_4_8_768_1024`` 9.1 vs 10.0 ms at 1 x 128, 32.3 vs 33.3 ms at 1 x 512).
+    """
+    if isinstance(model, FastModel):
+        arch, weights = model.arch, model.weights()
+    else:
+        arch, weights = model.arch.replace(dropout=0.0), fast_weights(model)
+    encoder = FastEncoder(arch, masked=True, fused_ops=fused_ops, prefix=_PREFIX)
+    encoder.initialize()
+    load_weights(encoder, weights)
+    return arch, encoder
+
+
+def quantize_encoder(model: Union[BortModel, FastModel], tokens: np.ndarray,
+                     valid_length: np.ndarray, token_types: Optional[np.ndarray] = None,
+                     config: Optional[QuantizeConfig] = None,
+                     ctx: Optional[mx.Context] = None) -> QuantizedModel:
+    """Post-training INT8 quantization of an encoder, calibrated on real inputs.
+
+    Parameters
+    ----------
+    model : BortModel or FastModel
+        The float32 model (a BortModel's MLM head, if any, is not quantized nor kept).
+    tokens : (N, seq_len) int
+        Calibration token ids (a few batches of real text or task data), padded.
+    valid_length : (N,) int
+    token_types : (N, seq_len) int, optional
+        Only for architectures with token types (zeros when omitted).
+    config : QuantizeConfig, optional
+    ctx : mx.Context, optional
+        Quantization runs on the CPU (oneDNN); only CPU is supported.
+
+    Returns
+    -------
+    QuantizedModel
+    """
+    config = config or QuantizeConfig()
+    ctx = ctx or mx.cpu()
+    if ctx.device_type != 'cpu':
+        raise ValueError('INT8 quantization uses oneDNN kernels: CPU only')
+    fused = load_fused_ops() if config.fused_ops is None else config.fused_ops
+    arch, encoder = _float_encoder(model, fused)
+    tokens = np.asarray(tokens, dtype=np.float32)
+    data = {'data0': tokens, 'data1': np.asarray(valid_length, dtype=np.float32)}
+    if arch.token_type_vocab_size:
+        data['data2'] = (np.zeros_like(tokens) if token_types is None
+                         else np.asarray(token_types, dtype=np.float32))
+    batch = min(config.calib_batch_size, len(tokens))
+    # Whole batches only: the calibration module is bound to one batch shape.
+    usable = (len(tokens) // batch) * batch
+    calib = mx.io.NDArrayIter(data={k: mx.nd.array(v[:usable]) for k, v in data.items()},
+                              batch_size=batch, shuffle=False, last_batch_handle='discard')
+    log.info('quantizing %s: calibration %s on %d rows of length %d', arch.label,
+             config.calib_mode, usable, tokens.shape[1])
+    exclude = list(config.exclude)
+    collector, mode = None, config.calib_mode
+    if mode == 'percentile':
+        collector, mode = _PercentileCollector(config.percentile), 'customize'
+    elif mode == 'none':
+        exclude.append('selfatt_valatt')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        qnet = quantize_net_v2(
+            encoder, quantized_dtype=config.quantized_dtype, quantize_mode='full',
+            quantize_granularity=config.granularity, exclude_layers_match=exclude,
+            calib_data=calib, calib_mode=mode,
+            num_calib_examples=config.num_calib_examples or usable, ctx=ctx,
+            LayerOutputCollector=collector, logger=None)
+    qnet.hybridize(static_alloc=True, static_shape=True)
+    info = {'calib_mode': config.calib_mode, 'percentile': config.percentile,
+            'quantized_dtype': config.quantized_dtype,
+            'granularity': config.granularity, 'exclude': list(config.exclude),
+            'calib_rows': int(usable), 'calib_seq_len': int(tokens.shape[1]),
+            'fused_ops': bool(fused),
+            'mxnet': mx.__version__}
+    return QuantizedModel(arch, qnet, info, ctx)
+
+
+def compare_outputs(reference: Sequence, candidate: Sequence,
+                    valid_length: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """How close quantized outputs are to float32 ones.
+
+    Parameters
+    ----------
+    reference, candidate : array-like of the same shape
+        (N, classes) logits, (N, units) pooled features or (N, seq_len, units) sequences.
+    valid_length : (N,), optional
+        For sequences: only positions below it are compared.
+
+    Returns
+    -------
+    dict
+        ``max_abs``, ``mean_abs``, ``rel_max`` (max_abs / max |reference|), ``cosine`` (mean
+        over rows; over real tokens for sequences), and for 2-D inputs ``argmax_agreement``
+        (fraction of rows whose argmax is the same).
+    """
+    ref = reference.asnumpy() if hasattr(reference, 'asnumpy') else np.asarray(reference)
+    out = candidate.asnumpy() if hasattr(candidate, 'asnumpy') else np.asarray(candidate)
+    if ref.shape != out.shape:
+        raise ValueError(f'shapes differ: {ref.shape} vs {out.shape}')
+    ref, out = ref.astype(np.float64), out.astype(np.float64)
+    logits = ref.ndim == 2
+    if ref.ndim == 3 and valid_length is not None:
+        keep = np.arange(ref.shape[1])[None, :] < np.asarray(valid_length)[:, None]
+        ref, out = ref[keep], out[keep]
+    diff = np.abs(ref - out)
+    flat_r, flat_o = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+    norms = np.linalg.norm(flat_r, axis=1) * np.linalg.norm(flat_o, axis=1)
+    cosine = np.sum(flat_r * flat_o, axis=1) / np.maximum(norms, 1e-30)
+    result = {'max_abs': float(diff.max()), 'mean_abs': float(diff.mean()),
+              'rel_max': float(diff.max() / max(np.abs(ref).max(), 1e-30)),
+              'cosine': float(cosine.mean())}
+    if logits:
+        result['argmax_agreement'] = float(np.mean(ref.argmax(1) == out.argmax(1)))
+    return result
+
+
+def load_float_encoder(folder: str) -> BortModel:
+    """The float32 encoder of a model folder or of a fine-tuned classifier folder."""
+    if os.path.exists(os.path.join(folder, 'classifier.json')):
+        from ..finetune.classifier import load_classifier  # pylint: disable=import-outside-toplevel
+        return load_classifier(folder).backbone
+    from ..model import load_model  # pylint: disable=import-outside-toplevel
+    return load_model(folder, use_decoder=False)
+
+
+def _read_lines(path: str, tokenizer, rows: int, max_length: int):
+    """Token ids and types of the first ``rows`` non-empty lines ("a" or "a<TAB>b")."""
+    from ..finetune.classifier import encode_pair  # pylint: disable=import-outside-toplevel
+    from ..batching import pad_batch  # pylint: disable=import-outside-toplevel
+    encoded = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            parts = line.rstrip('\n').split('\t')
+            if parts[0].strip():
+                encoded.append(encode_pair(tokenizer, parts[0], parts[1] if len(parts) > 1
+                                           else None, max_length))
+            if len(encoded) == rows:
+                break
+    if not encoded:
+        raise ValueError(f'{path}: no text lines')
+    length = max(len(ids) for ids, _ in encoded)
+    tokens, valid = pad_batch([ids for ids, _ in encoded], length, tokenizer.pad_id)
+    return tokens, valid, pad_batch([t for _, t in encoded], length, 0)[0]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    """``python -m bort.inference.quantize``: quantize a model folder, calibrated on a text file."""
+    import argparse  # pylint: disable=import-outside-toplevel
+    from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(prog='python -m bort.inference.quantize', description=main.__doc__)
+    parser.add_argument('--model', required=True,
+                        help='model folder or fine-tuned classifier folder (with its tokenizer)')
+    parser.add_argument('--calib-text', required=True,
+                        help='real text, one input a line ("a" or "a<TAB>b"); the first '
+                             '--calib-rows lines calibrate, the next --eval-rows are compared')
+    parser.add_argument('--out', required=True, help='artefact folder to write')
+    parser.add_argument('--calib-rows', type=int, default=64)
+    parser.add_argument('--eval-rows', type=int, default=128)
+    parser.add_argument('--max-length', type=int, default=128)
+    parser.add_argument('--calib-mode', default='naive', choices=CALIB_MODES)
+    parser.add_argument('--percentile', type=float, default=99.99)
+    parser.add_argument('--granularity', default=None, choices=('tensor-wise', 'channel-wise'))
+    parser.add_argument('--exclude', nargs='*', default=['_plus'],
+                        help='node-name substrings kept in float32')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an artefact already in --out')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    if os.path.exists(os.path.join(args.out, SYMBOL_FILE)) and not args.overwrite:
+        raise FileExistsError(f'{args.out} already holds a quantized model; pass --overwrite '
+                              'to replace it')
+    model, tokenizer = load_float_encoder(args.model), load_tokenizer(args.model)
+    rows = args.calib_rows + args.eval_rows
+    tokens, valid, types = _read_lines(args.calib_text, tokenizer, rows, args.max_length)
+    config = QuantizeConfig(calib_mode=args.calib_mode, percentile=args.percentile,
+                            granularity=args.granularity, exclude=tuple(args.exclude))
+    n = min(args.calib_rows, len(tokens))
+    qmodel = quantize_encoder(model, tokens[:n], valid[:n], types[:n], config=config)
+    if len(tokens) > n:
+        fp32 = FastModel.from_model(model)
+        ref = _as_output(fp32(tokens[n:], valid[n:], types[n:]))
+        got = _as_output(qmodel(tokens[n:], valid[n:], types[n:]))
+        first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+        agreement = compare_outputs(first(ref), first(got), valid[n:])
+        qmodel.info['agreement_on_held_out_lines'] = dict(agreement, rows=int(len(tokens) - n))
+        log.info('INT8 vs float32 on %d held-out lines: %s', len(tokens) - n, agreement)
+    qmodel.save(args.out)
+    emit(json.dumps(qmodel.info, indent=2, sort_keys=True))
+    return qmodel.info
+
+
+if __name__ == '__main__':
+    run_main(main, (FileExistsError, FileNotFoundError, ValueError), 'bort.inference.quantize')

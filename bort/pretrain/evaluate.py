@@ -1,0 +1,105 @@
+"""Evaluation and reporting of pretraining runs: held-out masked-LM accuracy, log records,
+the training-curve plot, and a digest to check that workers hold the same weights."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Dict, List, Optional
+
+import mxnet as mx
+import numpy as np
+
+from .losses import kd_loss, masked_accuracy
+from .teacher import Teacher, mlm_logits
+from ..log import MetricsLog
+from ..model import BortModel
+from .stream import MLMBatch
+
+__all__ = ['evaluate', 'weights_digest', 'window_record', 'plot_curves']
+
+log = logging.getLogger(__name__)
+
+
+def weights_digest(model: mx.gluon.Block) -> str:
+    """SHA-1 of every parameter's bytes (in name order): equal digests, equal weights."""
+    digest = hashlib.sha1()
+    for name, param in sorted(model.collect_params().items()):
+        digest.update(name.encode())
+        digest.update(param.data().asnumpy().tobytes())
+    return digest.hexdigest()
+
+
+def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
+             teacher: Optional[Teacher] = None, temperature: float = 2.0) -> Dict[str, float]:
+    """Masked-LM accuracy (top-1 and top-5) and cross-entropy on fixed held-out batches, and the
+    distillation cross-entropy against the teacher when there is one; token-weighted means.
+
+    Returns
+    -------
+    dict
+        ``eval_mlm_acc, eval_mlm_top5, eval_mlm_loss`` [, ``eval_kd_ce``].
+    """
+    sums = np.zeros(5)  # correct, count, top-5 hits, MLM loss sum, KD loss sum
+    for batch in batches:
+        nd = batch.as_nd(ctx)
+        logits = mlm_logits(student, nd).astype('float32', copy=False)
+        t_logits = teacher.logits(nd) if teacher is not None else None
+        _, mlm, kd = kd_loss(mx.nd, logits, t_logits, nd['labels'], nd['weights'],
+                             kd_weight=1.0 if teacher else 0.0, temperature=temperature)
+        correct, count = masked_accuracy(logits, batch.labels, batch.weights)
+        top = mx.nd.topk(logits, k=min(5, logits.shape[-1]), axis=-1).asnumpy()
+        top5 = float(((top == batch.labels[..., None]).any(-1) * batch.weights).sum())
+        sums += [correct, count, top5, mlm.asscalar() * count, kd.asscalar() * count]
+    count = max(sums[1], 1.0)
+    out = {'eval_mlm_acc': sums[0] / count, 'eval_mlm_top5': sums[2] / count,
+           'eval_mlm_loss': sums[3] / count}
+    if teacher is not None:
+        out['eval_kd_ce'] = sums[4] / count
+    return out
+
+
+def window_record(window: np.ndarray, seconds: float, step: int, lr: float,
+                  norm: float) -> Dict[str, float]:
+    """The log record of a logging window from the sums of :func:`bort.pretrain.
+    accumulate_gradients` (all workers) over its steps and its wall-clock seconds; logged."""
+    count = max(window[4], 1.0)
+    record = {'step': step, 'mlm_loss': window[0] / count, 'kd_loss': window[1] / count,
+              'loss': window[2] / count, 'mlm_acc': window[3] / count, 'lr': lr,
+              'grad_norm': norm, 'tokens_per_s': window[5] / max(seconds, 1e-9),
+              'teacher_share': window[6] / max(seconds, 1e-9)}
+    log.info('step %d: mlm %.4f kd %.4f acc %.4f lr %.2e |g| %.3f %.0f tok/s teacher %.0f%%',
+             step, record['mlm_loss'], record['kd_loss'], record['mlm_acc'], lr, norm,
+             record['tokens_per_s'], 100 * record['teacher_share'])
+    return record
+
+
+def plot_curves(metrics_path: str, out_path: str) -> str:
+    """Training losses and MLM accuracies (train and held-out) against steps, as a PNG.
+
+    After a resume the steps between the checkpoint and the crash appear twice in the metrics
+    file; the last record of each step is the one plotted.
+    """
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    records = [r for r in MetricsLog(metrics_path).read() if not r.get('final')]
+    train = sorted({r['step']: r for r in records if 'mlm_loss' in r}.values(),
+                   key=lambda r: r['step'])
+    evals = sorted({r['step']: r for r in records if 'eval_mlm_acc' in r}.values(),
+                   key=lambda r: r['step'])
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ('mlm_loss', 'kd_loss'):
+        ax_loss.plot([r['step'] for r in train], [r[key] for r in train], label=key)
+    ax_loss.set_xlabel('step')
+    ax_loss.set_title('training losses')
+    ax_loss.legend()
+    ax_acc.plot([r['step'] for r in train], [r['mlm_acc'] for r in train], label='train')
+    ax_acc.plot([r['step'] for r in evals], [r['eval_mlm_acc'] for r in evals], 'o-',
+                label='held-out')
+    ax_acc.set_xlabel('step')
+    ax_acc.set_title('masked-LM accuracy')
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path

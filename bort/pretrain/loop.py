@@ -1,0 +1,429 @@
+"""Pretraining Bort by knowledge distillation (SPEC section 5), one function: :func:`pretrain`.
+
+Objective, per masked token: ``mlm_weight · MLM cross-entropy + kd_weight · T² · soft
+cross-entropy(teacher, student)`` (:func:`bort.pretrain.losses.kd_loss`); ``kd_weight = 0`` is the
+self-supervised baseline and needs no teacher. Masking is dynamic (re-drawn every epoch) over
+shards written by :mod:`bort.pretrain.prepare`; batches come from :mod:`bort.pretrain.stream`.
+
+The project's readings, visible as config fields:
+
+- The loss of an optimizer step is the mean over every masked token of the *global* batch (all
+  workers, all accumulated micro-batches), so N workers with batch B train exactly like one worker
+  with batch N·B and the same ``data_parts`` (equal up to float rounding).
+- The student's vocabulary size comes from the data (``--arch`` gives the shape).
+- On a non-finite loss or gradient (float32) the run stops with :class:`NonFiniteLossError`
+  before updating; the last checkpoint stays the last good one. With float16 (GPU only), an
+  overflowing gradient halves the loss scale and skips the update instead.
+- Resume is exact on CPU: MXNet's generator is reseeded from ``(seed, step, rank)`` each step,
+  the data stream restarts from the saved positions, and the optimizer state is restored.
+- One mixed-precision path (``dtype float16``, GPU only): float16 weights with float32 master
+  copies in the optimizer, the loss in float32, dynamic loss scaling. The CPU tests cannot
+  exercise it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import mxnet as mx
+import numpy as np
+
+from ..arch import ARCHITECTURES, Architecture, ArchitectureError, load_arch
+from ..checkpoint import CheckpointManager, step_seed
+from .losses import kd_loss, masked_accuracy
+from ..distributed import Comm, init_comm
+from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
+from ..log import MetricsLog, progress
+from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
+from ..optim import SCHEDULES, learning_rate, make_trainer, optimizer_step
+from .shards import read_meta, vocab_fingerprint
+from .evaluate import evaluate, plot_curves, weights_digest, window_record
+from .stream import BatchStream, MLMBatch, fixed_batches, list_shards, masking_from_meta
+
+__all__ = ['PretrainConfig', 'pretrain', 'accumulate_gradients', 'resolve_arch',
+           'NonFiniteLossError', 'evaluate']
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became inf/NaN; training stopped before updating."""
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a pretraining run (saved as ``config.json`` in each checkpoint).
+
+    Defaults are the released Bort script's where it had one (weights 0.1/0.5, T=2, BERT-Adam
+    lr 1e-4, eps 1e-6, wd 0.01, warmup 1 % then linear decay, clip 1.0).
+    """
+
+    data: str = ''  #: folder written by ``python -m bort.pretrain.prepare`` (or a shard glob)
+    eval_data: str = ''  #: held-out shards; default: the data folder's ``eval-*`` shards
+    output_dir: str = 'runs/pretrain'
+    arch: str = 'bort_4_8_768_1024'  #: registered name, arch JSON file/folder, or inline JSON
+    teacher: str = ''  #: teacher model folder; needed unless kd_weight is 0
+    init_from: str = ''  #: model folder whose weights (and arch) start the student, e.g. to MLM-adapt a teacher
+    tokenizer: str = ''  #: tokenizer folder, only for shards without meta.json
+    mlm_weight: float = 0.1
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+    released_quirks: bool = False  #: the released loss (student softmax twice, vocab mean)
+    mask_ratio: float = 0.15
+    max_predictions: int = 76
+    optimizer: str = 'bertadam'
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    adam_epsilon: float = 1e-6
+    warmup_ratio: float = 0.01
+    schedule: str = 'linear'  #: linear, noam or constant (bort.optim.learning_rate)
+    max_grad_norm: float = 1.0  #: global-norm clipping; 0 disables
+    total_steps: int = 1000  #: optimizer steps
+    batch_size: int = 8  #: sequences per worker per micro-batch
+    accumulate: int = 1  #: micro-batches per optimizer step
+    data_parts: int = 0  #: data order parts P (0: number of workers); see bort.pretrain.stream
+    dtype: str = 'float32'  #: float16 needs --gpu (dynamic loss scaling)
+    loss_scale: float = 2.0 ** 15  #: initial dynamic loss scale (float16 only)
+    gpu: bool = False
+    seed: int = 0
+    hybridize: bool = True
+    log_interval: int = 10
+    eval_interval: int = 100
+    eval_batches: int = 16
+    checkpoint_interval: int = 100
+    keep_checkpoints: int = 0  #: newest checkpoints kept (0: all)
+    resume: bool = False
+    plot: bool = True
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError('no training data: set data (a folder from bort.pretrain.prepare)')
+        if self.kd_weight < 0 or self.mlm_weight < 0 or self.temperature <= 0:
+            raise ValueError('loss weights must be >= 0 and the temperature > 0')
+        if self.kd_weight > 0 and not self.teacher:
+            raise ValueError('kd_weight > 0 needs a teacher folder (or set kd_weight 0 for the '
+                             'self-supervised baseline)')
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f'schedule must be one of {SCHEDULES}')
+        if self.dtype not in ('float32', 'float16'):
+            raise ValueError("dtype must be 'float32' or 'float16'")
+        if self.dtype == 'float16' and not self.gpu:
+            raise ValueError('float16 training is for GPUs only (pass --gpu)')
+        if min(self.total_steps, self.batch_size, self.accumulate) < 1:
+            raise ValueError('total_steps, batch_size and accumulate must be >= 1')
+
+
+def resolve_arch(value: str) -> Architecture:
+    """An architecture from a registered name, a JSON file or folder, or an inline JSON object.
+
+    A JSON object may hold the fields directly or under ``arch``/``architecture``; a folder
+    holds ``arch.json`` (a model folder) or ``best_arch.json`` (a search's output folder).
+    """
+    if value in ARCHITECTURES:
+        return ARCHITECTURES[value]
+    if value.lstrip().startswith('{'):
+        data = json.loads(value)
+    elif os.path.isdir(value):
+        best = os.path.join(value, 'best_arch.json')
+        if os.path.isfile(best) and not os.path.isfile(os.path.join(value, 'arch.json')):
+            return load_arch(best)
+        return load_arch(value)
+    elif os.path.isfile(value):
+        with open(value) as f:
+            data = json.load(f)
+    else:
+        raise ArchitectureError(f'--arch {value!r}: neither a registered name '
+                                f'({", ".join(sorted(ARCHITECTURES))}) nor a JSON file or object')
+    for key in ('arch', 'architecture'):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+    return Architecture.from_dict(data)
+
+
+def _data_settings(config: PretrainConfig) -> Dict:
+    """Vocabulary and special ids of the data: its meta.json, else the --tokenizer folder."""
+    folder = config.data if os.path.isdir(config.data) else os.path.dirname(config.data)
+    if os.path.isfile(os.path.join(folder, 'meta.json')):
+        meta = read_meta(folder)
+        meta['tokenizer'] = os.path.join(folder, meta['tokenizer'])
+        return meta
+    if not config.tokenizer:
+        raise FileNotFoundError(f'{folder} has no meta.json: pass --tokenizer (the folder of the '
+                                f'tokenizer the shards were made with)')
+    from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
+    tok = load_tokenizer(config.tokenizer)
+    return dict(vocab_size=tok.vocab_size, cls_id=tok.cls_id, sep_id=tok.sep_id,
+                pad_id=tok.pad_id, mask_id=tok.mask_id, vocab_sha1=vocab_fingerprint(tok),
+                tokenizer=config.tokenizer)
+
+
+def _build(config: PretrainConfig, meta: Dict, comm: Comm):
+    """Student (vocabulary from the data) and teacher, both checked against the data."""
+    arch = load_arch(config.init_from) if config.init_from else resolve_arch(config.arch)
+    if config.init_from and arch.vocab_size != meta['vocab_size']:
+        raise VocabularyMismatchError(f'{config.init_from} has {arch.vocab_size} tokens but the '
+                                      f'data was tokenized with {meta["vocab_size"]}')
+    if arch.vocab_size != meta['vocab_size']:
+        log.info('student vocabulary set to the data\'s: %d tokens (the arch said %d)',
+                 meta['vocab_size'], arch.vocab_size)
+        arch = arch.replace(vocab_size=meta['vocab_size'])
+    longest = meta.get('config', {}).get('max_seq_length', 0)
+    if longest > arch.max_length:
+        raise ArchitectureError(f'the data has sequences of up to {longest} tokens but the '
+                                f'student has {arch.max_length} positions (max_length)')
+    mx.random.seed(config.seed)
+    student = build_model(arch, use_decoder=True, ctx=comm.ctx)
+    if config.init_from:
+        # Strict: the folder must have an MLM head and fit the architecture exactly.
+        load_params(student, os.path.join(config.init_from, PARAMS_FILE), ctx=comm.ctx)
+        log.info('student initialised from %s (%s)', config.init_from, arch.label)
+    check_vocab_size('the student', student.arch.vocab_size, meta['vocab_size'], 'meta.json')
+    teacher = None
+    if config.kd_weight > 0:
+        teacher = Teacher.load(config.teacher, meta['vocab_size'], meta.get('vocab_sha1'),
+                               ctx=comm.ctx, hybridize=config.hybridize)
+        if config.dtype == 'float16':
+            teacher.model.cast('float16')
+    elif config.teacher:
+        log.info('kd_weight is 0: the teacher %s is not used', config.teacher)
+    return student, teacher
+
+
+def accumulate_gradients(student: BortModel, teacher: Optional[Teacher],
+                         micro: Sequence[MLMBatch], config: PretrainConfig, comm: Comm,
+                         loss_scale: float = 1.0) -> np.ndarray:
+    """Forward and backward over one optimizer step's micro-batches, adding into the gradients.
+
+    Each micro-batch's loss enters with its share of the masked tokens of the global batch (all
+    workers, all micro-batches), so that after Horovod's average over workers the gradient is
+    that of the mean loss over every masked token: N workers with batch B equal one with N·B,
+    and k micro-batches of B equal one batch of k·B. Parameters must have ``grad_req='add'``.
+
+    Parameters
+    ----------
+    student : BortModel
+    teacher : Teacher or None
+        None when ``config.kd_weight`` is 0.
+    micro : sequence of MLMBatch
+        This worker's micro-batches of the step.
+    config : PretrainConfig
+        Or any object with ``mlm_weight, kd_weight, temperature, released_quirks``.
+    comm : Comm
+    loss_scale : float
+        Multiplies the loss (float16 dynamic loss scaling); 1 otherwise.
+
+    Returns
+    -------
+    (7,) float64
+        This worker's sums: MLM loss, KD loss and total loss (token sums), correct predictions,
+        masked tokens, real tokens, seconds spent in the teacher.
+    """
+    total_masked = float(comm.allreduce_sum(sum(b.num_masked for b in micro)))
+    sums = np.zeros(7)
+    for batch in micro:
+        nd = batch.as_nd(comm.ctx)
+        started = time.time()
+        t_logits = teacher.logits(nd) if teacher is not None else None
+        if t_logits is not None:
+            t_logits.wait_to_read()
+        sums[6] += time.time() - started
+        with mx.autograd.record():
+            logits = mlm_logits(student, nd).astype('float32', copy=False)
+            total, mlm, kd = kd_loss(mx.nd, logits, t_logits, nd['labels'], nd['weights'],
+                                     config.mlm_weight, config.kd_weight, config.temperature,
+                                     config.released_quirks)
+            share = batch.num_masked * comm.size / max(total_masked, 1.0)
+            objective = total * (share * loss_scale)
+        objective.backward()
+        n = batch.num_masked
+        correct, count = masked_accuracy(logits, batch.labels, batch.weights)
+        sums[:6] += [mlm.asscalar() * n, kd.asscalar() * n, total.asscalar() * n, correct, count,
+                     batch.num_tokens]
+    return sums
+
+
+def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
+    """Run (or resume) a pretraining run; return its final metrics.
+
+    Writes into ``config.output_dir``: ``step-NNNNNNN/`` checkpoints and ``latest``,
+    ``metrics.jsonl`` (training log lines and evaluations), ``model/`` (final weights with the
+    tokenizer), ``curves.png``.
+
+    Raises
+    ------
+    NonFiniteLossError
+        The loss or gradient became inf/NaN (float32); the last checkpoint is kept.
+    VocabularyMismatchError
+        Teacher, student and data disagree on the vocabulary.
+    FileExistsError
+        ``output_dir`` holds checkpoints and ``resume`` is off.
+    """
+    return _Run(config, comm or init_comm(gpu=config.gpu)).train()
+
+
+class _Run:
+    """The state of one pretraining run: models, optimizer, data stream, checkpoints."""
+
+    def __init__(self, config: PretrainConfig, comm: Comm):
+        config.validate()
+        self.config, self.comm = config, comm
+        self.meta = _data_settings(config)
+        self.student, self.teacher = _build(config, self.meta, comm)
+        comm.broadcast_parameters(self.student.collect_params())
+        self.params = [p for p in self.student.collect_params().values()
+                       if p.grad_req != 'null']
+        fp16 = config.dtype == 'float16'
+        if fp16:
+            self.student.cast('float16')
+        self.trainer = make_trainer(self.student.collect_params(), comm, config.optimizer,
+                                    config.lr, config.weight_decay, config.adam_epsilon,
+                                    multi_precision=fp16)
+        for p in self.params:
+            p.grad_req = 'add'  # gradient accumulation; zeroed after every update
+        self.manager = CheckpointManager(config.output_dir, comm,
+                                         keep=config.keep_checkpoints or None)
+        state = self._resume()
+        self.step = state.get('step', 0)
+        self.loss_scale = state.get('loss_scale', config.loss_scale if fp16 else 1.0)
+        masking = masking_from_meta(self.meta, config.mask_ratio, config.max_predictions)
+        self.stream = BatchStream(list_shards(config.data), comm.rank, comm.size,
+                                  config.batch_size, config.data_parts, masking, config.seed,
+                                  state.get('data_positions'), self.meta['pad_id'])
+        self.eval_set: List[MLMBatch] = []
+        eval_files = _eval_files(config) if comm.is_root else []
+        if eval_files:
+            self.eval_set = fixed_batches(eval_files, config.batch_size, masking,
+                                          config.eval_batches, pad_id=self.meta['pad_id'])
+        if config.hybridize:
+            self.student.hybridize(static_alloc=True)
+        self.metrics = MetricsLog(os.path.join(config.output_dir, 'metrics.jsonl'), comm)
+
+    def _resume(self) -> Dict:
+        latest = self.manager.latest()
+        if not latest:
+            if self.config.resume:
+                log.info('nothing to resume in %s: starting afresh', self.config.output_dir)
+            return {}
+        if not self.config.resume:
+            raise FileExistsError(f'{self.config.output_dir} already holds checkpoints (latest '
+                                  f'{latest}): pass --resume to continue it, or choose another '
+                                  f'output_dir')
+        state = self.manager.load(latest, self.student, self.trainer)
+        with open(os.path.join(latest, 'config.json')) as f:
+            saved = json.load(f)
+        changed = sorted(k for k, v in dataclasses.asdict(self.config).items()
+                         if k != 'resume' and saved.get(k) != v)
+        if changed:
+            log.warning('resuming with changed settings %s: the run will not repeat an '
+                        'uninterrupted one', changed)
+        log.info('resumed from %s at step %d', latest, state['step'])
+        return state
+
+    def train(self) -> Dict:
+        config, comm = self.config, self.comm
+        window = np.zeros(7)  # mlm, kd, total (token sums), correct, count, tokens, teacher s
+        tick, last = time.time(), {}
+        bar = progress(total=config.total_steps, initial=self.step, comm=comm, desc='pretrain',
+                       unit='step')
+        while self.step < config.total_steps:
+            lr, norm, sums = self._optimizer_step()
+            self.step += 1
+            window += sums
+            bar.update(1)
+            if self.step % config.log_interval == 0 or self.step == config.total_steps:
+                last = window_record(window, time.time() - tick, self.step, lr, norm)
+                self.metrics.write(last)
+                bar.set_postfix(mlm=f'{last["mlm_loss"]:.3f}', acc=f'{last["mlm_acc"]:.3f}')
+                window, tick = np.zeros(7), time.time()
+            if self.step % config.eval_interval == 0 or self.step == config.total_steps:
+                last.update(self._evaluate())
+            if self.step % config.checkpoint_interval == 0 or self.step == config.total_steps:
+                self._checkpoint()
+        bar.close()
+        return self._finish(last)
+
+    def _optimizer_step(self):
+        """One update: reseed, set the rate, accumulate, check, clip and apply."""
+        config, comm, step = self.config, self.comm, self.step
+        mx.random.seed(step_seed(config.seed, step, comm.rank))  # dropout, reproducibly
+        lr = learning_rate(step, config.total_steps, config.lr, config.warmup_ratio,
+                           config.schedule)
+        self.trainer.set_learning_rate(lr)
+        micro = [next(self.stream) for _ in range(config.accumulate)]
+        sums = accumulate_gradients(self.student, self.teacher, micro, config, comm,
+                                    self.loss_scale)
+        sums[:6] = comm.allreduce_sum(sums[:6])  # every worker takes the same decision below
+        if not math.isfinite(sums[2]):
+            raise NonFiniteLossError(
+                f'non-finite loss at step {step + 1} (mlm sum {sums[0]}, kd sum {sums[1]}): '
+                f'stopped before updating; the last good checkpoint is '
+                f'{self.manager.latest() or "none (no checkpoint written yet)"}')
+        norm = optimizer_step(self.trainer, self.params, config.max_grad_norm,
+                              scale=self.loss_scale)
+        for p in self.params:
+            p.zero_grad()
+        if not math.isfinite(norm):
+            if config.dtype != 'float16':
+                raise NonFiniteLossError(
+                    f'non-finite gradient norm at step {step + 1}: stopped before updating; '
+                    f'the last good checkpoint is {self.manager.latest() or "none"}')
+            self.loss_scale /= 2
+            log.warning('float16 overflow at step %d: update skipped, loss scale -> %g',
+                        step + 1, self.loss_scale)
+        elif config.dtype == 'float16' and (step + 1) % 2000 == 0:
+            self.loss_scale *= 2
+        return lr, norm, sums
+
+    def _evaluate(self) -> Dict:
+        if not (self.comm.is_root and self.eval_set):
+            return {}
+        record = evaluate(self.student, self.eval_set, self.comm.ctx, self.teacher,
+                          self.config.temperature)
+        self.metrics.write(dict(record, step=self.step))
+        log.info('step %d: held-out MLM accuracy %.4f, loss %.4f', self.step,
+                 record['eval_mlm_acc'], record['eval_mlm_loss'])
+        return record
+
+    def _checkpoint(self) -> None:
+        positions = {}
+        for part in self.comm.allgather_object(self.stream.positions):
+            positions.update(part)
+        self.manager.save(self.step, self.student, self.trainer, dataclasses.asdict(self.config),
+                          {'data_positions': positions, 'loss_scale': self.loss_scale})
+
+    def _finish(self, last: Dict) -> Dict:
+        """Check the workers agree, save the final model, plot; the run's summary."""
+        config, comm = self.config, self.comm
+        digests = comm.allgather_object(weights_digest(self.student))
+        if len(set(digests)) > 1:
+            log.error('the workers\' weights differ at the end: %s', digests)
+        result = dict(last, step=self.step, weights_sha1=digests[0],
+                      ranks_in_sync=len(set(digests)) == 1)
+        if comm.is_root:
+            folder = os.path.join(config.output_dir, 'model')
+            save_model(self.student, folder)
+            if os.path.isdir(self.meta.get('tokenizer', '')):
+                from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
+                load_tokenizer(self.meta['tokenizer']).save(folder)
+            self.metrics.write(dict(result, final=True))
+            if config.plot:
+                result['plot'] = plot_curves(self.metrics.path,
+                                             os.path.join(config.output_dir, 'curves.png'))
+        return result
+
+
+def _eval_files(config: PretrainConfig) -> List[str]:
+    if config.eval_data:
+        return list_shards(config.eval_data, 'eval')
+    if os.path.isdir(config.data):
+        try:
+            return list_shards(config.data, 'eval')
+        except ValueError:
+            log.warning('no held-out shards in %s: no evaluation', config.data)
+    return []

@@ -1,0 +1,148 @@
+"""Masked-LM and distillation losses.
+
+Used by the search (surrogate error e(ξ)) and by pretraining.
+
+The distillation loss is the cross-entropy between the teacher's and the student's softened
+masked-LM distributions, ``-Σ_v softmax(t/T)_v · log_softmax(s/T)_v``, averaged over the
+weighted (real) masked positions. The released Bort script differed in two ways, reproduced by
+``released_quirks=True`` for comparison only: the student's logits went through softmax
+*before* the log-softmax (softmax applied twice), and the per-position divergence was averaged
+over the vocabulary axis instead of summed. :func:`topk_soft_cross_entropy` is the same loss
+against a teacher kept as its top-k logits (the search's teacher cache).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import mxnet as mx
+
+__all__ = ['soft_cross_entropy', 'topk_soft_cross_entropy', 'masked_lm_loss', 'kd_loss',
+           'masked_accuracy']
+
+
+def soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature: float = 1.0,
+                       released_quirks: bool = False):
+    """Cross-entropy of the student's softened distribution against the teacher's.
+
+    Parameters
+    ----------
+    F : mx.nd or mx.sym
+    student_logits : (batch_size, num_masked, vocab_size)
+    teacher_logits : (batch_size, num_masked, vocab_size)
+    weights : (batch_size, num_masked)
+        1 for real masked positions, 0 for padding.
+    temperature : float
+    released_quirks : bool
+        Reproduce the released script's loss (softmax applied twice to the student; mean over
+        the vocabulary axis). Off by default.
+
+    Returns
+    -------
+    loss : scalar NDArray
+        Mean over the weighted positions (0 when there are none).
+    """
+    teacher_prob = F.softmax(teacher_logits / temperature, axis=-1)
+    student = student_logits / temperature
+    if released_quirks:
+        student = F.softmax(student, axis=-1)
+    log_prob = F.log_softmax(student, axis=-1)
+    per_token = teacher_prob * log_prob
+    per_position = -(F.mean(per_token, axis=-1) if released_quirks else F.sum(per_token, axis=-1))
+    return F.sum(per_position * weights) / F.maximum(F.sum(weights), 1.0)
+
+
+
+def topk_soft_cross_entropy(student_logits: mx.nd.NDArray, topk_logits: mx.nd.NDArray,
+                            topk_ids: mx.nd.NDArray, temperature: float = 1.0,
+                            logsumexp: Optional[mx.nd.NDArray] = None) -> mx.nd.NDArray:
+    """Cross-entropy against a teacher kept as its top-k logits (a compressed target).
+
+    The student's distribution ``p = softmax(s / T)`` is over the whole vocabulary. The
+    teacher's is rebuilt from its k largest logits ``l``:
+
+    - with ``logsumexp`` (of the teacher's full ``l / T``, per position): the top-k tokens keep
+      their exact probabilities ``q_j = exp(l_j / T − lse)`` and the remaining mass
+      ``r = 1 − Σ q_j`` is spread evenly over the other V − k tokens, so the loss is
+      ``−Σ_j q_j log p_j − r / (V − k) · Σ_{v ∉ top-k} log p_v``;
+    - without: ``q = softmax(l / T)`` renormalised over the k tokens (the tail is dropped).
+
+    With k = V both are the full :func:`soft_cross_entropy`. Imperative only (``gather_nd``);
+    differentiable in ``student_logits``.
+
+    Parameters
+    ----------
+    student_logits : (num_positions, vocab_size)
+    topk_logits : (num_positions, k) float
+        The teacher's k largest logits per position.
+    topk_ids : (num_positions, k) int
+        Their token ids.
+    temperature : float
+    logsumexp : (num_positions,) float, optional
+        ``log Σ_v exp(l_v / T)`` over the teacher's whole vocabulary.
+
+    Returns
+    -------
+    loss : scalar NDArray
+        Mean over the positions (0 when there are none).
+    """
+    num, k = topk_ids.shape
+    vocab = student_logits.shape[-1]
+    log_prob = mx.nd.log_softmax(student_logits / temperature, axis=-1)
+    rows = mx.nd.arange(num, ctx=topk_ids.context).reshape((num, 1)).broadcast_to((num, k))
+    picked = mx.nd.gather_nd(log_prob, mx.nd.stack(rows, topk_ids.astype('float32')))
+    if logsumexp is None:
+        teacher_prob = mx.nd.softmax(topk_logits / temperature, axis=-1)
+        return -(teacher_prob * picked).sum() / max(num, 1)
+    teacher_prob = mx.nd.exp(topk_logits / temperature - logsumexp.reshape((num, 1)))
+    per_position = -(teacher_prob * picked).sum(axis=-1)
+    if vocab > k:
+        rest = mx.nd.relu(1.0 - teacher_prob.sum(axis=-1))
+        tail = log_prob.sum(axis=-1) - picked.sum(axis=-1)
+        per_position = per_position - rest / (vocab - k) * tail
+    return per_position.sum() / max(num, 1)
+
+def masked_lm_loss(F, logits, labels, weights):
+    """Cross-entropy of the masked-LM logits against the original tokens.
+
+    Parameters
+    ----------
+    logits : (batch_size, num_masked, vocab_size)
+    labels : (batch_size, num_masked) int
+    weights : (batch_size, num_masked)
+
+    Returns
+    -------
+    scalar NDArray: mean over the weighted positions.
+    """
+    log_prob = F.log_softmax(logits, axis=-1)
+    nll = -F.pick(log_prob, labels, axis=-1)
+    return F.sum(nll * weights) / F.maximum(F.sum(weights), 1.0)
+
+
+def kd_loss(F, student_logits, teacher_logits, labels, weights, mlm_weight: float = 0.1,
+            kd_weight: float = 0.5, temperature: float = 2.0, released_quirks: bool = False):
+    """The pretraining objective: ``mlm_weight · MLM + kd_weight · T² · soft cross-entropy``.
+
+    The T² factor keeps the distillation gradients' scale independent of the temperature
+    (Hinton et al.). ``kd_weight = 0`` is the self-supervised baseline (the teacher is unused).
+
+    Returns
+    -------
+    (total, mlm, kd) : scalar NDArrays
+    """
+    mlm = masked_lm_loss(F, student_logits, labels, weights)
+    if kd_weight == 0 or teacher_logits is None:
+        kd = F.zeros_like(mlm)
+    else:
+        kd = soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature,
+                                released_quirks)
+    total = mlm_weight * mlm + kd_weight * temperature ** 2 * kd
+    return total, mlm, kd
+
+
+def masked_accuracy(logits, labels, weights) -> Tuple[float, float]:
+    """(correct, count) of argmax predictions at the weighted positions (numpy floats)."""
+    pred = logits.argmax(axis=-1).asnumpy() if hasattr(logits, 'asnumpy') else logits.argmax(-1)
+    labels = labels.asnumpy() if hasattr(labels, 'asnumpy') else labels
+    weights = weights.asnumpy() if hasattr(weights, 'asnumpy') else weights
+    return float(((pred == labels) * weights).sum()), float(weights.sum())

@@ -1,0 +1,350 @@
+"""Pretraining data: text files -> tokenized, length-sorted npz shards in GluonNLP's layout.
+
+Input: UTF-8 text files, one sentence a line, a blank line between documents. Every document is
+cut into sequences ``CLS s1 s2 ... SEP`` of consecutive whole sentences (RoBERTa's
+DOC-SENTENCES: no sequence crosses a document; no next-sentence pairs), at most
+``max_seq_length`` tokens; with probability ``short_seq_prob`` a sequence aims at a random shorter
+length (as BERT does), and a sentence longer than the budget is split.
+
+Output folder::
+
+    out/
+      meta.json                    # vocabulary, special ids, token and unknown counts, shard list
+      tokenizer/                   # the tokenizer the ids come from (shards travel with it)
+      train-WWW-NNNN.npz           # one or more per preparation worker WWW
+      eval-WWW-NNNN.npz            # held-out documents (``eval_fraction``), same layout
+
+Each shard holds GluonNLP's keys ``input_ids, segment_ids, masked_lm_positions, masked_lm_ids,
+masked_lm_weights, next_sentence_labels, valid_lengths`` as padded 2-D arrays (loadable without
+pickle; GluonNLP's own writer stores ragged object arrays, which :func:`read_shard` also reads when
+``allow_pickle=True``). Rows are sorted by length, so consecutive rows form length buckets. The
+stored masking is one static BERT draw, kept so GluonNLP's trainer can read the files; this
+project's trainer restores the original tokens (:func:`original_tokens`) and re-draws the masking
+every epoch.
+
+Preparation workers split the documents round-robin (document ``d`` goes to worker
+``d % num_workers``; each worker streams every input file and tokenizes only its documents) and
+write their own shards, a new one every ``shard_rows`` sequences, so there are at least
+``num_workers`` shard files and memory stays bounded whatever the input size.
+
+Token ids are looked up once per token (the released script looked them up twice, turning words
+into unknowns); the unknown-token ratio is reported and a high ratio is a warning.
+
+Command line: ``python -m bort.pretrain.prepare --tokenizer TOK_DIR --output OUT_DIR FILE ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import multiprocessing
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .masking import MaskingConfig
+from .shards import (META_FILE, META_FORMAT, SHARD_KEYS, DataFormatError, original_tokens,
+                     read_meta, read_shard, vocab_fingerprint, write_shard)
+
+# The shard layout lives in bort.pretrain.shards; its names are re-exported here for convenience.
+__all__ = ['PrepConfig', 'prepare_pretraining_data', 'iter_documents', 'document_sequences',
+           'main', 'DataFormatError', 'write_shard', 'read_shard', 'original_tokens',
+           'read_meta', 'vocab_fingerprint', 'SHARD_KEYS', 'META_FILE']
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepConfig:
+    """Settings of the data preparation.
+
+    Attributes
+    ----------
+    max_seq_length : int
+        Tokens per sequence, CLS and SEP included (RoBERTa: 512).
+    short_seq_prob : float
+        Probability that a sequence aims at a random shorter length.
+    num_workers : int
+        Preparation processes; each writes its own shards, so there are at least this many.
+    shard_rows : int
+        Sequences per shard file at most (a worker starts a new file beyond it).
+    eval_fraction : float
+        Fraction of documents written to held-out ``eval-*`` shards instead (by a hash of the
+        document index, so the split does not depend on ``num_workers``).
+    max_predictions : int
+        Width of the stored static masking (``masked_lm_*`` arrays).
+    mask_ratio : float
+        Fraction of tokens in the stored static masking.
+    max_unk_ratio : float
+        Above this unknown-token ratio, a warning.
+    seed : int
+    """
+
+    max_seq_length: int = 512
+    short_seq_prob: float = 0.1
+    num_workers: int = 1
+    shard_rows: int = 50000
+    eval_fraction: float = 0.0
+    max_predictions: int = 76
+    mask_ratio: float = 0.15
+    max_unk_ratio: float = 0.01
+    seed: int = 0
+
+
+# -- reading text --------------------------------------------------------------------------------
+def _expand_inputs(inputs: Sequence[str]) -> List[str]:
+    files: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, n) for n in os.listdir(item)
+                           if os.path.isfile(os.path.join(item, n)))
+        else:
+            found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        if not found:
+            raise DataFormatError(f'{item}: no input files there')
+        files.extend(found)
+    for path in files:
+        if not os.path.isfile(path):
+            raise DataFormatError(f'{path}: input file not found')
+        if os.path.getsize(path) == 0:
+            raise DataFormatError(f'{path}: empty input file (expected one sentence a line, '
+                                  f'a blank line between documents)')
+    return files
+
+
+def iter_documents(path: str) -> Iterator[List[str]]:
+    """The documents of one text file, streamed: lists of sentences (stripped, non-empty).
+
+    Raises
+    ------
+    DataFormatError
+        Naming the file (and line) when it is not UTF-8 text or holds no sentence at all.
+    """
+    doc: List[str] = []
+    seen = False
+    with open(path, 'rb') as f:
+        for lineno, raw in enumerate(f, 1):
+            if b'\x00' in raw:
+                raise DataFormatError(f'{path}:{lineno}: NUL byte, this is not a text file')
+            try:
+                line = raw.decode('utf-8').strip()
+            except UnicodeDecodeError as err:
+                raise DataFormatError(f'{path}:{lineno}: not UTF-8 text ({err.reason} at '
+                                      f'byte {err.start})') from None
+            if line:
+                doc.append(line)
+                seen = True
+            elif doc:
+                yield doc
+                doc = []
+    if doc:
+        yield doc
+    if not seen:
+        raise DataFormatError(f'{path}: no text (only blank lines); expected one sentence a '
+                              f'line, a blank line between documents')
+
+
+def document_sequences(sentences: Sequence[Sequence[int]], max_tokens: int,
+                       short_seq_prob: float, rng: np.random.RandomState) -> Iterator[List[int]]:
+    """Pack the token ids of one document's sentences into sequences of at most ``max_tokens``.
+
+    Whole sentences are kept together while they fit; a sentence longer than the target is cut.
+    Special tokens are not added here.
+    """
+    def target() -> int:
+        if max_tokens > 2 and rng.random_sample() < short_seq_prob:
+            return int(rng.randint(2, max_tokens + 1))
+        return max_tokens
+
+    goal, current = target(), []
+    for sentence in sentences:
+        pending = list(sentence)
+        while pending:
+            room = goal - len(current)
+            if len(pending) <= room:
+                current.extend(pending)
+                pending = []
+            elif current:
+                yield current
+                goal, current = target(), []
+            else:
+                yield pending[:goal]
+                pending = pending[goal:]
+                goal = target()
+    if current:
+        yield current
+
+
+# -- the preparation -----------------------------------------------------------------------------
+TokenizerSource = Union[str, object]
+
+
+def _load(tokenizer: TokenizerSource):
+    if isinstance(tokenizer, str):
+        from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _is_eval(doc_index: int, fraction: float, seed: int) -> bool:
+    # A multiplicative hash of the document index: the split is the same for any worker count.
+    return ((doc_index * 2654435761 + seed * 97) % 1_000_003) < fraction * 1_000_003
+
+
+@dataclass
+class _Writer:
+    """One worker's shard writer for one split; flushes every ``shard_rows`` sequences."""
+    folder: str
+    split: str
+    worker: int
+    config: PrepConfig
+    masking: MaskingConfig
+    pad_id: int
+    rng: np.random.RandomState
+    rows: List[List[int]] = field(default_factory=list)
+    files: List[Dict] = field(default_factory=list)
+
+    def add(self, ids: List[int]) -> None:
+        self.rows.append(ids)
+        if len(self.rows) >= self.config.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        lengths = np.array([len(r) for r in self.rows], dtype=np.int32)
+        tokens = np.full((len(self.rows), int(lengths.max())), self.pad_id, dtype=np.int32)
+        for i, row in enumerate(self.rows):
+            tokens[i, :len(row)] = row
+        name = f'{self.split}-{self.worker:03d}-{len(self.files):04d}.npz'
+        write_shard(os.path.join(self.folder, name), tokens, lengths, self.masking, self.rng)
+        self.files.append({'file': name, 'rows': len(self.rows), 'tokens': int(lengths.sum())})
+        self.rows = []
+
+
+def _prepare_worker(args: Tuple) -> Dict:
+    """Worker ``worker`` of ``num_workers``: documents ``d`` with ``d % num_workers == worker``."""
+    worker, files, tokenizer, folder, config = args
+    tok = _load(tokenizer)
+    config = PrepConfig(**config)
+    rng = np.random.RandomState([config.seed, worker])
+    masking = MaskingConfig(mask_id=tok.mask_id, vocab_size=tok.vocab_size,
+                            special_ids=(tok.cls_id, tok.sep_id, tok.pad_id),
+                            ratio=config.mask_ratio, max_predictions=config.max_predictions)
+    writers = {s: _Writer(folder, s, worker, config, masking, tok.pad_id, rng)
+               for s in ('train', 'eval')}
+    stats = {'documents': 0, 'sentences': 0, 'tokens': 0, 'unknown': 0}
+    doc_index = -1
+    for path in files:
+        for sentences in iter_documents(path):
+            doc_index += 1
+            if doc_index % config.num_workers != worker:
+                continue
+            ids = [tok.encode(s) for s in sentences]  # one look-up per token, no second pass
+            ids = [s for s in ids if s]
+            if not ids:
+                continue
+            stats['documents'] += 1
+            stats['sentences'] += len(ids)
+            stats['tokens'] += sum(len(s) for s in ids)
+            stats['unknown'] += sum(s.count(tok.unk_id) for s in ids)
+            split = 'eval' if _is_eval(doc_index, config.eval_fraction, config.seed) else 'train'
+            for seq in document_sequences(ids, config.max_seq_length - 2, config.short_seq_prob,
+                                          rng):
+                writers[split].add([tok.cls_id, *seq, tok.sep_id])
+    for writer in writers.values():
+        writer.flush()
+    stats['files'] = {s: w.files for s, w in writers.items()}
+    return stats
+
+
+def prepare_pretraining_data(inputs: Sequence[str], tokenizer: TokenizerSource, output: str,
+                             config: Optional[PrepConfig] = None) -> Dict:
+    """Tokenize text files into shards with ``config.num_workers`` processes.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Text files, folders (all their files) or glob patterns.
+    tokenizer : str or Tokenizer
+        A tokenizer folder (see :func:`bort.tokenizers.load.load_tokenizer`) or object; with several
+        workers a folder is loaded in each, an object is pickled to them.
+    output : str
+        The output folder (created).
+    config : PrepConfig, optional
+
+    Returns
+    -------
+    dict
+        The ``meta.json`` content: counts, unknown ratio, shard files.
+
+    Raises
+    ------
+    DataFormatError
+        Naming the file, for a missing, empty, binary or non-UTF-8 input, or when no sequence
+        results at all.
+    """
+    config = config or PrepConfig()
+    if config.max_seq_length < 3:
+        raise ValueError('max_seq_length must leave room for CLS, SEP and one token')
+    files = _expand_inputs(inputs)
+    tok = _load(tokenizer)
+    os.makedirs(output, exist_ok=True)
+    for stale in glob.glob(os.path.join(output, '*-[0-9][0-9][0-9]-[0-9][0-9][0-9][0-9].npz')):
+        os.remove(stale)
+    jobs = [(w, files, tokenizer, output, asdict(config)) for w in range(config.num_workers)]
+    if config.num_workers == 1:
+        results = [_prepare_worker(jobs[0])]
+    else:
+        with multiprocessing.get_context().Pool(config.num_workers) as pool:
+            results = pool.map(_prepare_worker, jobs)
+    totals = {k: sum(r[k] for r in results)
+              for k in ('documents', 'sentences', 'tokens', 'unknown')}
+    shards = {s: [f for r in results for f in r['files'][s]] for s in ('train', 'eval')}
+    if not shards['train']:
+        raise DataFormatError(f'no training sequence came out of {", ".join(files)} '
+                              f'(eval_fraction={config.eval_fraction})')
+    ratio = totals['unknown'] / max(totals['tokens'], 1)
+    tok.save(os.path.join(output, 'tokenizer'))
+    meta = dict(format=META_FORMAT, version=1, vocab_size=tok.vocab_size,
+                cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id, mask_id=tok.mask_id,
+                unk_id=tok.unk_id, vocab_sha1=vocab_fingerprint(tok), tokenizer='tokenizer',
+                config=asdict(config), sources=[os.path.abspath(f) for f in files],
+                unk_ratio=ratio, **totals,
+                sequences={s: sum(f['rows'] for f in v) for s, v in shards.items()},
+                shards=shards)
+    with open(os.path.join(output, META_FILE), 'w') as f:
+        json.dump(meta, f, indent=2)
+    log.info('%d documents, %d sentences, %d tokens, %d unknown (%.3f%%) -> %d train / %d eval '
+             'sequences in %d + %d shards in %s', totals['documents'], totals['sentences'],
+             totals['tokens'], totals['unknown'], 100 * ratio, meta['sequences']['train'],
+             meta['sequences']['eval'], len(shards['train']), len(shards['eval']), output)
+    if ratio > config.max_unk_ratio:
+        log.warning('%.2f%% of the tokens are unknown (threshold %.2f%%): the tokenizer does not '
+                    'fit this text (a double vocabulary look-up, as in the released script, '
+                    'gives this symptom)', 100 * ratio, 100 * config.max_unk_ratio)
+    return meta
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Command line: ``python -m bort.pretrain.prepare --tokenizer DIR --output DIR FILE ...``."""
+    parser = argparse.ArgumentParser(
+        prog='python -m bort.pretrain.prepare', description=__doc__.split('\n\n')[0])
+    parser.add_argument('inputs', nargs='+', help='text files, folders or glob patterns')
+    parser.add_argument('--tokenizer', required=True, help='tokenizer folder')
+    parser.add_argument('--output', required=True, help='output folder')
+    for f in PrepConfig.__dataclass_fields__.values():
+        parser.add_argument('--' + f.name.replace('_', '-'), type=type(f.default),
+                            default=f.default)
+    args = vars(parser.parse_args(argv))
+    from ..log import setup_logging  # pylint: disable=import-outside-toplevel
+    setup_logging()
+    config = PrepConfig(**{k: args[k] for k in PrepConfig.__dataclass_fields__})
+    return prepare_pretraining_data(args['inputs'], args['tokenizer'], args['output'], config)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,125 @@
+"""Pretraining shards: GluonNLP's npz layout, read and written, and a data folder's metadata.
+
+A shard holds the keys ``input_ids, segment_ids, masked_lm_positions, masked_lm_ids,
+masked_lm_weights, next_sentence_labels, valid_lengths``. This project writes them as padded
+2-D arrays (loadable without pickle), rows sorted by length, with one static BERT masking applied
+(so GluonNLP's own trainer can read them); :func:`original_tokens` undoes that masking for
+dynamic masking. GluonNLP's writer stores ragged object arrays: :func:`read_shard` reads those
+too when ``allow_pickle=True`` (only for files you trust).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Dict
+
+import numpy as np
+
+from .masking import MaskingConfig, mask_tokens
+
+__all__ = ['DataFormatError', 'SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard',
+           'read_shard', 'original_tokens', 'read_meta', 'vocab_fingerprint']
+
+SHARD_KEYS = ('input_ids', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
+              'masked_lm_weights', 'next_sentence_labels', 'valid_lengths')
+META_FILE = 'meta.json'
+META_FORMAT = 'bort-pretrain-shards'
+
+
+class DataFormatError(ValueError):
+    """An input text file or shard that cannot be used; the message names the file."""
+
+
+def write_shard(path: str, token_ids: np.ndarray, valid_lengths: np.ndarray,
+                masking: MaskingConfig, rng: np.random.RandomState) -> None:
+    """Write sequences as a GluonNLP-layout shard (rows sorted by length, one static masking).
+
+    Parameters
+    ----------
+    path : str
+    token_ids : (num_rows, seq_len) int
+        Original tokens, padded.
+    valid_lengths : (num_rows,) int
+    masking : MaskingConfig
+        The stored static masking (``masked_lm_*`` arrays of width ``max_predictions``).
+    rng : np.random.RandomState
+    """
+    order = np.argsort(valid_lengths, kind='stable')
+    token_ids, valid_lengths = token_ids[order], valid_lengths[order]
+    masked, positions, labels, weights = mask_tokens(token_ids, valid_lengths, masking, rng)
+    arrays = {'input_ids': masked.astype(np.int32),
+              'segment_ids': np.zeros_like(token_ids, dtype=np.int32),
+              'masked_lm_positions': positions, 'masked_lm_ids': labels,
+              'masked_lm_weights': weights,
+              'next_sentence_labels': np.zeros(len(token_ids), dtype=np.int32),
+              'valid_lengths': valid_lengths.astype(np.int32)}
+    tmp = path + '.tmp.npz'
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _pad_ragged(values: np.ndarray, dtype) -> np.ndarray:
+    width = max((len(v) for v in values), default=0)
+    out = np.zeros((len(values), width), dtype=dtype)
+    for i, v in enumerate(values):
+        out[i, :len(v)] = v
+    return out
+
+
+def read_shard(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
+    """The seven arrays of a shard, as padded 2-D arrays (1-D for the per-row ones).
+
+    ``allow_pickle`` admits GluonNLP's ragged object arrays (only for files you trust).
+    """
+    try:
+        with np.load(path, allow_pickle=allow_pickle) as data:
+            missing = [k for k in SHARD_KEYS if k not in data.files]
+            if missing:
+                raise DataFormatError(f'{path}: not a pretraining shard, keys {missing} missing')
+            arrays = {k: data[k] for k in SHARD_KEYS}
+    except ValueError as err:
+        if 'allow_pickle' in str(err):
+            raise DataFormatError(f'{path}: stores ragged object arrays (GluonNLP\'s writer); '
+                                  f'read it with allow_pickle=True if you trust the file') from None
+        raise DataFormatError(f'{path}: unreadable shard ({err})') from None
+    except (OSError, EOFError) as err:
+        raise DataFormatError(f'{path}: unreadable shard ({err})') from None
+    for key, value in arrays.items():
+        if value.dtype == object:
+            arrays[key] = _pad_ragged(value, np.float32 if key.endswith('weights') else np.int32)
+    rows = len(arrays['valid_lengths'])
+    if any(len(v) != rows for v in arrays.values()):
+        raise DataFormatError(f'{path}: arrays disagree on the number of rows')
+    return arrays
+
+
+def original_tokens(arrays: Dict[str, np.ndarray]) -> np.ndarray:
+    """The unmasked tokens of a shard: ``input_ids`` with the stored masking undone.
+
+    Returns
+    -------
+    (num_rows, seq_len) int32
+    """
+    tokens = arrays['input_ids'].astype(np.int32, copy=True)
+    rows, cols = np.nonzero(arrays['masked_lm_weights'] > 0)
+    tokens[rows, arrays['masked_lm_positions'][rows, cols]] = arrays['masked_lm_ids'][rows, cols]
+    return tokens
+
+
+def read_meta(folder: str) -> Dict:
+    """The ``meta.json`` of a prepared data folder."""
+    path = os.path.join(folder, META_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} not found: is {folder} a folder written by '
+                                f'`python -m bort.pretrain.prepare`?')
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get('format') != META_FORMAT:
+        raise DataFormatError(f'{path}: not a {META_FORMAT} file')
+    return meta
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """SHA-1 of the vocabulary in id order: equal sizes are not enough to share a vocabulary."""
+    return hashlib.sha1('\n'.join(tokenizer.tokens).encode('utf-8')).hexdigest()

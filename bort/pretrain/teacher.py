@@ -1,0 +1,143 @@
+"""The teacher side of distillation: a frozen masked-LM model, and the vocabulary checks.
+
+A teacher is any :class:`~bort.model.BortModel` with an MLM head (it may be much larger than the
+student: only its output distribution over the vocabulary matters). It runs without gradients
+and in inference mode (no dropout). Teacher and student must share the vocabulary: same size, and,
+when both sides name their tokenizer, the same tokens in the same order.
+
+Typical use (also by the search, which scores every candidate against the same teacher)::
+
+    teacher = Teacher.load(folder, vocab_size=meta['vocab_size'], vocab_sha1=meta['vocab_sha1'])
+    nd = batch.as_nd(ctx)                       # an MLMBatch from bort.pretrain.stream
+    t_logits = teacher.logits(nd)               # (batch, num_masked, vocab), no gradient
+    with mx.autograd.record():
+        s_logits = mlm_logits(student, nd)
+        total, mlm, kd = kd_loss(mx.nd, s_logits, t_logits, nd['labels'], nd['weights'])
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional
+
+import mxnet as mx
+
+from ..model import BortModel, load_model
+
+__all__ = ['Teacher', 'VocabularyMismatchError', 'mlm_logits', 'check_vocab_size']
+
+log = logging.getLogger(__name__)
+
+
+class VocabularyMismatchError(ValueError):
+    """Teacher, student and data do not share one vocabulary."""
+
+
+def check_vocab_size(what: str, found: int, expected: int, source: str) -> None:
+    """Raise :class:`VocabularyMismatchError` unless ``found == expected``."""
+    if found != expected:
+        raise VocabularyMismatchError(
+            f'{what} has a vocabulary of {found} tokens but the data ({source}) uses {expected}: '
+            f'distillation compares distributions over the same vocabulary, so the teacher, '
+            f'the student and the tokenizer of the shards must agree')
+
+
+def mlm_logits(model: BortModel, batch: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
+    """The masked-LM logits of ``model`` at the batch's masked positions.
+
+    Parameters
+    ----------
+    model : BortModel
+        With a decoder.
+    batch : dict
+        ``MLMBatch.as_nd()``: ``input_ids, segment_ids (batch, seq_len)``, ``valid_length
+        (batch,)``, ``positions (batch, num_masked)``.
+
+    Returns
+    -------
+    (batch_size, num_masked, vocab_size) NDArray
+    """
+    # Token types are passed only to models that embed them (a hybridized graph rejects unused
+    # inputs); valid_length follows the model's dtype (float16 on the GPU path).
+    types = batch['segment_ids'] if model.arch.token_type_vocab_size else None
+    dtype = model.word_embed[0].weight.dtype
+    out = model(batch['input_ids'], types, batch['valid_length'].astype(dtype, copy=False),
+                batch['positions'])
+    return out[-1] if isinstance(out, (list, tuple)) else out
+
+
+class Teacher:
+    """A frozen masked-LM model.
+
+    Parameters
+    ----------
+    model : BortModel
+        With an MLM head; its parameters get ``grad_req='null'``.
+    hybridize : bool
+    """
+
+    def __init__(self, model: BortModel, hybridize: bool = True):
+        if not model.has_decoder:
+            raise ValueError('the teacher has no masked-LM head (decoder): distillation needs '
+                             'its output distribution')
+        model.collect_params().setattr('grad_req', 'null')
+        if hybridize:
+            model.hybridize(static_alloc=True)
+        self.model = model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.arch.vocab_size
+
+    @classmethod
+    def load(cls, folder: str, vocab_size: int, vocab_sha1: Optional[str] = None,
+             ctx: Optional[mx.Context] = None, hybridize: bool = True) -> 'Teacher':
+        """A teacher from a model folder (``arch.json`` + ``model.params`` [+ tokenizer]).
+
+        Parameters
+        ----------
+        folder : str
+        vocab_size : int
+            The data's vocabulary size; a different teacher vocabulary is an error.
+        vocab_sha1 : str, optional
+            The data tokenizer's fingerprint (:func:`bort.pretrain.prepare.vocab_fingerprint`);
+            checked against the teacher folder's tokenizer when it has one.
+
+        Raises
+        ------
+        VocabularyMismatchError
+        """
+        model = load_model(folder, ctx=ctx)
+        check_vocab_size(f'the teacher {folder}', model.arch.vocab_size, vocab_size,
+                         'meta.json')
+        if vocab_sha1:
+            cls._check_tokens(folder, vocab_sha1)
+        log.info('teacher %s: %s, %d layers, width %d', folder, model.arch.label,
+                 model.arch.num_layers, model.arch.units)
+        return cls(model, hybridize=hybridize)
+
+    @staticmethod
+    def _check_tokens(folder: str, vocab_sha1: str) -> None:
+        # pylint: disable=import-outside-toplevel
+        from .shards import vocab_fingerprint
+        from ..tokenizers import load_tokenizer
+        try:
+            tokenizer = load_tokenizer(folder)
+        except (FileNotFoundError, ValueError, OSError):
+            log.info('the teacher folder %s has no tokenizer: only the vocabulary size is checked',
+                     folder)
+            return
+        if vocab_fingerprint(tokenizer) != vocab_sha1:
+            raise VocabularyMismatchError(
+                f'the teacher {folder} and the data have vocabularies of the same size but '
+                f'different tokens (the tokenizer saved with the teacher differs from the one '
+                f'the shards were made with): prepare the data with the teacher\'s tokenizer')
+
+    def logits(self, batch: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
+        """Teacher logits at the masked positions, outside autograd, as float32.
+
+        Returns
+        -------
+        (batch_size, num_masked, vocab_size) NDArray
+        """
+        with mx.autograd.pause(train_mode=False):
+            return mlm_logits(self.model, batch).astype('float32', copy=False)

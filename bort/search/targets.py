@@ -1,0 +1,313 @@
+"""The maximum point T: loading it, and its masked-LM outputs on the search batches.
+
+:class:`TeacherTargets` gives each candidate's trainer the teacher's distribution for a batch.
+With the cache (the default) the teacher runs once per batch, before any candidate trains; the
+outputs go to ``--out/teacher_cache/<key>/`` (one ``.npz`` per batch, written atomically, shared
+out by rank so workers compute disjoint batches) and every candidate, every worker and every
+resumed run reads them back. Without the cache the teacher runs inside every training step and
+every evaluation, as a plain distillation loop would.
+
+Storage (measured by :meth:`TeacherTargets.memory`): the training targets as the teacher's top-k
+logits (float16), their ids (int32) and the log-normaliser of the full distribution (float32),
+``6k + 4`` bytes per masked position instead of ``2V`` for the full float16 distribution; the
+loss keeps the top-k probabilities exact and spreads the rest of the mass evenly
+(:func:`bort.pretrain.losses.topk_soft_cross_entropy`). The held-out targets are always kept in full
+(float16), so e(ξ) is the exact cross-entropy.
+
+Measured on the MiniLM teacher (V = 30,522, a flat distribution: its top 64 tokens hold 62 % of
+the mass, its top 1024 91 %), candidate <2, 4, 256, 512>, 60 steps of 16 × 64 tokens:
+
+=============================  ==========  ==================  ======
+training targets               cache (MB)  e (nats)            vs full
+=============================  ==========  ==================  ======
+full float16                   468         6.816               —
+top-1024 + even tail (default) 74          6.823               +0.1 %
+top-256 + even tail            41          6.927               +1.6 %
+top-64 + even tail             33          7.190               +5.5 %
+top-64 renormalised            33          7.358               +7.9 %
+=============================  ==========  ==================  ======
+
+(29 MB of each cache are the full held-out targets.) A peakier teacher needs a smaller k.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import mxnet as mx
+import numpy as np
+
+from ..pretrain.losses import soft_cross_entropy, topk_soft_cross_entropy
+from ..distributed import Comm
+from ..pretrain.teacher import Teacher, check_vocab_size
+from ..model import BortModel, load_model
+from ..pretrain.stream import MLMBatch
+from ..tokenizers import Tokenizer, load_tokenizer
+from .data import SearchData
+
+__all__ = ['load_teacher', 'TeacherTargets', 'real_rows']
+
+log = logging.getLogger(__name__)
+
+
+def weights_digest(folder: str) -> str:
+    """SHA-1 of a model folder's weights file (what a teacher spec resolved to)."""
+    digest = hashlib.sha1()
+    with open(os.path.join(folder, 'model.params'), 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def load_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, str]:
+    """The teacher model (with MLM head), its tokenizer and its folder.
+
+    Parameters
+    ----------
+    spec : str
+        ``'minilm'`` (all-MiniLM-L6-v2 MLM-adapted, see :mod:`bort.pretrain.default_teacher`; built once under
+        ``cache_dir/teachers``), ``'minilm-head'`` (the same encoder frozen, with only a fitted
+        MLM head: a much weaker masked-LM teacher), a project model folder (``arch.json`` + ``model.params``), or a
+        Hugging Face folder (``config.json``; imported once under ``cache_dir/imported``).
+    cache_dir : str
+
+    Raises
+    ------
+    ValueError
+        When the teacher has no MLM head or its vocabulary differs from its tokenizer's.
+    """
+    # pylint: disable=import-outside-toplevel
+    if spec == 'minilm':
+        from ..pretrain.default_teacher import adapted_minilm_teacher
+        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'))
+    elif spec == 'minilm-head':
+        from ..pretrain.default_teacher import minilm_teacher
+        folder = minilm_teacher(os.path.join(cache_dir, 'teachers'))
+    elif os.path.isfile(os.path.join(spec, 'arch.json')):
+        folder = spec
+    elif os.path.isfile(os.path.join(spec, 'config.json')):
+        from ..interop.convert import import_hf
+        digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
+        folder = os.path.join(cache_dir, 'imported', f'{os.path.basename(spec)}-{digest}')
+        if not os.path.isfile(os.path.join(folder, 'model.params')):
+            import_hf(spec, folder)
+    else:
+        raise FileNotFoundError(f"teacher {spec!r}: not 'minilm' or 'minilm-head', nor a folder with arch.json "
+                                f'(project model) or config.json (Hugging Face)')
+    model = load_model(folder)
+    if not model.has_decoder:
+        raise ValueError(f'the teacher {folder} has no masked-LM head: the surrogate error needs '
+                         f'its output distribution (fit one with python -m bort.pretrain.mlm_head)')
+    tokenizer = load_tokenizer(folder)
+    check_vocab_size(f'the teacher {folder}', model.arch.vocab_size, tokenizer.vocab_size,
+                     'its tokenizer')
+    return model, tokenizer, folder
+
+
+def real_rows(batch: MLMBatch) -> np.ndarray:
+    """Flat indices of the real masked positions of a batch, into ``(batch·num_masked)`` rows."""
+    return np.flatnonzero(batch.weights.reshape(-1) > 0)
+
+
+def _teacher_rows(teacher: Teacher, batch: MLMBatch, ctx: mx.Context) -> np.ndarray:
+    """The teacher's logits at the real masked positions: ``(num_real, vocab_size)`` float32."""
+    logits = teacher.logits(batch.as_nd(ctx))
+    return logits.reshape((-1, logits.shape[-1])).asnumpy()[real_rows(batch)]
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _topk(logits: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The k largest logits per row (float16) and their ids (int32), largest first."""
+    k = min(k, logits.shape[1])
+    ids = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(logits, ids, axis=1)
+    order = np.argsort(-values, axis=1, kind='stable')
+    return (np.take_along_axis(values, order, 1).astype(np.float16),
+            np.take_along_axis(ids, order, 1).astype(np.int32))
+
+
+def _save_npz(path: str, **arrays) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Target:
+    """One batch's teacher distribution at its real masked positions."""
+
+    rows: np.ndarray                     # (num_real,) flat indices into batch·num_masked
+    logits: Optional[np.ndarray] = None  # (num_real, V) full
+    topk_logits: Optional[np.ndarray] = None  # (num_real, k)
+    topk_ids: Optional[np.ndarray] = None     # (num_real, k)
+    logsumexp: Optional[np.ndarray] = None    # (num_real,) of the full logits / T
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.logits, self.topk_logits, self.topk_ids,
+                                      self.logsumexp) if a is not None)
+
+
+class TeacherTargets:
+    """The teacher's masked-LM distribution on the search batches, cached or computed online.
+
+    Parameters
+    ----------
+    teacher : Teacher
+        The frozen maximum point (a counter of its forward calls is kept in ``calls``).
+    data : SearchData
+    ctx : mx.Context
+    folder : str, optional
+        The cache folder; None computes the outputs at every use (no cache).
+    topk : int
+        Training targets as top-k logits; 0 keeps the full distribution.
+    tail : bool
+        With top-k targets, spread the mass outside the k tokens evenly over the others
+        (default); False renormalises over the k.
+    temperature : float
+        The loss's temperature (the cached log-normaliser is taken at it).
+    """
+
+    def __init__(self, teacher: Teacher, data: SearchData, ctx: mx.Context,
+                 folder: Optional[str] = None, topk: int = 64, tail: bool = True,
+                 temperature: float = 1.0):
+        self.teacher = teacher
+        self.data = data
+        self.ctx = ctx
+        self.folder = folder
+        self.topk = topk
+        self.tail = tail
+        self.temperature = temperature
+        self.calls = 0
+        self._train: List[_Target] = []
+        self._heldout: List[_Target] = []
+
+    @property
+    def cached(self) -> bool:
+        return self.folder is not None
+
+    def _forward(self, batch: MLMBatch) -> np.ndarray:
+        self.calls += 1
+        return _teacher_rows(self.teacher, batch, self.ctx)
+
+    def _files(self) -> List[Tuple[str, MLMBatch, bool]]:
+        items = [(f'heldout-{i:05d}.npz', b, True) for i, b in enumerate(self.data.heldout)]
+        items += [(f'train-{i:05d}.npz', b, False) for i, b in enumerate(self.data.train)]
+        return [(os.path.join(self.folder, name), batch, full) for name, batch, full in items]
+
+    def build(self, comm: Comm, progress=None) -> int:
+        """Compute the missing cache files, shared out by rank; then load them all (collective).
+
+        Returns
+        -------
+        int
+            Teacher forward passes this worker ran.
+        """
+        if not self.cached:
+            return 0
+        if comm.is_root:
+            os.makedirs(self.folder, exist_ok=True)
+        comm.barrier()
+        files = self._files()
+        missing = [i for i, (path, _, _) in enumerate(files) if not os.path.exists(path)]
+        mine = comm.shard(missing)
+        before = self.calls
+        for index in (progress(mine, desc='teacher cache', unit='batch') if progress else mine):
+            path, batch, full = files[index]
+            logits = self._forward(batch)
+            if full or not self.topk:
+                _save_npz(path, logits=logits.astype(np.float16))
+            else:
+                values, ids = _topk(logits, self.topk)
+                _save_npz(path, topk_logits=values, topk_ids=ids,
+                          logsumexp=_logsumexp(logits / self.temperature).astype(np.float32))
+        comm.barrier()
+        for path, batch, full in files:
+            with np.load(path) as arrays:
+                target = _Target(real_rows(batch), **{k: arrays[k] for k in arrays.files})
+            (self._heldout if full else self._train).append(target)
+        if missing:
+            log.info('teacher cache: %d of %d batches computed (%d on this worker)',
+                     len(missing), len(files), self.calls - before)
+        else:
+            log.info('teacher cache: all %d batches read from %s', len(files), self.folder)
+        return self.calls - before
+
+    def memory(self) -> Dict[str, float]:
+        """Sizes in MB of the cached targets, and what full float16 training targets would take.
+        """
+        vocab = self.data.vocab_size
+        train_pos = sum(b.num_masked for b in self.data.train)
+        stats = {'train_positions': train_pos,
+                 'heldout_positions': sum(b.num_masked for b in self.data.heldout),
+                 'train_full_float16_mb': train_pos * vocab * 2 / 2 ** 20,
+                 'topk': self.topk if self.cached else 0}
+        if self.cached:
+            stats['train_mb'] = sum(t.nbytes() for t in self._train) / 2 ** 20
+            stats['heldout_mb'] = sum(t.nbytes() for t in self._heldout) / 2 ** 20
+            stats['disk_mb'] = sum(os.path.getsize(p) for p, _, _ in self._files()) / 2 ** 20
+        return stats
+
+    # -- losses -------------------------------------------------------------------------------
+    def train_loss(self, index: int, student_logits: mx.nd.NDArray) -> mx.nd.NDArray:
+        """Distillation loss of training batch ``index`` (inside autograd).
+
+        Parameters
+        ----------
+        student_logits : (batch_size, num_masked, vocab_size)
+        """
+        temperature = self.temperature
+        batch = self.data.train[index]
+        flat = student_logits.reshape((-1, student_logits.shape[-1]))
+        if self.cached:
+            target = self._train[index]
+            rows = mx.nd.array(target.rows, ctx=self.ctx)
+            student = mx.nd.take(flat, rows)
+            if target.topk_ids is not None:
+                lse = mx.nd.array(target.logsumexp, ctx=self.ctx) if self.tail else None
+                return topk_soft_cross_entropy(
+                    student, mx.nd.array(target.topk_logits, ctx=self.ctx),
+                    mx.nd.array(target.topk_ids, ctx=self.ctx, dtype='int32'), temperature,
+                    logsumexp=lse)
+            teacher = mx.nd.array(target.logits, ctx=self.ctx)
+        else:
+            with mx.autograd.pause():
+                teacher = mx.nd.array(self._forward(batch), ctx=self.ctx)
+            student = mx.nd.take(flat, mx.nd.array(real_rows(batch), ctx=self.ctx))
+        ones = mx.nd.ones((student.shape[0],), ctx=self.ctx)
+        return soft_cross_entropy(mx.nd, student, teacher, ones, temperature)
+
+    def heldout_entropy(self) -> float:
+        """The teacher's own entropy (nats) per held-out masked position, at the temperature:
+        the floor of any candidate's cross-entropy."""
+        total, count = 0.0, 0
+        for index, batch in enumerate(self.data.heldout):
+            logits = (self._heldout[index].logits.astype(np.float64) if self.cached
+                      else self._forward(batch).astype(np.float64)) / self.temperature
+            log_q = logits - _logsumexp(logits)[:, None]
+            total += float(-(np.exp(log_q) * log_q).sum())
+            count += len(log_q)
+        return total / max(count, 1)
+
+    def heldout_error(self, index: int, student_logits: mx.nd.NDArray) -> Tuple[float, int]:
+        """(sum of per-position cross-entropies, positions) on held-out batch ``index``,
+        against the teacher's full distribution."""
+        batch = self.data.heldout[index]
+        if self.cached:
+            teacher = self._heldout[index].logits.astype(np.float32)
+        else:
+            teacher = self._forward(batch)
+        rows = real_rows(batch)
+        flat = student_logits.reshape((-1, student_logits.shape[-1]))
+        student = mx.nd.take(flat, mx.nd.array(rows, ctx=self.ctx))
+        ones = mx.nd.ones((len(rows),), ctx=self.ctx)
+        mean = soft_cross_entropy(mx.nd, student, mx.nd.array(teacher, ctx=self.ctx), ones,
+                                  self.temperature)
+        return float(mean.asscalar()) * len(rows), len(rows)
