@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from .errors import UserError
+
 __all__ = ['Architecture', 'ArchitectureError', 'ARCHITECTURES', 'get_arch', 'register_arch',
            'save_arch', 'load_arch', 'search_space', 'PAPER_SEARCH_SPACE', 'ROBERTA_VOCAB_SIZE']
 
@@ -28,7 +30,7 @@ BERT_UNCASED_VOCAB_SIZE = 30522
 ARCH_FILE = 'arch.json'
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(UserError, ValueError):
     """An architecture tuple that cannot be built."""
 
 

@@ -17,6 +17,7 @@ import mxnet as mx
 from gluonnlp.model.bert import BERTEncoder, BERTModel
 
 from .arch import Architecture, load_arch, save_arch
+from .errors import UserError
 
 __all__ = ['BortModel', 'build_model', 'load_params', 'save_model', 'load_model',
            'CheckpointMismatchError', 'param_dict', 'count_parameters', 'PARAMS_FILE']
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 PARAMS_FILE = 'model.params'
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A weights file whose names or shapes do not fit the architecture."""
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from bort.pretrain.masking import MaskingConfig
-from bort.pretrain.prepare import (SHARD_KEYS, DataFormatError, PrepConfig, document_sequences,
-                                   iter_documents, main, original_tokens, prepare_pretraining_data,
-                                   read_meta, read_shard, write_shard)
+from bort.errors import DataFormatError
+from bort.pretrain.prepare import (SHARD_KEYS, PrepConfig, document_sequences, iter_documents, main,
+                                   original_tokens, prepare_pretraining_data, read_meta, read_shard,
+                                   write_shard)
 from pretrain_helpers import tiny_tokenizer, write_corpus
 
 

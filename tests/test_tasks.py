@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from bort.errors import DataFormatError, UserError
 from bort.finetune.castings import COPA_QUESTIONS, aggregate, balance_labels
 from bort.finetune.readers import label_counts, read_examples
-from bort.finetune.tasks import (TASKS, DataFormatError, Example, TaskSpec, TsvColumns, get_task,
-                                 task_names)
+from bort.finetune.tasks import TASKS, Example, TaskSpec, TsvColumns, get_task, task_names
 
 
 def write(path, lines):
@@ -167,7 +167,7 @@ def test_qqp_skips_broken_rows_others_raise(glue_dir):
     with pytest.raises(DataFormatError, match=r'QNLI/train\.tsv:3: expected 4') as err:
         read_examples('QNLI', glue_dir, 'train')
     assert err.value.line == 3 and err.value.path.endswith('train.tsv')
-    assert isinstance(err.value, ValueError)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, UserError)
 
 
 def test_headerless_cola_checks_column_count(glue_dir):

@@ -28,7 +28,8 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from .tasks import DataFormatError, Example, JsonFields, TaskSpec, get_task
+from ..errors import DataFormatError
+from .tasks import Example, JsonFields, TaskSpec, get_task
 
 __all__ = ['COPA_QUESTIONS', 'WSC_MARKERS', 'Source', 'cast_json_record', 'cast_race_article',
            'TaskPredictions', 'aggregate', 'balance_labels']
@@ -54,7 +55,7 @@ class Source:
 
     def error(self, reason: str) -> DataFormatError:
         """A :class:`DataFormatError` pointing at this file and line."""
-        return DataFormatError(self.path, self.line, reason)
+        return DataFormatError(reason, self.path, self.line)
 
 
 def _get(record: Any, key: str, src: Source, kind: Optional[type] = None) -> Any:

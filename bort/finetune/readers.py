@@ -9,7 +9,7 @@ One reader per file format, each driven by the task's :class:`~bort.finetune.tas
 * RACE: one JSON object per ``*.txt`` article file, read in natural file-name order.
 
 Files are read as UTF-8 (a leading byte-order mark is dropped); blank lines are skipped.
-Anything else that does not fit raises :class:`~bort.finetune.tasks.DataFormatError` naming the file and
+Anything else that does not fit raises :class:`~bort.errors.DataFormatError` naming the file and
 line. Nothing is downloaded: a missing file raises :class:`FileNotFoundError` with the path the
 official layout expects.
 """
@@ -24,7 +24,8 @@ import re
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
 from .castings import GuidFactory, Source, balance_labels, cast_json_record, cast_race_article
-from .tasks import DataFormatError, Example, JsonFields, TaskSpec, TsvColumns, get_task
+from ..errors import DataFormatError
+from .tasks import Example, JsonFields, TaskSpec, TsvColumns, get_task
 
 __all__ = ['read_examples', 'read_tsv_rows', 'read_jsonl', 'read_race_articles', 'label_counts']
 
@@ -67,7 +68,7 @@ def read_tsv_rows(path: PathLike, columns: TsvColumns,
             if expected is not None and len(fields) != expected:
                 reason = f'expected {expected} tab-separated columns, got {len(fields)}'
                 if not skip_malformed:
-                    raise DataFormatError(path, line_no, reason)
+                    raise DataFormatError(reason, path, line_no)
                 skipped += 1
                 logger.debug('skipping %s:%d: %s', path, line_no, reason)
                 continue
@@ -92,8 +93,8 @@ def read_jsonl(path: PathLike) -> Iterator[Tuple[int, Any]]:
             try:
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f'bad JSON: {err.msg} '
-                                                     f'(column {err.colno})') from None
+                raise DataFormatError(f'bad JSON: {err.msg} (column {err.colno})', path,
+                                      line_no) from None
 
 
 def _natural_key(path: str) -> List[Union[int, str]]:
@@ -121,7 +122,7 @@ def read_race_articles(data_dir: PathLike, pattern: str) -> Iterator[Tuple[str, 
         try:
             yield path, json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataFormatError(path, err.lineno, f'bad JSON: {err.msg}') from None
+            raise DataFormatError(f'bad JSON: {err.msg}', path, err.lineno) from None
 
 
 def _parse_index(value: str) -> Union[int, str]:
@@ -140,15 +141,15 @@ def _glue_examples(spec: TaskSpec, path: str, columns: TsvColumns,
                 try:
                     label = float(value)
                 except ValueError:
-                    raise DataFormatError(path, line_no, f'label {value!r} is not a number') \
-                        from None
+                    raise DataFormatError(f'label {value!r} is not a number', path,
+                                          line_no) from None
             else:
                 try:
                     label = spec.label_index(value)
                 except KeyError:
-                    raise DataFormatError(path, line_no, f'unknown label {value!r} for '
-                                                         f'{spec.name} (expected one of '
-                                                         f'{spec.labels})') from None
+                    raise DataFormatError(f'unknown label {value!r} for {spec.name} '
+                                          f'(expected one of {spec.labels})', path,
+                                          line_no) from None
         text_b = None if columns.text_b is None else fields[columns.text_b].strip()
         idx = row_number if columns.index is None else _parse_index(fields[columns.index])
         yield Example(guid(), fields[columns.text_a].strip(), text_b, label, idx=idx)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Hashable, Mapping, Optional, Tuple, Union
 
-__all__ = ['DataFormatError', 'Example', 'TsvColumns', 'JsonFields', 'TaskSpec', 'TASKS',
+__all__ = ['Example', 'TsvColumns', 'JsonFields', 'TaskSpec', 'TASKS',
            'CASTINGS', 'SUBMISSION_FORMATS', 'get_task', 'task_names']
 
 #: How the records of a task become (text_a, text_b) examples; see :mod:`bort.finetune.castings`.
@@ -39,26 +39,6 @@ CASTINGS = ('pair', 'copa', 'wsc', 'multirc', 'record', 'race')
 #: Submission writers in :mod:`bort.finetune.submission`.
 SUBMISSION_FORMATS = ('glue_tsv', 'superglue_jsonl', 'multirc_jsonl', 'record_jsonl',
                       'race_jsonl')
-
-
-class DataFormatError(ValueError):
-    """A task file does not have the official layout.
-
-    Parameters
-    ----------
-    path : str
-        The offending file.
-    line : int
-        1-based line number in ``path`` (1 for one-JSON-per-file RACE articles).
-    reason : str
-        What is wrong.
-    """
-
-    def __init__(self, path: str, line: int, reason: str):
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        super().__init__(f'{self.path}:{line}: {reason}')
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..arch import Architecture
+from ..errors import UserError
 
 __all__ = ['FAMILIES', 'UnsupportedCheckpointError', 'hf_names', 'arch_from_config',
            'config_from_arch', 'read_state_dict', 'write_safetensors', 'normalise_names',
@@ -38,7 +39,7 @@ IGNORED_SUFFIXES = ('embeddings.position_ids', 'embeddings.token_type_ids')
 DROPPED_PREFIXES = ('cls.seq_relationship.',)
 
 
-class UnsupportedCheckpointError(ValueError):
+class UnsupportedCheckpointError(UserError, ValueError):
     """A checkpoint of a model family or setting this project cannot represent."""
 
 

@@ -16,19 +16,16 @@ from typing import Dict
 
 import numpy as np
 
+from ..errors import DataFormatError
 from .masking import MaskingConfig, mask_tokens
 
-__all__ = ['DataFormatError', 'SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard',
+__all__ = ['SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard',
            'read_shard', 'original_tokens', 'read_meta', 'vocab_fingerprint']
 
 SHARD_KEYS = ('input_ids', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
               'masked_lm_weights', 'next_sentence_labels', 'valid_lengths')
 META_FILE = 'meta.json'
 META_FORMAT = 'bort-pretrain-shards'
-
-
-class DataFormatError(ValueError):
-    """An input text file or shard that cannot be used; the message names the file."""
 
 
 def write_shard(path: str, token_ids: np.ndarray, valid_lengths: np.ndarray,

@@ -26,7 +26,8 @@ import mxnet as mx
 import numpy as np
 
 from .masking import MaskingConfig, mask_tokens
-from .shards import DataFormatError, original_tokens, read_shard
+from ..errors import DataFormatError
+from .shards import original_tokens, read_shard
 
 __all__ = ['MLMBatch', 'mask_batch', 'PartStream', 'BatchStream', 'list_shards',
            'fixed_batches', 'masking_from_meta']

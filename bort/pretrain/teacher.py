@@ -21,6 +21,7 @@ from typing import Dict, Optional
 
 import mxnet as mx
 
+from ..errors import UserError
 from ..model import BortModel, load_model
 
 __all__ = ['Teacher', 'VocabularyMismatchError', 'mlm_logits', 'check_vocab_size']
@@ -28,7 +29,7 @@ __all__ = ['Teacher', 'VocabularyMismatchError', 'mlm_logits', 'check_vocab_size
 log = logging.getLogger(__name__)
 
 
-class VocabularyMismatchError(ValueError):
+class VocabularyMismatchError(UserError, ValueError):
     """Teacher, student and data do not share one vocabulary."""
 
 

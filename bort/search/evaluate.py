@@ -27,6 +27,7 @@ from ..arch import Architecture
 from ..checkpoint import write_json_atomic
 from ..costs import flops
 from ..distributed import Comm
+from ..errors import UserError
 from .config import SearchConfig
 from .inference import CostModel
 from .space import arch_key
@@ -38,7 +39,7 @@ __all__ = ['ResultStore', 'CandidateEvaluator', 'SettingsMismatchError', 'balanc
 log = logging.getLogger(__name__)
 
 
-class SettingsMismatchError(RuntimeError):
+class SettingsMismatchError(UserError, RuntimeError):
     """The output folder holds candidates trained under other settings."""
 
 
