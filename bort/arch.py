@@ -19,7 +19,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from .errors import UserError
 
 __all__ = ['Architecture', 'ArchitectureError', 'ARCHITECTURES', 'get_arch', 'register_arch',
-           'save_arch', 'load_arch', 'search_space', 'PAPER_SEARCH_SPACE', 'ROBERTA_VOCAB_SIZE']
+           'save_arch', 'load_arch', 'search_space', 'PAPER_SEARCH_SPACE', 'ROBERTA_VOCAB_SIZE',
+           'ARCH_FILE', 'BEST_ARCH_FILE']
 
 #: Size of RoBERTa's byte-level BPE vocabulary (GluonNLP ``openwebtext_ccnews_stories_books_cased``).
 ROBERTA_VOCAB_SIZE = 50265
@@ -28,6 +29,8 @@ BERT_CASED_VOCAB_SIZE = 28996
 BERT_UNCASED_VOCAB_SIZE = 30522
 
 ARCH_FILE = 'arch.json'
+#: What a search writes for its chosen architecture (``run_pretraining.py --arch`` reads it).
+BEST_ARCH_FILE = 'best_arch.json'
 
 
 class ArchitectureError(UserError, ValueError):
@@ -138,14 +141,56 @@ def register_arch(arch: Architecture) -> Architecture:
     return arch
 
 
-def get_arch(name_or_path: str) -> Architecture:
-    """A registered architecture by name, or one read from an ``arch.json`` file or folder."""
-    if name_or_path in ARCHITECTURES:
-        return ARCHITECTURES[name_or_path]
-    if os.path.exists(name_or_path):
-        return load_arch(name_or_path)
-    raise ArchitectureError(f'unknown architecture {name_or_path!r}: neither a registered name '
-                            f'({", ".join(sorted(ARCHITECTURES))}) nor an existing file')
+def get_arch(value: str) -> Architecture:
+    """The one way to name an architecture: every ``--arch`` goes through here.
+
+    Parameters
+    ----------
+    value : str
+        A registered name (see :data:`ARCHITECTURES`); an inline JSON object; a JSON file; or a
+        folder holding ``arch.json`` (a model folder) or ``best_arch.json`` (a search's output
+        folder). JSON may hold the fields directly or under ``arch`` / ``architecture`` (a row
+        of a search's ``results.json``).
+
+    Raises
+    ------
+    ArchitectureError
+        When ``value`` is none of these, or the JSON does not describe a valid architecture.
+    """
+    if value in ARCHITECTURES:
+        return ARCHITECTURES[value]
+    if value.lstrip().startswith('{'):
+        return _arch_from_json(value, 'the inline architecture')
+    path = value
+    if os.path.isdir(path):
+        path = os.path.join(value, ARCH_FILE)
+        best = os.path.join(value, BEST_ARCH_FILE)
+        if not os.path.isfile(path) and os.path.isfile(best):
+            path = best
+        if not os.path.isfile(path):
+            raise ArchitectureError(f'{value}: a folder with neither {ARCH_FILE} (a model folder) '
+                                    f'nor {BEST_ARCH_FILE} (a search\'s output)')
+    if not os.path.isfile(path):
+        raise ArchitectureError(f'unknown architecture {value!r}: neither a registered name '
+                                f'({", ".join(sorted(ARCHITECTURES))}) nor a JSON file, folder '
+                                f'or object')
+    with open(path) as f:
+        return _arch_from_json(f.read(), path)
+
+
+def _arch_from_json(text: str, source: str) -> Architecture:
+    """An architecture from JSON text, its fields at the top or under ``arch``/``architecture``.
+    """
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArchitectureError(f'{source}: not valid JSON ({err})') from None
+    if not isinstance(values, dict):
+        raise ArchitectureError(f'{source}: expected a JSON object of architecture fields')
+    for key in ('arch', 'architecture'):
+        if isinstance(values.get(key), dict):
+            values = values[key]
+    return Architecture.from_dict(values)
 
 
 def save_arch(arch: Architecture, path: str) -> str:
@@ -159,17 +204,13 @@ def save_arch(arch: Architecture, path: str) -> str:
 
 
 def load_arch(path: str) -> Architecture:
-    """Read an architecture JSON; ``path`` is a file or a folder holding ``arch.json``."""
+    """Read a model's architecture; ``path`` is a JSON file or a folder holding ``arch.json``."""
     if os.path.isdir(path):
         path = os.path.join(path, ARCH_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f'no architecture file at {path}')
     with open(path) as f:
-        try:
-            values = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ArchitectureError(f'{path}: not valid JSON ({err})') from None
-    return Architecture.from_dict(values)
+        return _arch_from_json(f.read(), path)
 
 
 # The released checkpoint (bort.params): width 1024, FFN 768.

@@ -56,3 +56,30 @@ def test_paper_search_space_has_300_valid_tuples():
     assert len(skipped) == 6 * 4 * 3 * 5 - 300
     assert all(h % a for _, a, h, _ in skipped)
     assert ARCHITECTURES['bert_base'].tuple in {a.tuple for a in valid}
+
+
+def test_get_arch_reads_every_form(tmp_path, tiny_arch):
+    """Name, inline JSON, a results row, a model folder and a search's output folder."""
+    text = json.dumps(tiny_arch.to_dict())
+    assert get_arch(text) == tiny_arch
+    (tmp_path / 'result.json').write_text(json.dumps({'rank': 1, 'arch': tiny_arch.to_dict()}))
+    assert get_arch(str(tmp_path / 'result.json')) == tiny_arch
+    assert get_arch('bort_4_8_768_1024').units == 1024
+    (tmp_path / 'search').mkdir()
+    (tmp_path / 'search' / 'best_arch.json').write_text(text)
+    assert get_arch(str(tmp_path / 'search')) == tiny_arch
+    save_arch(tiny_arch.replace(units=64), str(tmp_path / 'search'))  # a model folder wins
+    assert get_arch(str(tmp_path / 'search')).units == 64
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ArchitectureError, match='neither arch.json'):
+        get_arch(str(tmp_path / 'empty'))
+    with pytest.raises(ArchitectureError, match='not valid JSON'):
+        get_arch('{"units": ')
+
+
+def test_user_mistakes_are_user_errors():
+    from bort.errors import UserError
+    with pytest.raises(UserError):
+        get_arch('no_such_model')
+    with pytest.raises(ValueError):
+        get_arch('no_such_model')

@@ -18,8 +18,9 @@ from bort.distributed import Comm
 from bort.pretrain.teacher import Teacher, VocabularyMismatchError, mlm_logits
 from bort.model import build_model, load_model, param_dict
 from bort.optim import learning_rate
+from bort.arch import get_arch
 from bort.pretrain.loop import (NonFiniteLossError, PretrainConfig, accumulate_gradients, evaluate,
-                                pretrain, resolve_arch)
+                                pretrain)
 from bort.pretrain.prepare import read_meta
 from bort.pretrain.stream import (BatchStream, MLMBatch, fixed_batches, list_shards,
                                   masking_from_meta)
@@ -151,17 +152,6 @@ def test_same_size_other_tokens_is_an_error(tmp_path, data):
         pretrain(_config(tmp_path, data, kd_weight=0.5, teacher=str(tmp_path / 't')))
 
 
-def test_resolve_arch_forms(tmp_path):
-    arch = student_arch(50)
-    assert resolve_arch(arch_json(arch)) == arch
-    (tmp_path / 'result.json').write_text(json.dumps({'rank': 1, 'arch': arch.to_dict()}))
-    assert resolve_arch(str(tmp_path / 'result.json')) == arch
-    assert resolve_arch('bort_4_8_768_1024').units == 1024
-    (tmp_path / 'search').mkdir()
-    (tmp_path / 'search' / 'best_arch.json').write_text(arch_json(arch))
-    assert resolve_arch(str(tmp_path / 'search')) == arch
-
-
 # -- the loop -----------------------------------------------------------------------------------
 def test_distillation_run_writes_everything(tmp_path, data):
     _, tok = data
@@ -265,7 +255,7 @@ def test_config_file_with_flags_winning(tmp_path):
     config = run_pretraining.parse_config(['--config', str(cfg), '--batch-size', '5',
                                            '--data', 'd'])
     assert (config.kd_weight, config.batch_size, config.hybridize) == (0.0, 5, False)
-    assert resolve_arch(config.arch).units == 8
+    assert get_arch(config.arch).units == 8
     assert run_pretraining.parse_config(['--no-plot']).plot is False
     cfg.write_text(json.dumps({'kd-wieght': 1}))
     with pytest.raises(SystemExit):

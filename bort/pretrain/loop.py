@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-from ..arch import ARCHITECTURES, Architecture, ArchitectureError, load_arch
+from ..arch import ArchitectureError, get_arch, load_arch
 from ..checkpoint import CheckpointManager, step_seed
 from .losses import kd_loss, masked_accuracy
 from ..distributed import Comm, init_comm
@@ -46,7 +46,7 @@ from .shards import read_meta, vocab_fingerprint
 from .evaluate import evaluate, plot_curves, weights_digest, window_record
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards, masking_from_meta
 
-__all__ = ['PretrainConfig', 'pretrain', 'accumulate_gradients', 'resolve_arch',
+__all__ = ['PretrainConfig', 'pretrain', 'accumulate_gradients',
            'NonFiniteLossError', 'evaluate']
 
 log = logging.getLogger(__name__)
@@ -119,33 +119,6 @@ class PretrainConfig:
             raise ValueError('total_steps, batch_size and accumulate must be >= 1')
 
 
-def resolve_arch(value: str) -> Architecture:
-    """An architecture from a registered name, a JSON file or folder, or an inline JSON object.
-
-    A JSON object may hold the fields directly or under ``arch``/``architecture``; a folder
-    holds ``arch.json`` (a model folder) or ``best_arch.json`` (a search's output folder).
-    """
-    if value in ARCHITECTURES:
-        return ARCHITECTURES[value]
-    if value.lstrip().startswith('{'):
-        data = json.loads(value)
-    elif os.path.isdir(value):
-        best = os.path.join(value, 'best_arch.json')
-        if os.path.isfile(best) and not os.path.isfile(os.path.join(value, 'arch.json')):
-            return load_arch(best)
-        return load_arch(value)
-    elif os.path.isfile(value):
-        with open(value) as f:
-            data = json.load(f)
-    else:
-        raise ArchitectureError(f'--arch {value!r}: neither a registered name '
-                                f'({", ".join(sorted(ARCHITECTURES))}) nor a JSON file or object')
-    for key in ('arch', 'architecture'):
-        if isinstance(data.get(key), dict):
-            data = data[key]
-    return Architecture.from_dict(data)
-
-
 def _data_settings(config: PretrainConfig) -> Dict:
     """Vocabulary and special ids of the data: its meta.json, else the --tokenizer folder."""
     folder = config.data if os.path.isdir(config.data) else os.path.dirname(config.data)
@@ -165,7 +138,7 @@ def _data_settings(config: PretrainConfig) -> Dict:
 
 def _build(config: PretrainConfig, meta: Dict, comm: Comm):
     """Student (vocabulary from the data) and teacher, both checked against the data."""
-    arch = load_arch(config.init_from) if config.init_from else resolve_arch(config.arch)
+    arch = load_arch(config.init_from) if config.init_from else get_arch(config.arch)
     if config.init_from and arch.vocab_size != meta['vocab_size']:
         raise VocabularyMismatchError(f'{config.init_from} has {arch.vocab_size} tokens but the '
                                       f'data was tokenized with {meta["vocab_size"]}')

@@ -30,7 +30,7 @@ import shutil
 import time
 from typing import Callable, Dict, List, Optional
 
-from ..arch import ARCHITECTURES
+from ..arch import ARCHITECTURES, BEST_ARCH_FILE
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
 from .bo import bo_budget
@@ -38,7 +38,6 @@ from .bo_report import hypervolume_of
 from .config import SearchConfig, parse_objectives, resolve_grid
 from .inference import COSTS_FILE
 from .pareto import pareto_front, reference_point
-from .report import BEST_ARCH_FILE
 from .space import build_space
 
 __all__ = ['run_comparison', 'COMPARISON_FILE', 'COMPARISON_TABLE', 'compare_budget']

@@ -22,7 +22,7 @@ import time
 from functools import partial
 from typing import Dict, List, Optional
 
-from ..arch import ARCHITECTURES, Architecture
+from ..arch import Architecture, get_arch
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
 from ..pretrain.teacher import Teacher
@@ -144,7 +144,7 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
     # Reference rows keep the teacher's vocabulary, as RoBERTa-base is "BERT-base" in the paper.
     references = [teacher_arch.replace(num_layers=r.num_layers, num_heads=r.num_heads,
                                        units=r.units, hidden_size=r.hidden_size)
-                  for r in (ARCHITECTURES[name] for name in config.reference)]
+                  for r in (get_arch(name) for name in config.reference)]
     teacher_costs, *ref_costs = evaluator.cost_of([teacher_arch] + references)
     strategy = make_strategy(config.strategy, config)
     if comm.is_root:

@@ -13,19 +13,19 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from ..arch import Architecture, save_arch
+from ..arch import BEST_ARCH_FILE, Architecture, save_arch
 from ..checkpoint import write_json_atomic
 from .scoring import non_dominated, rank_records, w_coefficient
 
 __all__ = ['score_records', 'format_table', 'plot_pareto', 'write_outputs', 'RESULTS_FILE',
-           'TABLE_FILE', 'PLOT_FILE', 'BEST_ARCH_FILE']
+           'TABLE_FILE', 'PLOT_FILE']
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = 'results.json'
 TABLE_FILE = 'table.md'
 PLOT_FILE = 'pareto.png'
-BEST_ARCH_FILE = 'best_arch.json'
+
 
 def score_records(records: Sequence[Dict], teacher: Dict) -> List[Dict]:
     """Records with ``w`` and ``rank`` set, in rank order (copies; inputs untouched).
