@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny architectures that run every code path in milliseconds."""
+"""Shared fixtures (tiny architectures that run every code path in milliseconds) and the tiers.
+
+Tiers: the default run skips tests marked ``slow`` (whole training runs, seconds to minutes each)
+and ``horovod`` (launch ``horovodrun -np 2``); ``--all`` runs every tier (what CI does), and an
+explicit ``-m`` expression selects by marker instead (``-m slow``, ``-m horovod``).
+"""
 import os
 
 import numpy as np
@@ -10,6 +15,24 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 from bort.arch import Architecture  # noqa: E402
+
+
+TIERS = ('slow', 'horovod')
+
+
+def pytest_addoption(parser):
+    parser.addoption('--all', action='store_true', default=False,
+                     help='run every tier: also the tests marked slow and horovod')
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--all') or config.option.markexpr:
+        return
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if tiers:
+            item.add_marker(pytest.mark.skip(
+                reason=f'{"/".join(tiers)} tier: run with --all (or -m {tiers[0]})'))
 
 
 @pytest.fixture
