@@ -24,13 +24,11 @@ def pretrained(tmp_path):
 
 
 def _truncate_reference(len_a, len_b, budget):
-    """Brute force: drop one token at a time from the currently longer segment (b on ties)."""
-    while len_a + len_b > budget:
-        if len_a > len_b:
-            len_a -= 1
-        else:
-            len_b -= 1
-    return len_a, len_b
+    """Brute force over every split (kept_a, kept_b) that fits, choosing by the rule's outcome:
+    keep as many tokens as fit, then the longer kept segment as short as possible (only the
+    longer one is ever cut), and on a tie segment b is the one cut (BERT's rule)."""
+    splits = [(a, b) for a in range(len_a + 1) for b in range(len_b + 1) if a + b <= budget]
+    return min(splits, key=lambda s: (-(s[0] + s[1]), max(s), -s[0]))
 
 
 def test_wordpiece_pair_layout(wordpiece):
@@ -52,16 +50,25 @@ def test_roberta_pair_layout():
     assert types == [0, 0, 0, 0, 1, 1, 1]
 
 
+def test_truncate_reference_by_hand():
+    assert _truncate_reference(10, 3, 6) == (3, 3)
+    assert _truncate_reference(20, 20, 9) == (5, 4)
+    assert _truncate_reference(2, 9, 6) == (2, 4)
+    assert _truncate_reference(2, 2, 6) == (2, 2)
+
+
 @pytest.mark.parametrize('len_a,len_b,max_length', [(10, 3, 9), (3, 10, 9), (6, 6, 9),
-                                                    (2, 2, 9), (7, 1, 6), (20, 20, 12)])
+                                                    (2, 2, 9), (7, 1, 6), (20, 20, 12),
+                                                    (9, 9, 10), (1, 30, 9), (15, 12, 20)])
 def test_truncation_longest_first(wordpiece, len_a, len_b, max_length):
-    text_a = ' '.join(['cat'] * len_a)
-    text_b = ' '.join(['dog'] * len_b)
-    ids, _ = encode_pair(wordpiece, text_a, text_b, max_length)
-    tokens = wordpiece.convert_ids_to_tokens(ids)
+    words_a = [toy_glue.FILLER[i % len(toy_glue.FILLER)] for i in range(len_a)]
+    words_b = [toy_glue.FILLER[-1 - i % len(toy_glue.FILLER)] for i in range(len_b)]
+    ids, _ = encode_pair(wordpiece, ' '.join(words_a), ' '.join(words_b), max_length)
+    kept_a, kept_b = _truncate_reference(len_a, len_b, max_length - 3)
+    # each segment loses its last tokens: the kept ones are its beginning
+    assert wordpiece.convert_ids_to_tokens(ids) == \
+        ['[CLS]'] + words_a[:kept_a] + ['[SEP]'] + words_b[:kept_b] + ['[SEP]']
     assert len(ids) <= max_length
-    assert (tokens.count('cat'), tokens.count('dog')) == _truncate_reference(len_a, len_b,
-                                                                             max_length - 3)
 
 
 def test_truncation_leaves_room_or_fails(wordpiece):
