@@ -25,36 +25,23 @@ from bort.threads import configure_threads
 
 log = logging.getLogger('run_pretraining')
 
-HELP = {
-    'data': 'folder written by `python -m bort.pretrain.prepare` (or a glob of shards)',
-    'eval_data': "held-out shards (default: the data folder's eval-* shards)",
-    'arch': 'student: registered name, arch JSON file/folder, search result, or inline JSON',
-    'teacher': 'teacher model folder (arch.json + model.params with MLM head)',
-    'tokenizer': 'tokenizer folder, only for shards without meta.json',
-    'kd_weight': 'weight of the distillation term (0: self-supervised baseline)',
-    'released_quirks': "the released script's loss (softmax twice, vocabulary mean)",
-    'batch_size': 'sequences per worker per micro-batch',
-    'accumulate': 'micro-batches per optimizer step',
-    'data_parts': 'data order parts (0: number of workers); keep fixed to compare worker counts',
-    'dtype': 'float16 (GPU only) or float32',
-    'resume': 'continue from the latest checkpoint in --output-dir',
-}
 
-
-def build_parser(config_cls) -> argparse.ArgumentParser:
-    """One flag per config field (``--x_y`` and ``--x-y``); booleans get --x/--no-x."""
-    from bort.cli import add_dataclass_flags  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dataclass_flags(parser, config_cls, HELP)
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`~bort.pretrain.PretrainConfig` field (``--x_y`` and ``--x-y``)."""
+    # pylint: disable=import-outside-toplevel  (nothing heavy at import time)
+    from bort.cli import add_dataclass_flags, make_parser
+    from bort.pretrain.config import PretrainConfig
+    parser = make_parser(description=__doc__.split('\n\n')[0])
+    add_dataclass_flags(parser, PretrainConfig)
     return parser
 
 
 def parse_config(argv: Optional[Sequence[str]] = None):
     """The run's :class:`~bort.pretrain.PretrainConfig` from flags and an optional JSON file."""
-    from bort.cli import parse_with_config  # pylint: disable=import-outside-toplevel
-    from bort.pretrain.loop import PretrainConfig  # pylint: disable=import-outside-toplevel
-    return PretrainConfig(**parse_with_config(build_parser(PretrainConfig), argv))
+    # pylint: disable=import-outside-toplevel
+    from bort.cli import parse_configs
+    from bort.pretrain.config import PretrainConfig
+    return parse_configs(build_parser(), [PretrainConfig], argv)[0]
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:

@@ -48,8 +48,7 @@ import time
 
 import numpy as np
 
-from bort.finetune.agora import AgoraConfig, run_agora
-from bort.finetune.loop import FinetuneConfig, finetune
+from bort.finetune import AgoraConfig, FinetuneConfig, finetune, run_agora
 from bort.finetune.evaluate import evaluate_folder
 from bort.finetune.tasks import get_task
 from bort.log import setup_logging

@@ -130,7 +130,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # pylint: disable=import-outside-toplevel
     from bort.log import setup_logging
-    from bort.pretrain.loop import PretrainConfig, pretrain
+    from bort.pretrain import PretrainConfig, pretrain
     setup_logging()
     logging.getLogger('bort.checkpoint').setLevel(logging.WARNING)
     os.makedirs(args.work_dir, exist_ok=True)

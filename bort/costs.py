@@ -9,9 +9,10 @@ Run ``python -m bort.costs`` for the paper-style size table.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .cli import emit
+from .cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
 from .arch import (ARCHITECTURES, Architecture, BERT_CASED_VOCAB_SIZE, BERT_UNCASED_VOCAB_SIZE,
                    ROBERTA_VOCAB_SIZE, iter_paper_space)
 
@@ -162,14 +163,26 @@ def format_size_table(rows: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description='Print the paper-style size table.')
-    parser.add_argument('--size', type=float, default=35.20,
-                        help='also list the search-space tuples of this size in millions '
-                             '(Table 1: A2 and A3 have 35.20M)')
-    parser.add_argument('--tolerance', type=float, default=0.025,
-                        help='relative tolerance of that match')
-    args = parser.parse_args(argv)
+@dataclass
+class SizeTableCommand:
+    """Flags of ``python -m bort.costs``: the paper-style size table."""
+
+    size: float = opt(35.20, 'also list the search-space tuples of this size in millions '
+                      '(Table 1: A2 and A3 have 35.20M)')
+    tolerance: float = opt(0.025, 'relative tolerance of that match')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bort.costs``."""
+    parser = make_parser(prog='python -m bort.costs',
+                         description='Print the paper-style size table.')
+    add_dataclass_flags(parser, SizeTableCommand)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    """``python -m bort.costs``: print the size table (and the tuples of ``--size``)."""
+    args = parse_configs(build_parser(), [SizeTableCommand], argv)[0]
     text = format_size_table(size_table())
     text += (f'\n\nSearch-space tuples within {100 * args.tolerance:.1f} % of {args.size:.2f}M '
              f'parameters (RoBERTa vocabulary, no pooler, no MLM head; equal sizes differ only '
@@ -181,4 +194,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main, (), 'bort.costs')

@@ -1,21 +1,31 @@
-"""Command lines from config dataclasses: both spellings, --config files, flags winning."""
+"""Command lines from config dataclasses: both spellings, --config files, flags winning, help
+texts and choices on every flag of every script and ``python -m`` command."""
 import argparse
+import importlib
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import pytest
 
-from bort.cli import add_dataclass_flags, option_names, parse_with_config
+from bort.cli import (add_dataclass_flags, add_subcommands, make_parser, opt, option_names,
+                      parse_configs, parse_subcommand, parse_with_config, run_main)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
 class Settings:
-    out_dir: str = 'runs/x'
-    steps: int = 10
-    lr: float = 0.1
-    resume: bool = False
-    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    out_dir: str = opt('runs/x', 'output folder')
+    steps: int = opt(10, 'steps')
+    lr: float = opt(0.1, 'learning rate, 10 % of something')
+    resume: bool = opt(False, 'resume')
+    seeds: List[int] = opt([0, 1], 'seeds')
+    mode: str = opt('a', 'mode', choices=('a', 'b'))
+    heads: Optional[int] = opt(None, 'heads (none: from the weights)')
 
 
 def _parse(argv):
@@ -29,10 +39,19 @@ def test_option_names():
     assert option_names('out_dir') == ['--out_dir', '--out-dir']
 
 
+def test_opt_copies_list_defaults_and_rejects_unknown_settings():
+    first, second = Settings(), Settings()
+    first.seeds.append(9)
+    assert second.seeds == [0, 1] and isinstance(second.seeds, list)
+    with pytest.raises(TypeError, match='choises'):
+        opt(1, 'x', choises=(1, 2))
+
+
 def test_defaults_and_both_spellings():
     assert _parse([]) == Settings()
-    assert _parse(['--out-dir', 'a', '--steps', '3', '--resume', '--seeds', '4', '5']) == \
-        Settings(out_dir='a', steps=3, resume=True, seeds=[4, 5])
+    assert _parse(['--out-dir', 'a', '--steps', '3', '--resume', '--seeds', '4', '5',
+                   '--heads', '2']) == \
+        Settings(out_dir='a', steps=3, resume=True, seeds=[4, 5], heads=2)
     assert _parse(['--out_dir', 'b', '--no-resume']).out_dir == 'b'
 
 
@@ -49,3 +68,129 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _parse(['--config', str(path)])
     assert "unknown setting 'stepz'" in capsys.readouterr().err
+
+
+def test_choices_are_enforced_on_flags_and_in_config_files(tmp_path, capsys):
+    assert _parse(['--mode', 'b']).mode == 'b'
+    with pytest.raises(SystemExit) as exit_:
+        _parse(['--mode', 'c'])
+    assert exit_.value.code == 2 and "invalid choice: 'c'" in capsys.readouterr().err
+    path = tmp_path / 'c.json'
+    path.write_text(json.dumps({'mode': 'c'}))
+    with pytest.raises(SystemExit) as exit_:
+        _parse(['--config', str(path)])
+    assert exit_.value.code == 2 and "invalid choice 'c'" in capsys.readouterr().err
+
+
+def test_a_field_without_help_is_refused():
+    @dataclass
+    class Bare:
+        steps: int = 3
+
+    with pytest.raises(TypeError, match='Bare.steps has no help'):
+        add_dataclass_flags(argparse.ArgumentParser(), Bare)
+
+
+@dataclass
+class Command:
+    """Do a thing."""
+
+    inputs: List[str] = opt([], 'input files', positional=True, nargs='+')
+    out: str = opt('', 'output folder', required=True)
+    rows: int = opt(4, 'rows')
+
+
+def test_positional_and_required_flags_and_several_configs(tmp_path, capsys):
+    parser = make_parser()
+    add_dataclass_flags(parser, Command)
+    add_dataclass_flags(parser, Settings, group='more')
+    command, settings = parse_configs(parser, [Command, Settings],
+                                      ['a', 'b', '--out', 'o', '--steps', '2'])
+    assert command == Command(inputs=['a', 'b'], out='o') and settings.steps == 2
+    with pytest.raises(SystemExit):
+        parse_configs(make_parser(), [Command], ['a'])  # no flags: nothing known
+    parser = make_parser()
+    add_dataclass_flags(parser, Command)
+    with pytest.raises(SystemExit):
+        parse_configs(parser, [Command], ['a'])  # --out is required
+    assert '--out' in capsys.readouterr().err
+    path = tmp_path / 'c.json'
+    path.write_text(json.dumps({'out': 'from_file'}))
+    parser = make_parser()
+    add_dataclass_flags(parser, Command)
+    assert parse_configs(parser, [Command], ['a', '--config', str(path)])[0].out == 'from_file'
+
+
+def test_subcommands():
+    commands = {'do': Command, 'set': Settings}
+    parser = make_parser()
+    add_subcommands(parser, commands)
+    assert parse_subcommand(parser, commands, ['do', 'x', '--out', 'o']) == \
+        ('do', Command(inputs=['x'], out='o'))
+    assert parse_subcommand(parser, commands, ['set', '--lr', '2'])[1].lr == 2.0
+
+
+def test_run_main_turns_expected_errors_into_exit_status_2(caplog):
+    def bad():
+        raise FileNotFoundError('no such file: x')
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(bad, (FileNotFoundError,), 'test')
+    assert exit_.value.code == 2 and 'no such file' in caplog.text
+    with pytest.raises(FileNotFoundError):
+        run_main(bad, (), 'test')  # a bug keeps its traceback
+
+
+# -- every script and command -----------------------------------------------------------------
+def _script(name):
+    sys.path.insert(0, REPO)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(REPO)
+
+
+PARSERS = {
+    'run_search.py': lambda: _script('run_search').build_parser(),
+    'run_pretraining.py': lambda: _script('run_pretraining').build_parser(),
+    'run_finetune.py': lambda: _script('run_finetune').build_parser(),
+    'bort.costs': lambda: importlib.import_module('bort.costs').build_parser(),
+    'bort.interop.convert': lambda: importlib.import_module('bort.interop.convert').build_parser(),
+    'bort.pretrain.prepare': lambda: importlib.import_module('bort.pretrain.prepare').build_parser(),
+    'bort.pretrain.mlm_head': lambda: importlib.import_module('bort.pretrain.mlm_head').build_parser(),
+    'bort.inference.predict': lambda: importlib.import_module('bort.inference.predict').build_parser(),
+    'bort.inference.quantize': lambda: importlib.import_module('bort.inference.quantize').build_parser(),
+}
+
+
+def _actions(parser):
+    for action in parser._actions:  # pylint: disable=protected-access
+        if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+            for child in action.choices.values():
+                yield from _actions(child)
+        elif not isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+            yield action
+
+
+@pytest.mark.parametrize('name', sorted(PARSERS))
+def test_every_flag_has_help_and_both_spellings(name):
+    parser = PARSERS[name]()
+    actions = list(_actions(parser))
+    assert actions
+    for action in actions:
+        assert action.help and action.help.strip(), f'{name}: {action.option_strings} has no help'
+        long = [s for s in action.option_strings if s.startswith('--') and
+                not s.startswith('--no-')]
+        if any('_' in s or '-' in s[2:] for s in long):
+            spelled = {s.replace('-', '_')[2:] for s in long}
+            assert len(long) == 2 and len(spelled) == 1, f'{name}: {long}'
+    parser.format_help()  # the texts format (a stray % would raise here)
+
+
+def test_a_wrong_choice_exits_with_status_2_and_one_error_line():
+    run = subprocess.run([sys.executable, os.path.join(REPO, 'run_finetune.py'), '--head', 'big'],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if 'error:' in line]
+    assert errors == ["run_finetune.py: error: argument --head: invalid choice: 'big' "
+                      "(choose from 'auto', 'linear', 'two_layer', 'released')"]

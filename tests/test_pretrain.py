@@ -19,8 +19,8 @@ from bort.pretrain.teacher import Teacher, VocabularyMismatchError, mlm_logits
 from bort.model import build_model, load_model, param_dict
 from bort.optim import learning_rate
 from bort.arch import get_arch
-from bort.pretrain.loop import (NonFiniteLossError, PretrainConfig, accumulate_gradients, evaluate,
-                                pretrain)
+from bort.pretrain.config import PretrainConfig
+from bort.pretrain.loop import NonFiniteLossError, accumulate_gradients, evaluate, pretrain
 from bort.pretrain.prepare import read_meta
 from bort.pretrain.stream import (BatchStream, MLMBatch, fixed_batches, list_shards,
                                   masking_from_meta)

@@ -80,7 +80,7 @@ def write_rte(data_dir: str, n_train: int = 64, n_dev: int = 32, n_test: int = 1
 
 def finetune_config(tmp_path, **changes):
     """A FinetuneConfig that learns the toy task in a second (data and model made if missing)."""
-    from bort.finetune.loop import FinetuneConfig
+    from bort.finetune.config import FinetuneConfig
     data, model = str(tmp_path / 'data'), str(tmp_path / 'pretrained')
     if not os.path.isdir(data):
         write_rte(data)

@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -50,13 +50,14 @@ import numpy as np
 from ..checkpoint import step_seed, write_json_atomic
 from .classifier import encode_examples, load_classifier, predict_scores
 from ..distributed import Comm
-from .loop import BEST, FinetuneConfig, finetune, load_split, remove_checkpoints
+from .config import AgoraConfig, FinetuneConfig
+from .loop import BEST, finetune, load_split, remove_checkpoints
 from ..log import MetricsLog
 from .tasks import Example, TaskSpec, get_task
 from ..tokenizers import load_tokenizer
 from .transforms import make_transform
 
-__all__ = ['AgoraConfig', 'AgoraResult', 'Teacher', 'TeacherError', 'theta_grid',
+__all__ = ['AgoraResult', 'Teacher', 'TeacherError', 'theta_grid',
            'PRUNE_RULES', 'prune_worst_ties', 'prune_worst_one', 'agora_accuracy',
            'dev_mistakes', 'check_teacher', 'run_agora', 'THETA_KEYS']
 
@@ -66,57 +67,6 @@ log = logging.getLogger(__name__)
 THETA_KEYS = ('seed', 'lr', 'weight_decay', 'warmup_ratio', 'batch_size')
 STATE_FILE = 'agora_state.json'
 Theta = Dict[str, Any]
-
-
-@dataclass
-class AgoraConfig:
-    """Agora's settings (flags of ``run_finetune.py --agora``); the grid defaults are the
-    released README's starting Θ (480 sets).
-
-    Parameters
-    ----------
-    teacher : str
-        Fine-tuned folder of the task teacher (or a fine-tuning run folder holding ``best/``).
-    min_teacher_accuracy : float
-        The teacher's dev accuracy must exceed this (2/3, the method's requirement).
-    seeds, lrs, weight_decays, warmup_ratios, batch_sizes : lists
-        Θ is their Cartesian product, in that nesting order (seeds vary fastest).
-    transform : str
-        A name in :data:`bort.finetune.transforms.TRANSFORMS`.
-    transform_fraction : float
-        Share of words/tokens a transformation changes.
-    copies : int
-        New points per dev mistake.
-    mlm_model : str
-        Masked-LM folder for ``transform='mlm'``; empty: the student's pretrained folder.
-    mlm_temperature : float
-        Temperature of the masked-LM draws.
-    prune : str
-        A name in :data:`PRUNE_RULES`.
-    replay : int
-        Re-run the last k iterations once Θ is empty (0: no replay).
-    chs : str
-        JSON object of one θ (keys :data:`THETA_KEYS`): run over that set only.
-    chs_iterations : int
-        Iterations in CHS mode.
-    """
-
-    teacher: str = ''
-    min_teacher_accuracy: float = 2 / 3
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    lrs: List[float] = field(default_factory=lambda: [1e-4, 1e-5, 9e-6])
-    weight_decays: List[float] = field(default_factory=lambda: [0.0, 10.0, 100.0, 350.0])
-    warmup_ratios: List[float] = field(default_factory=lambda: [0.35, 0.40, 0.45, 0.50])
-    batch_sizes: List[int] = field(default_factory=lambda: [8, 16])
-    transform: str = 'mlm'
-    transform_fraction: float = 0.15
-    copies: int = 1
-    mlm_model: str = ''
-    mlm_temperature: float = 1.0
-    prune: str = 'worst_ties'
-    replay: int = 0
-    chs: str = ''
-    chs_iterations: int = 3
 
 
 @dataclass

@@ -39,91 +39,26 @@ import mxnet as mx
 import numpy as np
 
 from ..checkpoint import CheckpointManager, step_seed, write_json_atomic
-from .classifier import (Encoded, HeadConfig, TaskClassifier, build_classifier, encode_examples,
+from .classifier import (Encoded, TaskClassifier, build_classifier, encode_examples,
                          load_classifier, make_batch, predict_scores, save_classifier, task_loss)
 from ..distributed import Comm
 from ..batching import bucket_batches
 from ..log import MetricsLog, progress
 from .metrics import primary_metric
 from ..optim import learning_rate, make_trainer, optimizer_step
+from .config import FinetuneConfig
 from .evaluate import BEST, evaluate
 from .readers import read_examples
 from .tasks import Example, get_task
 from ..tokenizers import load_tokenizer
 
-__all__ = ['FinetuneConfig', 'FinetuneResult', 'finetune', 'epoch_batches', 'load_split',
+__all__ = ['FinetuneResult', 'finetune', 'epoch_batches', 'load_split',
            'remove_checkpoints', 'BEST', 'CHUNK_BATCHES']
 
 log = logging.getLogger(__name__)
 
 #: Batches per length-sorted chunk of an epoch (bigger: less padding, less randomness).
 CHUNK_BATCHES = 50
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run (the flags of ``run_finetune.py``).
-
-    Parameters
-    ----------
-    task : str
-        Task name (:mod:`bort.finetune.tasks`).
-    data_dir : str
-        Folder with the benchmark's task folders in their official layouts.
-    model : str
-        Pretrained project model folder (``model.params``, ``arch.json``, tokenizer files).
-    output_dir : str
-        Run folder: ``best/``, ``checkpoints/``, ``metrics.jsonl``, ``dev_metrics.json``.
-    head : {'auto', 'linear', 'two_layer', 'released'}
-        See :mod:`bort.finetune.classifier`.
-    head_dropout, init_range : float
-        Head dropout; r of the head's U(−r, r) initialisation (released 0.5).
-    max_length : int
-        Tokens per encoded pair, special tokens included.
-    batch_size : int
-        Global batch: split over the workers.
-    lr, weight_decay, warmup_ratio, epsilon : float
-        BERT-Adam settings (weight decay is decoupled: ``lr · wd`` per step).
-    clip_norm : float
-        Global gradient-norm clip (0: none).
-    epochs : int
-        Training epochs (the budget; the paper found Bort needs 50-100 on small tasks).
-    early_stop : int
-        Stop after this many epochs without improvement of the primary metric (0: never).
-    seed : int
-        Seeds the head, the data order and the dropout masks.
-    eval_batch_size : int
-        Per-worker batch for dev and test predictions.
-    balance : bool
-        Balance the training labels (for the MultiRC/ReCoRD/RACE castings).
-    max_train_examples : int
-        Keep a random subset of this many training examples (0: all).
-    """
-
-    task: str = 'RTE'
-    data_dir: str = 'data/glue'
-    model: str = ''
-    output_dir: str = 'runs/finetune'
-    head: str = 'auto'
-    head_dropout: float = 0.1
-    init_range: float = 0.5
-    max_length: int = 512
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 110.0
-    warmup_ratio: float = 0.45
-    epsilon: float = 1e-6
-    clip_norm: float = 1.0
-    epochs: int = 3
-    early_stop: int = 0
-    seed: int = 2
-    eval_batch_size: int = 32
-    balance: bool = False
-    max_train_examples: int = 0
-
-    def head_config(self) -> HeadConfig:
-        return HeadConfig.resolve(self.task, self.head, dropout=self.head_dropout,
-                                  init_range=self.init_range, max_length=self.max_length)
 
 
 @dataclass

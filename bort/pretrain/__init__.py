@@ -1,5 +1,6 @@
 """Pretraining by knowledge distillation (SPEC section 5): data, masking, losses, teacher, loop.
 
+- :mod:`~bort.pretrain.config`: :class:`PretrainConfig`, every setting of a run (its flags);
 - :mod:`~bort.pretrain.corpus`: a corpus of real English on any machine (installed docstrings);
 - :mod:`~bort.pretrain.prepare`: text files -> npz shards (``python -m bort.pretrain.prepare``);
 - :mod:`~bort.pretrain.shards`: the shard layout and a data folder's metadata;
@@ -12,7 +13,8 @@
 - :mod:`~bort.pretrain.mlm_head`: fitting a masked-LM head onto an encoder that has none;
 - :mod:`~bort.pretrain.default_teacher`: the built-in default teacher (MLM-adapted MiniLM).
 """
-from .loop import NonFiniteLossError, PretrainConfig, pretrain
+from .config import PretrainConfig
+from .loop import NonFiniteLossError, pretrain
 from .masking import MaskingConfig, mask_tokens
 from .prepare import PrepConfig, prepare_pretraining_data
 

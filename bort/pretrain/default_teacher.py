@@ -118,7 +118,8 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
     import json  # pylint: disable=import-outside-toplevel
 
     from ..checkpoint import write_json_atomic  # pylint: disable=import-outside-toplevel
-    from .loop import PretrainConfig, pretrain  # pylint: disable=import-outside-toplevel
+    from .config import PretrainConfig  # pylint: disable=import-outside-toplevel
+    from .loop import pretrain  # pylint: disable=import-outside-toplevel
     from .prepare import PrepConfig, prepare_pretraining_data  # pylint: disable=import-outside-toplevel
     start = minilm_teacher(cache_dir, head, corpus_bytes=corpus_bytes)
     folder = f'{start}_adapted_s{steps}_b{batch_size}_l{seq_len}_seed{seed}'

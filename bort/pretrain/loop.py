@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import mxnet as mx
@@ -41,82 +40,19 @@ from ..distributed import Comm, init_comm
 from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
 from ..log import MetricsLog, progress
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
-from ..optim import SCHEDULES, learning_rate, make_trainer, optimizer_step
+from ..optim import learning_rate, make_trainer, optimizer_step
 from .shards import read_meta, vocab_fingerprint
+from .config import PretrainConfig
 from .evaluate import evaluate, plot_curves, weights_digest, window_record
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards, masking_from_meta
 
-__all__ = ['PretrainConfig', 'pretrain', 'accumulate_gradients',
-           'NonFiniteLossError', 'evaluate']
+__all__ = ['pretrain', 'accumulate_gradients', 'NonFiniteLossError', 'evaluate']
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradient became inf/NaN; training stopped before updating."""
-
-
-@dataclass
-class PretrainConfig:
-    """Every setting of a pretraining run (saved as ``config.json`` in each checkpoint).
-
-    Defaults are the released Bort script's where it had one (weights 0.1/0.5, T=2, BERT-Adam
-    lr 1e-4, eps 1e-6, wd 0.01, warmup 1 % then linear decay, clip 1.0).
-    """
-
-    data: str = ''  #: folder written by ``python -m bort.pretrain.prepare`` (or a shard glob)
-    eval_data: str = ''  #: held-out shards; default: the data folder's ``eval-*`` shards
-    output_dir: str = 'runs/pretrain'
-    arch: str = 'bort_4_8_768_1024'  #: registered name, arch JSON file/folder, or inline JSON
-    teacher: str = ''  #: teacher model folder; needed unless kd_weight is 0
-    init_from: str = ''  #: model folder whose weights (and arch) start the student, e.g. to MLM-adapt a teacher
-    tokenizer: str = ''  #: tokenizer folder, only for shards without meta.json
-    mlm_weight: float = 0.1
-    kd_weight: float = 0.5
-    temperature: float = 2.0
-    released_quirks: bool = False  #: the released loss (student softmax twice, vocab mean)
-    mask_ratio: float = 0.15
-    max_predictions: int = 76
-    optimizer: str = 'bertadam'
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    adam_epsilon: float = 1e-6
-    warmup_ratio: float = 0.01
-    schedule: str = 'linear'  #: linear, noam or constant (bort.optim.learning_rate)
-    max_grad_norm: float = 1.0  #: global-norm clipping; 0 disables
-    total_steps: int = 1000  #: optimizer steps
-    batch_size: int = 8  #: sequences per worker per micro-batch
-    accumulate: int = 1  #: micro-batches per optimizer step
-    data_parts: int = 0  #: data order parts P (0: number of workers); see bort.pretrain.stream
-    dtype: str = 'float32'  #: float16 needs --gpu (dynamic loss scaling)
-    loss_scale: float = 2.0 ** 15  #: initial dynamic loss scale (float16 only)
-    gpu: bool = False
-    seed: int = 0
-    hybridize: bool = True
-    log_interval: int = 10
-    eval_interval: int = 100
-    eval_batches: int = 16
-    checkpoint_interval: int = 100
-    keep_checkpoints: int = 0  #: newest checkpoints kept (0: all)
-    resume: bool = False
-    plot: bool = True
-
-    def validate(self) -> None:
-        if not self.data:
-            raise ValueError('no training data: set data (a folder from bort.pretrain.prepare)')
-        if self.kd_weight < 0 or self.mlm_weight < 0 or self.temperature <= 0:
-            raise ValueError('loss weights must be >= 0 and the temperature > 0')
-        if self.kd_weight > 0 and not self.teacher:
-            raise ValueError('kd_weight > 0 needs a teacher folder (or set kd_weight 0 for the '
-                             'self-supervised baseline)')
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f'schedule must be one of {SCHEDULES}')
-        if self.dtype not in ('float32', 'float16'):
-            raise ValueError("dtype must be 'float32' or 'float16'")
-        if self.dtype == 'float16' and not self.gpu:
-            raise ValueError('float16 training is for GPUs only (pass --gpu)')
-        if min(self.total_steps, self.batch_size, self.accumulate) < 1:
-            raise ValueError('total_steps, batch_size and accumulate must be >= 1')
 
 
 def _data_settings(config: PretrainConfig) -> Dict:

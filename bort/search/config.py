@@ -15,10 +15,11 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from ..arch import PAPER_SEARCH_SPACE
+from ..cli import opt
 
 __all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'OBJECTIVES', 'SAMPLERS', 'resolve_grid', 'default_cache_dir',
            'parse_objectives', 'validate_bo']
@@ -39,13 +40,6 @@ GRIDS: Dict[str, Dict[str, Tuple[int, ...]]] = {
 def default_cache_dir() -> str:
     """``$BORT_CACHE`` or ``~/.cache/bort``: where the teacher and the corpus are built once."""
     return os.environ.get('BORT_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'bort')
-
-
-def opt(default, text: str, **kwargs):
-    """A config field with its help text (``run_search.py`` turns it into a flag)."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={'help': text, **kwargs})
-    return field(default=default, metadata={'help': text, **kwargs})
 
 
 @dataclass

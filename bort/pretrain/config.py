@@ -1,0 +1,94 @@
+"""Every setting of a pretraining run, as one flat dataclass: :class:`PretrainConfig`.
+
+It is what ``run_pretraining.py`` fills from flags and ``--config FILE.json`` (each field's help
+text is its flag's) and what every checkpoint saves as ``config.json``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cli import opt
+from ..optim import SCHEDULES
+
+__all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES']
+
+#: Optimizers :func:`bort.optim.make_trainer` builds.
+OPTIMIZERS = ('bertadam', 'adam', 'sgd')
+#: Training precisions; float16 is the one mixed-precision path (GPU only).
+DTYPES = ('float32', 'float16')
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a pretraining run (saved as ``config.json`` in each checkpoint).
+
+    Defaults are the released Bort script's where it had one (weights 0.1/0.5, T=2, BERT-Adam
+    lr 1e-4, eps 1e-6, wd 0.01, warmup 1 % then linear decay, clip 1.0).
+    """
+
+    # -- inputs and outputs ----------------------------------------------------------------------
+    data: str = opt('', 'folder written by `python -m bort.pretrain.prepare` (or a glob of '
+                    'shards)')
+    eval_data: str = opt('', "held-out shards (default: the data folder's eval-* shards)")
+    output_dir: str = opt('runs/pretrain', 'run folder: checkpoints, metrics.jsonl, curves')
+    arch: str = opt('bort_4_8_768_1024', 'student: registered name, arch JSON file/folder, '
+                    'search result, or inline JSON')
+    teacher: str = opt('', 'teacher model folder (arch.json + model.params with MLM head); '
+                       'needed unless --kd_weight is 0')
+    init_from: str = opt('', 'model folder whose weights (and arch) start the student, e.g. to '
+                         'MLM-adapt a teacher')
+    tokenizer: str = opt('', 'tokenizer folder, only for shards without meta.json')
+    # -- the objective ---------------------------------------------------------------------------
+    mlm_weight: float = opt(0.1, 'weight of the masked-LM term')
+    kd_weight: float = opt(0.5, 'weight of the distillation term (0: self-supervised baseline)')
+    temperature: float = opt(2.0, 'distillation temperature T (the term is scaled by T²)')
+    released_quirks: bool = opt(False, "the released script's loss (softmax twice, vocabulary "
+                                'mean)')
+    mask_ratio: float = opt(0.15, 'fraction of tokens masked (dynamic masking, 80/10/10)')
+    max_predictions: int = opt(76, 'masked positions per sequence at most')
+    # -- the optimizer ---------------------------------------------------------------------------
+    optimizer: str = opt('bertadam', 'optimizer (bort.optim.make_trainer)', choices=OPTIMIZERS)
+    lr: float = opt(1e-4, 'peak learning rate')
+    weight_decay: float = opt(0.01, 'decoupled weight decay (none on LayerNorm and biases)')
+    adam_epsilon: float = opt(1e-6, "Adam's epsilon")
+    warmup_ratio: float = opt(0.01, 'warm-up proportion of --total_steps')
+    schedule: str = opt('linear', 'decay after warm-up (bort.optim.learning_rate)',
+                        choices=SCHEDULES)
+    max_grad_norm: float = opt(1.0, 'global gradient-norm clipping (0: none)')
+    total_steps: int = opt(1000, 'optimizer steps')
+    batch_size: int = opt(8, 'sequences per worker per micro-batch')
+    accumulate: int = opt(1, 'micro-batches per optimizer step')
+    data_parts: int = opt(0, 'data order parts (0: number of workers); keep fixed to compare '
+                          'worker counts (bort.pretrain.stream)')
+    dtype: str = opt('float32', 'float16 (GPU only, dynamic loss scaling) or float32',
+                     choices=DTYPES)
+    loss_scale: float = opt(2.0 ** 15, 'initial dynamic loss scale (float16 only)')
+    # -- the run ---------------------------------------------------------------------------------
+    gpu: bool = opt(False, 'train on the GPU (under horovodrun: the local rank\'s)')
+    seed: int = opt(0, 'seed of initialisation, data order, masking and dropout')
+    hybridize: bool = opt(True, 'hybridize the student (and teacher) for speed')
+    log_interval: int = opt(10, 'optimizer steps between training log lines')
+    eval_interval: int = opt(100, 'optimizer steps between held-out evaluations')
+    eval_batches: int = opt(16, 'held-out batches per evaluation')
+    checkpoint_interval: int = opt(100, 'optimizer steps between checkpoints')
+    keep_checkpoints: int = opt(0, 'newest checkpoints kept (0: all)')
+    resume: bool = opt(False, 'continue from the latest checkpoint in --output_dir')
+    plot: bool = opt(True, 'plot the training and held-out curves (curves.png) at the end')
+
+    def validate(self) -> None:
+        """Raise ValueError on settings that cannot run."""
+        if not self.data:
+            raise ValueError('no training data: set data (a folder from bort.pretrain.prepare)')
+        if self.kd_weight < 0 or self.mlm_weight < 0 or self.temperature <= 0:
+            raise ValueError('loss weights must be >= 0 and the temperature > 0')
+        if self.kd_weight > 0 and not self.teacher:
+            raise ValueError('kd_weight > 0 needs a teacher folder (or set kd_weight 0 for the '
+                             'self-supervised baseline)')
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f'schedule must be one of {SCHEDULES}')
+        if self.dtype not in DTYPES:
+            raise ValueError("dtype must be 'float32' or 'float16'")
+        if self.dtype == 'float16' and not self.gpu:
+            raise ValueError('float16 training is for GPUs only (pass --gpu)')
+        if min(self.total_steps, self.batch_size, self.accumulate) < 1:
+            raise ValueError('total_steps, batch_size and accumulate must be >= 1')
