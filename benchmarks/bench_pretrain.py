@@ -64,9 +64,10 @@ def step_breakdown(data: str, teacher_dir: str, batch_size: int, max_predictions
     from bort.pretrain.teacher import Teacher, mlm_logits
     from bort.model import build_model
     from bort.pretrain.shards import read_meta
-    from bort.pretrain.stream import BatchStream, list_shards, masking_from_meta
+    from bort.pretrain.masking import masking_for
+    from bort.pretrain.stream import BatchStream, list_shards
     meta = read_meta(data)
-    masking = masking_from_meta(meta, max_predictions=max_predictions)
+    masking = masking_for(meta, max_predictions=max_predictions)
     stream = BatchStream(list_shards(data), 0, 1, batch_size, 1, masking)
     batches = [next(stream) for _ in range(warmup + steps)]
     teacher = Teacher.load(teacher_dir, meta['vocab_size'])

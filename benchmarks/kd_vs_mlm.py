@@ -83,9 +83,10 @@ def teacher_metrics(teacher_dir: str, config) -> dict:
     from bort.pretrain.teacher import Teacher
     from bort.pretrain.loop import evaluate
     from bort.pretrain.prepare import read_meta
-    from bort.pretrain.stream import fixed_batches, list_shards, masking_from_meta
+    from bort.pretrain.masking import masking_for
+    from bort.pretrain.stream import fixed_batches, list_shards
     meta = read_meta(config.data)
-    masking = masking_from_meta(meta, config.mask_ratio, config.max_predictions)
+    masking = masking_for(meta, config.mask_ratio, config.max_predictions)
     batches = fixed_batches(list_shards(config.data, 'eval'), config.batch_size, masking,
                             config.eval_batches, pad_id=meta['pad_id'])
     teacher = Teacher.load(teacher_dir, meta['vocab_size'])

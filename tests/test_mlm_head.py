@@ -4,7 +4,8 @@ import json
 import mxnet as mx
 import numpy as np
 
-from bort.pretrain.mlm_head import HeadFitConfig, fit_mlm_head, main, mask_sequence, pack_sequences
+from bort.pretrain.mlm_head import (HeadFitConfig, fit_mlm_head, main, masked_features,
+                                    pack_sequences)
 from bort.model import build_model, load_model, param_dict, save_model
 from bort.tokenizers import WordPieceTokenizer
 
@@ -30,19 +31,24 @@ def _toy(tmp_path, tiny_bert_arch, rng):
     return folder, corpus, tokenizer
 
 
-def test_masking_follows_bert(rng):
+def test_masked_features_use_bert_masking(tiny_bert_arch, rng):
+    """One masking per sequence by the shared implementation: counts, labels and 80/10/10."""
     tokenizer = WordPieceTokenizer(SPECIALS + WORDS)
+    encoder = build_model(tiny_bert_arch.replace(vocab_size=tokenizer.vocab_size, max_length=64),
+                          use_decoder=False)
     ids = [2] + list(range(5, 65)) + [3]
-    masked, positions, labels = mask_sequence(ids, tokenizer, 0.15, rng)
-    assert len(positions) == 9 and 0 not in positions and len(ids) - 1 not in positions
-    assert labels == [ids[p] for p in positions]
-    assert all(m == i for k, (m, i) in enumerate(zip(masked, ids)) if k not in positions)
-    replaced = [masked[p] for p in positions]
-    assert replaced.count(tokenizer.mask_id) >= 5  # 80 % in expectation
-    draws = [mask_sequence(ids, tokenizer, 0.15, rng) for _ in range(300)]
-    kinds = np.array([[m[p] == tokenizer.mask_id, m[p] == ids[p]] for m, ps, _ in draws
-                      for p in ps])
-    assert abs(kinds[:, 0].mean() - 0.8) < 0.03 and abs(kinds[:, 1].mean() - 0.1) < 0.03
+    config = HeadFitConfig(seq_len=62, encode_batch=50)
+    feats, labels, kinds = masked_features(encoder, [ids] * 300, tokenizer, config, rng)
+    assert feats.shape == (300 * 9, tiny_bert_arch.units)  # round(0.15 · 60) per sequence
+    assert set(labels) <= set(ids[1:-1])  # CLS and SEP never chosen
+    shares = np.bincount(kinds, minlength=3) / len(kinds)
+    assert abs(shares[0] - 0.8) < 0.03 and abs(shares[1] - 0.1) < 0.03
+
+    def again(seed):
+        return masked_features(encoder, [ids] * 4, tokenizer, config,
+                               np.random.RandomState(seed))[1]
+    np.testing.assert_array_equal(again(7), again(7))
+    assert not np.array_equal(again(7), again(8))
 
 
 def test_pack_sequences_fills_up_to_length():

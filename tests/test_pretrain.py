@@ -22,8 +22,8 @@ from bort.arch import get_arch
 from bort.pretrain.config import PretrainConfig
 from bort.pretrain.loop import NonFiniteLossError, accumulate_gradients, evaluate, pretrain
 from bort.pretrain.prepare import read_meta
-from bort.pretrain.stream import (BatchStream, MLMBatch, fixed_batches, list_shards,
-                                  masking_from_meta)
+from bort.pretrain.masking import masking_for
+from bort.pretrain.stream import BatchStream, MLMBatch, fixed_batches, list_shards
 from pretrain_helpers import arch_json, prepared_data, save_teacher, student_arch, tiny_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +70,7 @@ def test_schedule_values():
 
 def test_one_process_sees_the_union_of_two_workers(data):
     folder, _ = data
-    masking = masking_from_meta(read_meta(folder), max_predictions=8)
+    masking = masking_for(read_meta(folder), max_predictions=8)
     files = list_shards(folder)
     single = BatchStream(files, 0, 1, 8, 2, masking, seed=3)
     ranks = [BatchStream(files, r, 2, 4, 0, masking, seed=3) for r in range(2)]
@@ -87,7 +87,7 @@ def test_one_process_sees_the_union_of_two_workers(data):
 
 def test_stream_resumes_from_its_position_and_remasks_each_epoch(data):
     folder, _ = data
-    masking = masking_from_meta(read_meta(folder), max_predictions=8)
+    masking = masking_for(read_meta(folder), max_predictions=8)
     files = list_shards(folder)
     stream = BatchStream(files, 0, 1, 4, 1, masking, seed=0)
     epoch0 = []
@@ -112,7 +112,7 @@ def test_stream_resumes_from_its_position_and_remasks_each_epoch(data):
 @pytest.mark.parametrize('kd_weight', [0.0, 0.5])
 def test_accumulated_micro_batches_equal_one_batch(tmp_path, data, kd_weight):
     folder, tok = data
-    masking = masking_from_meta(read_meta(folder), max_predictions=8)
+    masking = masking_for(read_meta(folder), max_predictions=8)
     stream = BatchStream(list_shards(folder), 0, 1, 3, 1, masking, seed=0)
     micro = [next(stream), next(stream)]
     teacher = Teacher.load(save_teacher(str(tmp_path / 't'), tok.vocab_size), tok.vocab_size)
@@ -300,7 +300,7 @@ def test_two_horovod_workers_match_one_process(tmp_path, data):
 
 def test_evaluate_matches_numpy(data, rng):
     folder, tok = data
-    masking = masking_from_meta(read_meta(folder), max_predictions=8)
+    masking = masking_for(read_meta(folder), max_predictions=8)
     batches = fixed_batches(list_shards(folder, 'eval'), 4, masking, 2)
     model = build_model(student_arch(tok.vocab_size))
     got = evaluate(model, batches, mx.cpu())

@@ -44,7 +44,8 @@ from ..optim import learning_rate, make_trainer, optimizer_step
 from .shards import read_meta, vocab_fingerprint
 from .config import PretrainConfig
 from .evaluate import evaluate, plot_curves, weights_digest, window_record
-from .stream import BatchStream, MLMBatch, fixed_batches, list_shards, masking_from_meta
+from .masking import masking_for
+from .stream import BatchStream, MLMBatch, fixed_batches, list_shards
 
 __all__ = ['pretrain', 'accumulate_gradients', 'NonFiniteLossError', 'evaluate']
 
@@ -200,7 +201,7 @@ class _Run:
         state = self._resume()
         self.step = state.get('step', 0)
         self.loss_scale = state.get('loss_scale', config.loss_scale if fp16 else 1.0)
-        masking = masking_from_meta(self.meta, config.mask_ratio, config.max_predictions)
+        masking = masking_for(self.meta, config.mask_ratio, config.max_predictions)
         self.stream = BatchStream(list_shards(config.data), comm.rank, comm.size,
                                   config.batch_size, config.data_parts, masking, config.seed,
                                   state.get('data_positions'), self.meta['pad_id'])

@@ -1,12 +1,20 @@
-"""Dynamic masking for the masked-LM objective (BERT's 80/10/10 rule), re-drawn every epoch."""
+"""BERT's masking for the masked-LM objective (the 80/10/10 rule): the project's one implementation.
+
+:func:`masking_for` builds the :class:`MaskingConfig` of a vocabulary and :func:`mask_tokens` draws
+a masking of a batch with it. Everything that masks uses these two: the static masking stored in
+shards (:mod:`bort.pretrain.shards`), the dynamic masking of pretraining batches, re-drawn every
+epoch (:mod:`bort.pretrain.stream`), the search's fixed batches (:mod:`bort.search.data`) and the
+MLM-head fitting (:mod:`bort.pretrain.mlm_head`).
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ['MaskingConfig', 'mask_tokens']
+__all__ = ['MaskingConfig', 'masking_for', 'mask_tokens']
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,35 @@ class MaskingConfig:
     max_predictions: int = 76
     mask_prob: float = 0.8
     random_prob: float = 0.1
+
+
+def masking_for(vocab: Union[Mapping[str, int], Any], ratio: float = 0.15,
+                max_predictions: Optional[int] = None, seq_len: Optional[int] = None
+                ) -> MaskingConfig:
+    """BERT masking over a vocabulary; CLS, SEP and padding are never masked.
+
+    Parameters
+    ----------
+    vocab : Tokenizer or mapping
+        Anything with ``mask_id, vocab_size, cls_id, sep_id, pad_id``: a tokenizer (attributes)
+        or a data folder's ``meta.json`` (keys).
+    ratio : float
+        Share of a sequence's real tokens chosen for prediction.
+    max_predictions : int, optional
+        Cap on the chosen positions per sequence. Default: ``ceil(seq_len · ratio)`` when
+        ``seq_len`` is given (the cap never binds), else BERT's 76.
+    seq_len : int, optional
+        The longest sequence that will be masked.
+    """
+    def get(name: str) -> int:
+        return int(vocab[name] if isinstance(vocab, Mapping) else getattr(vocab, name))
+
+    if max_predictions is None:
+        max_predictions = (max(1, math.ceil(seq_len * ratio)) if seq_len
+                           else MaskingConfig.max_predictions)
+    return MaskingConfig(mask_id=get('mask_id'), vocab_size=get('vocab_size'),
+                         special_ids=(get('cls_id'), get('sep_id'), get('pad_id')),
+                         ratio=ratio, max_predictions=max_predictions)
 
 
 def mask_tokens(input_ids: np.ndarray, valid_length: np.ndarray, config: MaskingConfig,

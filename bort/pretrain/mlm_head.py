@@ -3,9 +3,9 @@
 The head is GluonNLP's BERT decoder: Dense(H, H) -> GELU -> LayerNorm -> Dense(V) whose weight is
 the word embedding (tied, frozen); only the first dense layer, the LayerNorm and the output bias
 train. Because the encoder is frozen, its outputs at the masked positions are computed once
-(one BERT-style masking per sequence: 15 % of the real tokens, 80 % replaced by the mask token,
-10 % by a random token, 10 % kept) and the head is fitted on those features with Adam, which
-makes fitting cheap on a CPU.
+(one BERT-style masking per sequence, :func:`bort.pretrain.masking.mask_tokens`: 15 % of the real
+tokens, 80 % replaced by the mask token, 10 % by a random token, 10 % kept) and the head is fitted
+on those features with Adam, which makes fitting cheap on a CPU.
 
 The project's reading: the head starts from the identity (dense weight = I, bias 0) with the
 output bias set to the smoothed log unigram frequencies of the training targets, so its starting
@@ -32,9 +32,10 @@ import numpy as np
 from ..cli import emit
 from ..model import BortModel, build_model, load_model, param_dict, save_model
 from ..tokenizers import Tokenizer, load_tokenizer
+from .masking import mask_tokens, masking_for
 
-__all__ = ['HeadFitConfig', 'read_documents', 'pack_sequences', 'mask_sequence',
-           'masked_features', 'fit_mlm_head', 'main', 'REPORT_FILE']
+__all__ = ['HeadFitConfig', 'read_documents', 'pack_sequences', 'masked_features',
+           'fit_mlm_head', 'main', 'REPORT_FILE']
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class HeadFitConfig:
     seq_len: int = 128
     max_sequences: int = 1500
     heldout_fraction: float = 0.1
-    mask_prob: float = 0.15
+    mask_ratio: float = 0.15
     encode_batch: int = 16
     seed: int = 0
 
@@ -99,34 +100,6 @@ def pack_sequences(docs: Sequence[Sequence[str]], tokenizer: Tokenizer, seq_len:
     return out[:max_sequences]
 
 
-def mask_sequence(ids: Sequence[int], tokenizer: Tokenizer, prob: float,
-                  rng: np.random.RandomState) -> Tuple[List[int], List[int], List[int]]:
-    """BERT masking of one sequence.
-
-    Returns
-    -------
-    masked_ids : list of int
-        ``ids`` with the chosen positions replaced (80 % mask, 10 % random token, 10 % kept).
-    positions : list of int
-        The chosen positions (at least one; special tokens are never chosen).
-    labels : list of int
-        The original ids there.
-    """
-    candidates = [i for i, t in enumerate(ids) if t not in tokenizer.special_ids]
-    if not candidates:
-        return list(ids), [], []
-    count = max(1, int(round(prob * len(candidates))))
-    positions = sorted(rng.choice(candidates, count, replace=False).tolist())
-    masked = list(ids)
-    for pos in positions:
-        draw = rng.rand()
-        if draw < 0.8:
-            masked[pos] = tokenizer.mask_id
-        elif draw < 0.9:
-            masked[pos] = int(rng.randint(0, tokenizer.vocab_size))
-    return masked, positions, [ids[p] for p in positions]
-
-
 def masked_features(encoder: BortModel, sequences: Sequence[Sequence[int]],
                     tokenizer: Tokenizer, config: HeadFitConfig, rng: np.random.RandomState
                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,25 +116,29 @@ def masked_features(encoder: BortModel, sequences: Sequence[Sequence[int]],
     kinds : (num_masked,) int8
         What the encoder saw there: 0 the mask token, 1 a random token, 2 the original.
     """
+    masking = masking_for(tokenizer, config.mask_ratio, seq_len=config.seq_len)
     feats, labels, kinds = [], [], []
     for start in range(0, len(sequences), config.encode_batch):
-        batch = [mask_sequence(s, tokenizer, config.mask_prob, rng)
-                 for s in sequences[start:start + config.encode_batch]]
-        tokens = np.full((len(batch), config.seq_len), tokenizer.pad_id, np.float32)
-        for row, (masked, _, _) in enumerate(batch):
-            tokens[row, :len(masked)] = masked
-        valid = mx.nd.array([len(b[0]) for b in batch])
+        rows = sequences[start:start + config.encode_batch]
+        lengths = np.asarray([len(s) for s in rows], np.int32)
+        tokens = np.full((len(rows), config.seq_len), tokenizer.pad_id, np.int32)
+        for row, ids in enumerate(rows):
+            tokens[row, :len(ids)] = ids
+        masked, positions, originals, weights = mask_tokens(tokens, lengths, masking, rng)
         types = mx.nd.zeros(tokens.shape) if encoder.arch.token_type_vocab_size else None
-        out = encoder(mx.nd.array(tokens), types, valid)
+        out = encoder(mx.nd.array(masked, dtype=np.float32), types, mx.nd.array(lengths))
         seq_out = (out[0] if isinstance(out, (list, tuple)) else out).asnumpy()
-        for row, (masked, positions, ids) in enumerate(batch):
-            feats.append(seq_out[row, positions])
-            labels.extend(ids)
-            kinds.extend(0 if masked[p] == tokenizer.mask_id else 2 if masked[p] == i else 1
-                         for p, i in zip(positions, ids))
-    return (np.concatenate(feats).astype(np.float32) if feats
-            else np.zeros((0, encoder.arch.units), np.float32), np.asarray(labels, np.int64),
-            np.asarray(kinds, np.int8))
+        row_of, col_of = np.nonzero(weights > 0)
+        at = positions[row_of, col_of]
+        seen, truth = masked[row_of, at], originals[row_of, col_of]
+        feats.append(seq_out[row_of, at])
+        labels.append(truth)
+        kinds.append(np.where(seen == tokenizer.mask_id, 0, np.where(seen == truth, 2, 1)))
+    if not feats:
+        return np.zeros((0, encoder.arch.units), np.float32), np.zeros(0, np.int64), \
+            np.zeros(0, np.int8)
+    return (np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64),
+            np.concatenate(kinds).astype(np.int8))
 
 
 def _evaluate(decoder, feats: np.ndarray, labels: np.ndarray, kinds: Optional[np.ndarray] = None,

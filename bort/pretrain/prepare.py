@@ -45,7 +45,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .masking import MaskingConfig
+from .masking import MaskingConfig, masking_for
 from .shards import (META_FILE, META_FORMAT, SHARD_KEYS, DataFormatError, original_tokens,
                      read_meta, read_shard, vocab_fingerprint, write_shard)
 
@@ -231,9 +231,7 @@ def _prepare_worker(args: Tuple) -> Dict:
     tok = _load(tokenizer)
     config = PrepConfig(**config)
     rng = np.random.RandomState([config.seed, worker])
-    masking = MaskingConfig(mask_id=tok.mask_id, vocab_size=tok.vocab_size,
-                            special_ids=(tok.cls_id, tok.sep_id, tok.pad_id),
-                            ratio=config.mask_ratio, max_predictions=config.max_predictions)
+    masking = masking_for(tok, config.mask_ratio, config.max_predictions)
     writers = {s: _Writer(folder, s, worker, config, masking, tok.pad_id, rng)
                for s in ('train', 'eval')}
     stats = {'documents': 0, 'sentences': 0, 'tokens': 0, 'unknown': 0}

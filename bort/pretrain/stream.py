@@ -11,8 +11,9 @@ is the concatenation of one chunk of each. With ``P`` fixed (default: the number
 process with ``N`` times the batch sees exactly the union of what ``N`` workers see, and the
 data position (``epoch, file, chunk`` per part) is all a resume needs.
 
-:func:`mask_batch` builds one :class:`MLMBatch` from token ids; it is the piece other loops
-(the search) reuse.
+:func:`mask_batch` builds one :class:`MLMBatch` from token ids with
+:func:`bort.pretrain.masking.mask_tokens`; it is the piece other loops (the search) reuse. The
+masking settings come from :func:`bort.pretrain.masking.masking_for`.
 """
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-from .masking import MaskingConfig, mask_tokens
 from ..errors import DataFormatError
+from .masking import MaskingConfig, mask_tokens
 from .shards import original_tokens, read_shard
 
 __all__ = ['MLMBatch', 'mask_batch', 'PartStream', 'BatchStream', 'list_shards',
-           'fixed_batches', 'masking_from_meta']
+           'fixed_batches']
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +137,6 @@ def mask_batch(token_ids: np.ndarray, valid_length: np.ndarray, masking: Masking
     return MLMBatch(masked.astype(np.int32), segments.astype(np.int32),
                     valid_length.astype(np.int32), _fit_width(positions, num_masked, 0),
                     _fit_width(labels, num_masked, 0), _fit_width(weights, num_masked, 0))
-
-
-def masking_from_meta(meta: Dict, ratio: float = 0.15, max_predictions: int = 76
-                      ) -> MaskingConfig:
-    """BERT masking for the vocabulary a data folder's ``meta.json`` (or a tokenizer) describes.
-    CLS, SEP and padding are never masked."""
-    return MaskingConfig(mask_id=meta['mask_id'], vocab_size=meta['vocab_size'],
-                         special_ids=(meta['cls_id'], meta['sep_id'], meta['pad_id']),
-                         ratio=ratio, max_predictions=max_predictions)
 
 
 def list_shards(path: str, split: str = 'train') -> List[str]:

@@ -2,17 +2,17 @@
 
 Every candidate sees the same training batches in the same order and is scored on the same
 held-out batches, so the errors are comparable and the teacher's outputs on them can be computed
-once (:mod:`bort.search.teacher`). Each batch is masked once (BERT's 80/10/10), with a random
-state drawn from the seed: static masking within a search, which is what makes the cache valid.
+once (:mod:`bort.search.targets`). Each batch is masked once (BERT's 80/10/10, settings from
+:func:`bort.pretrain.masking.masking_for`), with a random state drawn from the seed: static
+masking within a search, which is what makes the cache valid.
 
 Documents are shuffled with the seed and packed into ``CLS sentences SEP`` sequences of at most
-``seq_len`` tokens (:func:`bort.pretrain.mlm_head.pack_sequences`); the first sequences are held out, the
-next ones train. A corpus too small for the requested batches is cycled, with a warning.
+``seq_len`` tokens (:func:`bort.pretrain.mlm_head.pack_sequences`); the first sequences are held
+out, the next ones train. A corpus too small for the requested batches is cycled, with a warning.
 """
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -23,7 +23,7 @@ from ..pretrain.mlm_head import pack_sequences, read_documents
 from ..pretrain.stream import MLMBatch, mask_batch
 from ..tokenizers import Tokenizer
 
-__all__ = ['SearchData', 'make_search_data', 'corpus_sequences', 'masking_for']
+__all__ = ['SearchData', 'make_search_data', 'corpus_sequences']
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,6 @@ class SearchData:
                 'train_tokens': tokens,
                 'train_masked': sum(b.num_masked for b in self.train),
                 'heldout_masked': sum(b.num_masked for b in self.heldout)}
-
-
-def masking_for(tokenizer: Tokenizer, seq_len: int, ratio: float) -> MaskingConfig:
-    """BERT masking over the tokenizer's vocabulary; CLS, SEP and padding never masked."""
-    return MaskingConfig(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
-                         special_ids=(tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id),
-                         ratio=ratio, max_predictions=max(1, math.ceil(seq_len * ratio)))
 
 
 def corpus_sequences(files: Sequence[str], tokenizer: Tokenizer, seq_len: int, count: int,

@@ -27,9 +27,10 @@ from ..checkpoint import write_json_atomic
 from ..distributed import Comm
 from ..pretrain.teacher import Teacher
 from ..log import progress as rank0_progress
+from ..pretrain.masking import masking_for
 from .compare import run_comparison
 from .config import SearchConfig, resolve_grid
-from .data import SearchData, corpus_sequences, make_search_data, masking_for
+from .data import SearchData, corpus_sequences, make_search_data
 from .evaluate import CandidateEvaluator, ResultStore
 from .inference import CostModel
 from .report import score_records, write_outputs
@@ -122,8 +123,9 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
                                  config.batch_size * (train_batches + config.heldout_batches),
                                  config.seed)
     data: SearchData = make_search_data(
-        sequences, masking_for(tokenizer, config.seq_len, config.mask_ratio), config.batch_size,
-        train_batches, config.heldout_batches, config.seed, tokenizer.pad_id, config.seq_len)
+        sequences, masking_for(tokenizer, config.mask_ratio, seq_len=config.seq_len),
+        config.batch_size, train_batches, config.heldout_batches, config.seed, tokenizer.pad_id,
+        config.seq_len)
     log.info('teacher %s <%s> from %s; search batches: %s', model.arch.label,
              ', '.join(map(str, model.arch.tuple)), teacher_folder, data.summary())
 
