@@ -6,13 +6,19 @@ A run folder holds ``step-NNNNNNN/`` folders and a ``latest`` pointer to the las
       latest                    # text: "step-0000200"
       step-0000200/
         model.params  arch.json # the weights and the architecture (bort.model.save_model)
-        trainer-rank0.states    # optimizer state, one file per worker
+        trainer-rank0.params    # optimizer state arrays, one file per worker (MXNet's
+        trainer-rank0.json      #   NDArray format) and their layout and update counts
         config.json             # the run's resolved settings
         state.json              # step, data position, metrics, anything the loop needs
-        rng.pkl                 # Python and NumPy random states of rank 0
+        rng.json                # Python and NumPy random states of rank 0
 
 A folder is written under a temporary name and renamed once complete, and the pointer is
 replaced atomically, so a crash while writing never damages the last good checkpoint.
+
+Nothing in a checkpoint is unpickled: MXNet's own ``Trainer.save_states`` pickles the optimizer
+(and loading a crafted file would run its code), so the optimizer's state arrays are written
+with ``mx.nd.save`` and everything else as JSON. Checkpoints in the earlier pickled layout
+(``rng.pkl``, ``trainer-rank*.states``) are refused with a message, never loaded.
 
 MXNet cannot save its random generator's state; loops that need bit-exact resume reseed it
 from (seed, step) at every step instead (see :func:`step_seed`).
@@ -22,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import random
 import shutil
 from typing import Any, Dict, List, Optional
@@ -33,11 +38,125 @@ import numpy as np
 from .distributed import Comm
 from .model import BortModel, load_params, save_model, PARAMS_FILE
 
-__all__ = ['CheckpointManager', 'step_seed', 'write_json_atomic']
+__all__ = ['CheckpointManager', 'step_seed', 'write_json_atomic', 'save_trainer_state',
+           'load_trainer_state', 'CheckpointFormatError']
 
 log = logging.getLogger(__name__)
 
 POINTER = 'latest'
+RNG_FILE = 'rng.json'
+TRAINER_FORMAT = 'bort-trainer-state'
+_PICKLED = ('rng.pkl', '.states')
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint folder that this version does not load (e.g. the old pickled layout)."""
+
+
+def _flatten_state(state, key: str, arrays: Dict[str, mx.nd.NDArray]):
+    """An optimizer state (None, an NDArray, or nested tuples/lists of them) -> a JSON layout,
+    its arrays stored in ``arrays`` under ``key``-derived names."""
+    if state is None:
+        return None
+    if isinstance(state, mx.nd.NDArray):
+        arrays[key] = state
+        return 'array'
+    if isinstance(state, (tuple, list)):
+        return [_flatten_state(part, f'{key}.{i}', arrays) for i, part in enumerate(state)]
+    raise CheckpointFormatError(f'cannot save an optimizer state of type {type(state).__name__}')
+
+
+def _unflatten_state(layout, key: str, arrays: Dict[str, mx.nd.NDArray], ctx: mx.Context,
+                     source: str):
+    if layout is None:
+        return None
+    if layout == 'array':
+        if key not in arrays:
+            raise CheckpointFormatError(f'{source}: optimizer state array {key!r} is missing')
+        return arrays[key].as_in_context(ctx)
+    if isinstance(layout, list):
+        return tuple(_unflatten_state(part, f'{key}.{i}', arrays, ctx, source)
+                     for i, part in enumerate(layout))
+    raise CheckpointFormatError(f'{source}: unknown optimizer state layout {layout!r}')
+
+
+def save_trainer_state(trainer: mx.gluon.Trainer, prefix: str) -> None:
+    """Write a trainer's optimizer state to ``prefix.params`` (arrays) and ``prefix.json``.
+
+    The learning rate and hyperparameters are not saved: loops rebuild the optimizer from their
+    config and set the rate every step. What is saved is what the next update reads: every
+    parameter's state arrays (Adam's moments, SGD's momentum) and the update counters.
+    """
+    # pylint: disable=protected-access
+    updater = trainer._updaters[0]
+    optimizer = updater.optimizer
+    arrays: Dict[str, mx.nd.NDArray] = {}
+    layout = {str(index): _flatten_state(state, f'state{index}', arrays)
+              for index, state in updater.states.items()}
+    meta = {'format': TRAINER_FORMAT, 'version': 1, 'optimizer': type(optimizer).__name__,
+            'num_update': int(optimizer.num_update),
+            'index_update_count': {str(k): int(v)
+                                   for k, v in optimizer._index_update_count.items()},
+            'states': layout}
+    mx.nd.save(prefix + '.params', arrays)
+    write_json_atomic(prefix + '.json', meta)
+
+
+def load_trainer_state(trainer: mx.gluon.Trainer, prefix: str, ctx: mx.Context) -> None:
+    """Restore what :func:`save_trainer_state` wrote into ``trainer`` (built with the same
+    optimizer over the same parameters).
+
+    Raises
+    ------
+    CheckpointFormatError
+        The files are not this format, or were written for another optimizer.
+    """
+    source = prefix + '.json'
+    try:
+        with open(source, encoding='utf-8') as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointFormatError(f'{source}: not valid JSON ({err.msg}, line {err.lineno})') \
+            from None
+    if not isinstance(meta, dict) or meta.get('format') != TRAINER_FORMAT:
+        raise CheckpointFormatError(f'{source}: not a {TRAINER_FORMAT} file')
+    # pylint: disable=protected-access
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    updater = trainer._updaters[0]
+    optimizer = updater.optimizer
+    if meta['optimizer'] != type(optimizer).__name__:
+        raise CheckpointFormatError(f'{source}: written for optimizer {meta["optimizer"]}, '
+                                    f'this run uses {type(optimizer).__name__}')
+    arrays = mx.nd.load(prefix + '.params') if meta['states'] else {}
+    if not isinstance(arrays, dict):
+        raise CheckpointFormatError(f'{prefix}.params: expected named arrays')
+    states = {int(k): _unflatten_state(v, f'state{k}', arrays, ctx, source)
+              for k, v in meta['states'].items()}
+    for each in trainer._updaters:
+        each.states = dict(states)
+        each.states_synced = dict.fromkeys(states, True)
+        each.optimizer = optimizer
+    optimizer.num_update = int(meta['num_update'])
+    optimizer._index_update_count = {int(k): int(v)
+                                     for k, v in meta['index_update_count'].items()}
+    optimizer.param_dict = dict(enumerate(trainer._params))
+
+
+def _rng_state() -> Dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {'python': [version, list(internal), gauss],
+            'numpy': [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -105,14 +224,13 @@ class CheckpointManager:
             os.makedirs(tmp)
         self.comm.barrier()
         if trainer is not None:
-            trainer.save_states(os.path.join(tmp, f'trainer-rank{self.comm.rank}.states'))
+            save_trainer_state(trainer, os.path.join(tmp, f'trainer-rank{self.comm.rank}'))
         self.comm.barrier()
         if self.comm.is_root:
             save_model(model, tmp)
             write_json_atomic(os.path.join(tmp, 'config.json'), config)
             write_json_atomic(os.path.join(tmp, 'state.json'), dict(state, step=step))
-            with open(os.path.join(tmp, 'rng.pkl'), 'wb') as f:
-                pickle.dump({'python': random.getstate(), 'numpy': np.random.get_state()}, f)
+            write_json_atomic(os.path.join(tmp, RNG_FILE), _rng_state())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             with open(os.path.join(self.folder, POINTER + '.tmp'), 'w') as f:
@@ -127,19 +245,31 @@ class CheckpointManager:
     def load(self, path: str, model: BortModel, trainer: Optional[mx.gluon.Trainer] = None,
              restore_rng: bool = True) -> Dict:
         """Restore weights, this worker's trainer state and the random states; return state.json.
+
+        Raises
+        ------
+        CheckpointFormatError
+            ``path`` is in the earlier pickled layout (not loaded: unpickling runs code).
+        FileNotFoundError
+            This worker's trainer state is missing (the run had fewer workers).
         """
+        pickled = sorted(n for n in os.listdir(path) if n.endswith(_PICKLED))
+        if pickled:
+            raise CheckpointFormatError(
+                f'{path} holds pickled files ({", ".join(pickled)}) from an earlier version of '
+                f'this project; they are not loaded because unpickling can run code. Start a '
+                f'new run, or continue from its weights with --init_from {path}')
         load_params(model, os.path.join(path, PARAMS_FILE), ctx=self.comm.ctx)
         if trainer is not None:
-            states = os.path.join(path, f'trainer-rank{self.comm.rank}.states')
-            if not os.path.exists(states):
-                raise FileNotFoundError(f'{states} is missing: the checkpoint was written by a '
-                                        f'run with fewer workers than this one ({self.comm.size})')
-            trainer.load_states(states)
+            prefix = os.path.join(path, f'trainer-rank{self.comm.rank}')
+            if not os.path.exists(prefix + '.json'):
+                raise FileNotFoundError(f'{prefix}.json is missing: the checkpoint was written by '
+                                        f'a run with fewer workers than this one '
+                                        f'({self.comm.size})')
+            load_trainer_state(trainer, prefix, self.comm.ctx)
         if restore_rng:
-            with open(os.path.join(path, 'rng.pkl'), 'rb') as f:
-                rng = pickle.load(f)
-            random.setstate(rng['python'])
-            np.random.set_state(rng['numpy'])
+            with open(os.path.join(path, RNG_FILE), encoding='utf-8') as f:
+                _set_rng_state(json.load(f))
         with open(os.path.join(path, 'state.json')) as f:
             return json.load(f)
 
