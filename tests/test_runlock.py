@@ -1,0 +1,55 @@
+"""bort.runlock: one run per output folder, released when the holder dies (even by SIGKILL)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from bort.runlock import LOCK_FILE, FolderInUseError, hold_folder
+
+_HOLDER = textwrap.dedent('''
+    import sys, time
+    from bort.runlock import hold_folder
+    with hold_folder(sys.argv[1], what='test holder'):
+        print('held', flush=True)
+        time.sleep(60)
+''')
+
+
+def _start_holder(folder):
+    proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(folder)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == 'held'
+    return proc
+
+
+def test_a_second_process_is_refused_with_the_holder_named(tmp_path):
+    proc = _start_holder(tmp_path / 'run')
+    try:
+        with pytest.raises(FolderInUseError, match=rf'in use by another run \(pid {proc.pid} '
+                                                   r'.*test holder'):
+            with hold_folder(str(tmp_path / 'run')):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_lock_is_released_when_the_holder_is_killed(tmp_path):
+    proc = _start_holder(tmp_path / 'run')
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with hold_folder(str(tmp_path / 'run')) as folder:  # resumable at once
+        assert os.path.isfile(os.path.join(folder, LOCK_FILE))
+
+
+def test_sequential_runs_and_non_root_workers_pass(tmp_path):
+    folder = str(tmp_path / 'run')
+    with hold_folder(folder):
+        with hold_folder(folder, is_root=False):  # another worker of the same run
+            pass
+    with hold_folder(folder):  # released at the end of the block
+        pass
