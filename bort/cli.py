@@ -120,7 +120,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
         else:
             kwargs['dest'] = field.name
             if meta.get('required'):
-                kwargs['required'] = True
+                # No default to show: the flag (or the --config file) must give the value.
+                kwargs.update(required=True, default=argparse.SUPPRESS)
             target.add_argument(*option_names(field.name), **kwargs)
 
 

@@ -30,7 +30,7 @@ import mxnet as mx  # noqa: E402
 import numpy as np
 
 from ..batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
-from ..cli import emit, run_main
+from ..cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
 from ..finetune.castings import aggregate
 from ..finetune.classifier import Encoded, encode_examples, encode_pair, load_classifier, read_head_config
 from ..finetune.evaluate import BEST
@@ -287,27 +287,40 @@ def predict_file(folder: str, task: Optional[str], input_path: str, output_path:
     return dict(stats.to_dict(), output=output_path, engine=engine, task=spec.name)
 
 
+@dataclass
+class PredictCommand:
+    """Flags of ``python -m bort.inference.predict``."""
+
+    model: str = opt('', 'fine-tuned folder (or its run folder)', required=True)
+    input: str = opt('', "a file in the task's official format", required=True)
+    output: str = opt('', 'predictions file to write', required=True)
+    task: Optional[str] = opt(None, 'task of the input format (default: the one fine-tuned on)')
+    split: str = opt('test', "which of the task's column layouts the file has",
+                     choices=('train', 'dev', 'test'))
+    engine: str = opt('fast', 'inference engine: fast (bort.inference.fast, float32), int8 '
+                      '(bort.inference.quantize) or plain (the Gluon model)', choices=ENGINES)
+    int8_model: Optional[str] = opt(None, 'a saved INT8 encoder folder')
+    calib_rows: int = opt(64, 'int8 without --int8_model: calibrate on this many inputs')
+    batch_size: int = opt(32, 'sentences per batch')
+    progress: bool = opt(True, 'a progress bar over the batches')
+    overwrite: bool = opt(False, 'replace an existing --output')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bort.inference.predict``."""
+    parser = make_parser(
+        prog='python -m bort.inference.predict',
+        description='Predict a task file with a fine-tuned folder.',
+        epilog='Threads: OMP_NUM_THREADS defaults to the number of cores and OMP_WAIT_POLICY to '
+               'ACTIVE (threads spin between operators: lower latency, busy idle cores); set '
+               'either before starting to override.')
+    add_dataclass_flags(parser, PredictCommand)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(prog='python -m bort.inference.predict',
-                                     description='Predict a task file with a fine-tuned folder.')
-    parser.add_argument('--model', required=True, help='fine-tuned folder (or its run folder)')
-    parser.add_argument('--input', required=True, help="a file in the task's official format")
-    parser.add_argument('--output', required=True, help='predictions file to write')
-    parser.add_argument('--task', default=None,
-                        help='task of the input format (default: the one fine-tuned on)')
-    parser.add_argument('--split', default='test', choices=('train', 'dev', 'test'),
-                        help="which of the task's column layouts the file has")
-    parser.add_argument('--engine', default='fast', choices=ENGINES)
-    parser.add_argument('--int8-model', default=None, help='a saved INT8 encoder folder')
-    parser.add_argument('--calib-rows', type=int, default=64,
-                        help='int8 without --int8-model: calibrate on this many inputs')
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--no-progress', action='store_true')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing --output')
-    parser.epilog = ('Threads: OMP_NUM_THREADS defaults to the number of cores and '
-                     'OMP_WAIT_POLICY to ACTIVE (threads spin between operators: lower latency, '
-                     'busy idle cores); set either before starting to override.')
-    args = parser.parse_args(argv)
+    """``python -m bort.inference.predict``: predict a file; throughput to stdout."""
+    args = parse_configs(build_parser(), [PredictCommand], argv)[0]
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     if not os.environ.get('OMP_NUM_THREADS'):
         log.warning('OMP_NUM_THREADS is not set: MXNet may run single-threaded; set it to the '
@@ -317,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = predict_file(args.model, args.task, args.input, args.output, split=args.split,
                           engine=args.engine, batch_size=args.batch_size,
                           int8_model=args.int8_model, calib_rows=args.calib_rows,
-                          progress=not args.no_progress, overwrite=args.overwrite)
+                          progress=args.progress, overwrite=args.overwrite)
     emit(f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sentences/s "
          f"({args.engine}) -> {args.output}")
     return result

@@ -36,6 +36,7 @@ when measured, its agreement with float32).
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import logging
@@ -54,7 +55,7 @@ from mxnet.base import NDArrayHandle, py_str
 from mxnet.contrib.quantization import quantize_net_v2
 from mxnet.ndarray import NDArray
 
-from ..cli import emit, run_main
+from ..cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
 from ..arch import Architecture, load_arch, save_arch
 from .fast import FastEncoder, FastModel, _as_output, fast_weights, load_weights
 from .kernels import load_fused_ops
@@ -378,28 +379,41 @@ def _read_lines(path: str, tokenizer, rows: int, max_length: int):
     return tokens, valid, pad_batch([t for _, t in encoded], length, 0)[0]
 
 
+@dataclass
+class QuantizeCommand:
+    """Flags of ``python -m bort.inference.quantize``."""
+
+    model: str = opt('', 'model folder or fine-tuned classifier folder (with its tokenizer)',
+                     required=True)
+    calib_text: str = opt('', 'real text, one input a line ("a" or "a<TAB>b"); the first '
+                          '--calib_rows lines calibrate, the next --eval_rows are compared',
+                          required=True)
+    out: str = opt('', 'artefact folder to write', required=True)
+    calib_rows: int = opt(64, 'calibration lines')
+    eval_rows: int = opt(128, 'held-out lines on which INT8 and float32 outputs are compared')
+    max_length: int = opt(128, 'tokens per line at most')
+    calib_mode: str = opt('naive', 'calibration of the activation ranges (QuantizeConfig)',
+                          choices=CALIB_MODES)
+    percentile: float = opt(99.99, '--calib_mode percentile: the upper percentile kept')
+    granularity: Optional[str] = opt(None, 'weight scales per tensor or per channel (none: '
+                                     'channel-wise with calibration, tensor-wise without)',
+                                     choices=('tensor-wise', 'channel-wise'))
+    exclude: List[str] = opt(['_plus'], 'node-name substrings kept in float32')
+    overwrite: bool = opt(False, 'replace an artefact already in --out')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bort.inference.quantize``."""
+    parser = make_parser(prog='python -m bort.inference.quantize',
+                         description='Quantize a model folder, calibrated on a text file.')
+    add_dataclass_flags(parser, QuantizeCommand)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """``python -m bort.inference.quantize``: quantize a model folder, calibrated on a text file."""
-    import argparse  # pylint: disable=import-outside-toplevel
     from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(prog='python -m bort.inference.quantize', description=main.__doc__)
-    parser.add_argument('--model', required=True,
-                        help='model folder or fine-tuned classifier folder (with its tokenizer)')
-    parser.add_argument('--calib-text', required=True,
-                        help='real text, one input a line ("a" or "a<TAB>b"); the first '
-                             '--calib-rows lines calibrate, the next --eval-rows are compared')
-    parser.add_argument('--out', required=True, help='artefact folder to write')
-    parser.add_argument('--calib-rows', type=int, default=64)
-    parser.add_argument('--eval-rows', type=int, default=128)
-    parser.add_argument('--max-length', type=int, default=128)
-    parser.add_argument('--calib-mode', default='naive', choices=CALIB_MODES)
-    parser.add_argument('--percentile', type=float, default=99.99)
-    parser.add_argument('--granularity', default=None, choices=('tensor-wise', 'channel-wise'))
-    parser.add_argument('--exclude', nargs='*', default=['_plus'],
-                        help='node-name substrings kept in float32')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace an artefact already in --out')
-    args = parser.parse_args(argv)
+    args = parse_configs(build_parser(), [QuantizeCommand], argv)[0]
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     if os.path.exists(os.path.join(args.out, SYMBOL_FILE)) and not args.overwrite:
         raise FileExistsError(f'{args.out} already holds a quantized model; pass --overwrite '

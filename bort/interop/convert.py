@@ -23,12 +23,14 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import mxnet as mx
 import numpy as np
 
-from ..cli import emit
+from ..cli import add_subcommands, emit, make_parser, opt, parse_subcommand, run_main
+from ..errors import UserError
 from ..arch import Architecture, save_arch
 from .hf import (UnsupportedCheckpointError, arch_from_config, check_tied, config_from_arch,
                  hf_names, normalise_names, read_state_dict, split_known, write_safetensors)
@@ -259,24 +261,46 @@ def export_hf(src: str, out: str) -> Dict:
     return config
 
 
+@dataclass
+class ImportCommand:
+    """HF folder or GluonNLP .params -> project model folder."""
+
+    src: str = opt('', 'a Hugging Face BERT/RoBERTa-family folder or a GluonNLP .params file',
+                   positional=True)
+    out: str = opt('', 'project model folder to write', positional=True)
+    arch: Optional[str] = opt(None, 'GluonNLP: a registered architecture name or arch.json')
+    num_heads: Optional[int] = opt(None, 'GluonNLP: heads (not in the weights)')
+    layer_norm_eps: Optional[float] = opt(None, 'GluonNLP: LayerNorm epsilon')
+    vocab: Optional[str] = opt(None, 'GluonNLP: vocabulary JSON (.vocab)')
+    bpe_ranks: Optional[str] = opt(None, 'GluonNLP: BPE ranks / merges file (byte-level BPE)')
+    cased: bool = opt(False, 'GluonNLP WordPiece: keep case')
+
+
+@dataclass
+class ExportCommand:
+    """Project model folder -> HF BertForMaskedLM folder."""
+
+    src: str = opt('', 'project model folder (the released Bort layout included)',
+                   positional=True)
+    out: str = opt('', 'Hugging Face folder to write', positional=True)
+
+
+#: The sub-commands of ``python -m bort.interop.convert``.
+COMMANDS = {'import': ImportCommand, 'export': ExportCommand}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bort.interop.convert`` (sub-commands import and export)."""
+    parser = make_parser(prog='python -m bort.interop.convert',
+                         description='Convert checkpoints (see bort/interop/convert.py).')
+    add_subcommands(parser, COMMANDS)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(prog='python -m bort.interop.convert',
-                                     description='Convert checkpoints (see bort/convert.py).')
-    sub = parser.add_subparsers(dest='command', required=True)
-    imp = sub.add_parser('import', help='HF folder or GluonNLP .params -> project model folder')
-    imp.add_argument('src')
-    imp.add_argument('out')
-    imp.add_argument('--arch', help='GluonNLP: a registered architecture name or arch.json')
-    imp.add_argument('--num-heads', type=int, help='GluonNLP: heads (not in the weights)')
-    imp.add_argument('--layer-norm-eps', type=float, help='GluonNLP: LayerNorm epsilon')
-    imp.add_argument('--vocab', help='GluonNLP: vocabulary JSON (.vocab)')
-    imp.add_argument('--bpe-ranks', help='GluonNLP: BPE ranks / merges file (byte-level BPE)')
-    imp.add_argument('--cased', action='store_true', help='GluonNLP WordPiece: keep case')
-    exp = sub.add_parser('export', help='project model folder -> HF BertForMaskedLM folder')
-    exp.add_argument('src')
-    exp.add_argument('out')
-    args = parser.parse_args(argv)
-    if args.command == 'export':
+    """``python -m bort.interop.convert import|export SRC OUT``; a one-line report."""
+    command, args = parse_subcommand(build_parser(), COMMANDS, argv)
+    if command == 'export':
         export_hf(args.src, args.out)
         text = f'exported {args.src} -> {args.out}'
     elif os.path.isdir(args.src):
@@ -295,4 +319,4 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 if __name__ == '__main__':
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    main()
+    run_main(main, (UserError, FileNotFoundError), 'bort.interop.convert')

@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..cli import emit
+from ..cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
+from ..errors import UserError
 from ..model import BortModel, build_model, load_model, param_dict, save_model
 from ..tokenizers import Tokenizer, load_tokenizer
 from .masking import mask_tokens, masking_for
@@ -266,18 +267,37 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
     return report
 
 
+@dataclass
+class HeadFitCommand:
+    """Flags of ``python -m bort.pretrain.mlm_head`` (the budget's fields of :class:`HeadFitConfig`)."""
+
+    model: str = opt('', 'project model folder (with tokenizer)', required=True)
+    corpus: List[str] = opt([], 'text files, one sentence a line, blank line between documents',
+                            required=True, nargs='+')
+    out: str = opt('', 'model folder to write', required=True)
+    steps: int = opt(HeadFitConfig.steps, 'head updates')
+    batch_size: int = opt(HeadFitConfig.batch_size, 'masked tokens per head update')
+    learning_rate: float = opt(HeadFitConfig.learning_rate, "Adam's learning rate")
+    seq_len: int = opt(HeadFitConfig.seq_len, 'tokens per packed sequence, CLS and SEP '
+                       'included')
+    max_sequences: int = opt(HeadFitConfig.max_sequences, 'sequences encoded at most (encoder '
+                             'passes: the budget)')
+    heldout_fraction: float = opt(HeadFitConfig.heldout_fraction, 'share of the documents '
+                                  'held out to score the head')
+    seed: int = opt(HeadFitConfig.seed, 'seed of the split, the masking and the head')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bort.pretrain.mlm_head``."""
+    parser = make_parser(prog='python -m bort.pretrain.mlm_head',
+                         description='Fit an MLM head onto a frozen encoder.')
+    add_dataclass_flags(parser, HeadFitCommand)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    parser = argparse.ArgumentParser(prog='python -m bort.pretrain.mlm_head',
-                                     description='Fit an MLM head onto a frozen encoder.')
-    parser.add_argument('--model', required=True, help='project model folder (with tokenizer)')
-    parser.add_argument('--corpus', required=True, nargs='+', help='text files')
-    parser.add_argument('--out', required=True, help='model folder to write')
-    defaults = HeadFitConfig()
-    for field in ('steps', 'batch_size', 'learning_rate', 'seq_len', 'max_sequences',
-                  'heldout_fraction', 'seed'):
-        value = getattr(defaults, field)
-        parser.add_argument('--' + field.replace('_', '-'), type=type(value), default=value)
-    args = parser.parse_args(argv)
+    """``python -m bort.pretrain.mlm_head``: fit, save, print the report."""
+    args = parse_configs(build_parser(), [HeadFitCommand], argv)[0]
     config = HeadFitConfig(**{k: getattr(args, k) for k in (
         'steps', 'batch_size', 'learning_rate', 'seq_len', 'max_sequences', 'heldout_fraction',
         'seed')})
@@ -288,4 +308,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 if __name__ == '__main__':
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    main()
+    run_main(main, (UserError, FileNotFoundError), 'bort.pretrain.mlm_head')

@@ -45,6 +45,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..cli import add_dataclass_flags, make_parser, opt, parse_configs, run_main
+from ..errors import UserError
 from .masking import MaskingConfig, masking_for
 from .shards import (META_FILE, META_FORMAT, SHARD_KEYS, DataFormatError, original_tokens,
                      read_meta, read_shard, vocab_fingerprint, write_shard)
@@ -59,39 +61,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PrepConfig:
-    """Settings of the data preparation.
+    """Settings of the data preparation (flags of ``python -m bort.pretrain.prepare``)."""
 
-    Attributes
-    ----------
-    max_seq_length : int
-        Tokens per sequence, CLS and SEP included (RoBERTa: 512).
-    short_seq_prob : float
-        Probability that a sequence aims at a random shorter length.
-    num_workers : int
-        Preparation processes; each writes its own shards, so there are at least this many.
-    shard_rows : int
-        Sequences per shard file at most (a worker starts a new file beyond it).
-    eval_fraction : float
-        Fraction of documents written to held-out ``eval-*`` shards instead (by a hash of the
-        document index, so the split does not depend on ``num_workers``).
-    max_predictions : int
-        Width of the stored static masking (``masked_lm_*`` arrays).
-    mask_ratio : float
-        Fraction of tokens in the stored static masking.
-    max_unk_ratio : float
-        Above this unknown-token ratio, a warning.
-    seed : int
-    """
+    max_seq_length: int = opt(512, 'tokens per sequence, CLS and SEP included (RoBERTa: 512)')
+    short_seq_prob: float = opt(0.1, 'probability that a sequence aims at a random shorter '
+                                'length')
+    num_workers: int = opt(1, 'preparation processes; each writes its own shards, so there '
+                           'are at least this many')
+    shard_rows: int = opt(50000, 'sequences per shard file at most (a worker starts a new file '
+                          'beyond it)')
+    eval_fraction: float = opt(0.0, 'fraction of documents written to held-out eval-* shards '
+                               'instead (by a hash of the document index, so the split does '
+                               'not depend on --num_workers)')
+    max_predictions: int = opt(76, 'width of the stored static masking (masked_lm_* arrays)')
+    mask_ratio: float = opt(0.15, 'fraction of tokens in the stored static masking')
+    max_unk_ratio: float = opt(0.01, 'above this unknown-token ratio, a warning')
+    seed: int = opt(0, 'seed of the sequence lengths, the static masking and the held-out split')
 
-    max_seq_length: int = 512
-    short_seq_prob: float = 0.1
-    num_workers: int = 1
-    shard_rows: int = 50000
-    eval_fraction: float = 0.0
-    max_predictions: int = 76
-    mask_ratio: float = 0.15
-    max_unk_ratio: float = 0.01
-    seed: int = 0
+
+@dataclass
+class PrepareCommand:
+    """The inputs and outputs of ``python -m bort.pretrain.prepare`` (beside :class:`PrepConfig`)."""
+
+    inputs: List[str] = opt([], 'text files, folders or glob patterns', positional=True,
+                            nargs='+')
+    tokenizer: str = opt('', 'tokenizer folder', required=True)
+    output: str = opt('', 'output folder', required=True)
 
 
 # -- reading text --------------------------------------------------------------------------------
@@ -327,22 +322,22 @@ def prepare_pretraining_data(inputs: Sequence[str], tokenizer: TokenizerSource, 
     return meta
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bort.pretrain.prepare``."""
+    parser = make_parser(prog='python -m bort.pretrain.prepare',
+                         description=__doc__.split('\n\n')[0])
+    add_dataclass_flags(parser, PrepareCommand)
+    add_dataclass_flags(parser, PrepConfig, group='preparation')
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """Command line: ``python -m bort.pretrain.prepare --tokenizer DIR --output DIR FILE ...``."""
-    parser = argparse.ArgumentParser(
-        prog='python -m bort.pretrain.prepare', description=__doc__.split('\n\n')[0])
-    parser.add_argument('inputs', nargs='+', help='text files, folders or glob patterns')
-    parser.add_argument('--tokenizer', required=True, help='tokenizer folder')
-    parser.add_argument('--output', required=True, help='output folder')
-    for f in PrepConfig.__dataclass_fields__.values():
-        parser.add_argument('--' + f.name.replace('_', '-'), type=type(f.default),
-                            default=f.default)
-    args = vars(parser.parse_args(argv))
+    command, config = parse_configs(build_parser(), [PrepareCommand, PrepConfig], argv)
     from ..log import setup_logging  # pylint: disable=import-outside-toplevel
     setup_logging()
-    config = PrepConfig(**{k: args[k] for k in PrepConfig.__dataclass_fields__})
-    return prepare_pretraining_data(args['inputs'], args['tokenizer'], args['output'], config)
+    return prepare_pretraining_data(command.inputs, command.tokenizer, command.output, config)
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main, (UserError, FileNotFoundError), 'bort.pretrain.prepare')
