@@ -28,10 +28,10 @@ log = logging.getLogger('run_search')
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per :class:`~bort.search.SearchConfig` field (``--x_y`` and ``--x-y``)."""
-    from bort.cli import add_dataclass_flags  # pylint: disable=import-outside-toplevel
-    from bort.search import SearchConfig  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # pylint: disable=import-outside-toplevel  (nothing heavy at import time)
+    from bort.cli import add_dataclass_flags, make_parser
+    from bort.search import SearchConfig
+    parser = make_parser(description=__doc__.split('\n\n')[0])
     add_dataclass_flags(parser, SearchConfig)
     return parser
 

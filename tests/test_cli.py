@@ -194,3 +194,23 @@ def test_a_wrong_choice_exits_with_status_2_and_one_error_line():
     errors = [line for line in run.stderr.splitlines() if 'error:' in line]
     assert errors == ["run_finetune.py: error: argument --head: invalid choice: 'big' "
                       "(choose from 'auto', 'linear', 'two_layer', 'released')"]
+
+
+def test_configs_live_in_config_modules_and_their_packages_re_export_them():
+    import bort.finetune
+    import bort.pretrain
+    from bort.finetune import config as finetune_config
+    from bort.pretrain import config as pretrain_config
+    assert bort.pretrain.PretrainConfig is pretrain_config.PretrainConfig
+    for name in ('FinetuneConfig', 'AgoraConfig', 'RunOptions'):
+        assert getattr(bort.finetune, name) is getattr(finetune_config, name)
+
+
+def test_prune_help_names_every_rule():
+    # --prune is checked when Agora starts (its rules live in bort.finetune.agora, which
+    # imports the config): the help text must at least name them all.
+    from dataclasses import fields
+    from bort.finetune.agora import PRUNE_RULES
+    from bort.finetune.config import AgoraConfig
+    text = next(f for f in fields(AgoraConfig) if f.name == 'prune').metadata['help']
+    assert all(rule in text for rule in PRUNE_RULES)
