@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import pytest
@@ -150,17 +150,12 @@ def _script(name):
         sys.path.remove(REPO)
 
 
-PARSERS = {
-    'run_search.py': lambda: _script('run_search').build_parser(),
-    'run_pretraining.py': lambda: _script('run_pretraining').build_parser(),
-    'run_finetune.py': lambda: _script('run_finetune').build_parser(),
-    'bort.costs': lambda: importlib.import_module('bort.costs').build_parser(),
-    'bort.interop.convert': lambda: importlib.import_module('bort.interop.convert').build_parser(),
-    'bort.pretrain.prepare': lambda: importlib.import_module('bort.pretrain.prepare').build_parser(),
-    'bort.pretrain.mlm_head': lambda: importlib.import_module('bort.pretrain.mlm_head').build_parser(),
-    'bort.inference.predict': lambda: importlib.import_module('bort.inference.predict').build_parser(),
-    'bort.inference.quantize': lambda: importlib.import_module('bort.inference.quantize').build_parser(),
-}
+SCRIPTS = ('run_search', 'run_pretraining', 'run_finetune')
+COMMANDS = ('bort.costs', 'bort.interop.convert', 'bort.pretrain.prepare', 'bort.pretrain.mlm_head',
+            'bort.inference.predict', 'bort.inference.quantize')
+PARSERS = {**{f'{name}.py': (lambda name=name: _script(name).build_parser()) for name in SCRIPTS},
+           **{name: (lambda name=name: importlib.import_module(name).build_parser())
+              for name in COMMANDS}}
 
 
 def _actions(parser):

@@ -269,7 +269,7 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
 
 @dataclass
 class HeadFitCommand:
-    """Flags of ``python -m bort.pretrain.mlm_head`` (the budget's fields of :class:`HeadFitConfig`)."""
+    """Flags of ``python -m bort.pretrain.mlm_head`` (the budget of :class:`HeadFitConfig`)."""
 
     model: str = opt('', 'project model folder (with tokenizer)', required=True)
     corpus: List[str] = opt([], 'text files, one sentence a line, blank line between documents',

@@ -81,7 +81,7 @@ class PrepConfig:
 
 @dataclass
 class PrepareCommand:
-    """The inputs and outputs of ``python -m bort.pretrain.prepare`` (beside :class:`PrepConfig`)."""
+    """Inputs and outputs of ``python -m bort.pretrain.prepare`` (beside :class:`PrepConfig`)."""
 
     inputs: List[str] = opt([], 'text files, folders or glob patterns', positional=True,
                             nargs='+')
