@@ -16,7 +16,7 @@
 from .config import PretrainConfig
 from .loop import NonFiniteLossError, pretrain
 from .masking import MaskingConfig, mask_tokens
-from .prepare import PrepConfig, prepare_pretraining_data
 
-__all__ = ['PretrainConfig', 'pretrain', 'NonFiniteLossError', 'MaskingConfig', 'mask_tokens',
-           'PrepConfig', 'prepare_pretraining_data']
+# prepare (``python -m bort.pretrain.prepare``) is not imported here: a package that imports the
+# module run with -m makes runpy warn that it was imported twice.
+__all__ = ['PretrainConfig', 'pretrain', 'NonFiniteLossError', 'MaskingConfig', 'mask_tokens']
