@@ -14,6 +14,7 @@ from bort.arch import Architecture, load_arch
 from bort.model import build_model, load_model, save_model
 from bort.search import SearchConfig, run_search
 from bort.search.evaluate import SettingsMismatchError
+from bort.search.space import arch_key
 from bort.tokenizers import WordPieceTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,8 +83,7 @@ def test_search_outputs(tiny_inputs, tmp_path):
     ws = [r['w'] for r in results['candidates']]
     assert ws == sorted(ws, reverse=True)
     best = load_arch(str(out / 'best_arch.json'))
-    assert best.tuple == (first['num_layers'], first['num_heads'], first['units'],
-                          first['hidden_size'])
+    assert best.tuple == arch_key(first)
     assert best.vocab_size == 6 + len(WORDS) and not best.use_pooler  # the teacher's vocabulary
     table = (out / 'table.md').read_text()
     assert 'tiny-teacher (T)' in table and 'bert_base' in table
@@ -127,11 +127,9 @@ def test_resume_after_interruption(tiny_inputs, tmp_path):
     entropy = json.loads((tmp_path / 'whole' / 'results.json').read_text())['teacher'][
         'heldout_entropy']
     assert entropy > 0
-    shift = {(r['num_layers'], r['num_heads'], r['units'], r['hidden_size']): r['error']
-             for r in reference['candidates']}
+    shift = {arch_key(r): r['error'] for r in reference['candidates']}
     for r in kl['candidates']:
-        key = (r['num_layers'], r['num_heads'], r['units'], r['hidden_size'])
-        assert r['error'] == pytest.approx(shift[key] - entropy)
+        assert r['error'] == pytest.approx(shift[arch_key(r)] - entropy)
         assert r['error'] > 0  # cross-entropy is at least the teacher's entropy
     # Results of other settings are refused, not mixed.
     with pytest.raises(SettingsMismatchError):

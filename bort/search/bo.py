@@ -48,7 +48,7 @@ import numpy as np
 
 from ..arch import Architecture
 from .config import KNOBS, SearchConfig, parse_objectives, validate_bo
-from .space import SearchSpace
+from .space import SearchSpace, arch_key
 from .strategies import Strategy, register_strategy
 
 __all__ = ['BayesianStrategy', 'STUDY_FILE',
@@ -178,7 +178,7 @@ class BayesianStrategy(Strategy):
     @staticmethod
     def trial_tuple(trial) -> tuple:
         """<D, A, H, I> of an Optuna trial."""
-        return tuple(trial.params[k] for k in KNOBS)
+        return arch_key(trial.params)
 
     # -- proposing -----------------------------------------------------------------------------
     def _seed(self) -> int:
@@ -309,8 +309,7 @@ class BayesianStrategy(Strategy):
             self._replaying = False
             return
         states = _optuna().trial.TrialState
-        by_tuple = {(r['num_layers'], r['num_heads'], r['units'], r['hidden_size']): r
-                    for r in records}
+        by_tuple = {arch_key(r): r for r in records}
         for values, trial in self._pending.items():
             record = by_tuple.get(values)
             if record is None:  # not trained: the run's budget stopped the evaluator

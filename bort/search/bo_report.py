@@ -25,6 +25,7 @@ from ..arch import Architecture
 from ..checkpoint import write_json_atomic
 from .pareto import hypervolume, optuna_hypervolume, pareto_front, plot_front, reference_point
 from .report import PLOT_FILE, TABLE_FILE
+from .space import arch_key
 
 __all__ = ['front_summary', 'write_bo_outputs', 'remeasure', 'hypervolume_of', 'search_latency',
            'PARETO_FILE']
@@ -109,8 +110,7 @@ def search_latency(strategy, arch: Architecture) -> Optional[Dict]:
 
 def _front_rows(strategy, summary: Dict, ranked: List[Dict]) -> List[Dict]:
     by_number = {t.number: t for t in _trained(strategy)}
-    by_tuple = {(r['num_layers'], r['num_heads'], r['units'], r['hidden_size']): r
-                for r in ranked}
+    by_tuple = {arch_key(r): r for r in ranked}
     rows = []
     for number in summary['front']:
         trial = by_number[number]

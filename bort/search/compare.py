@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 COMPARISON_FILE = 'comparison.json'
 COMPARISON_TABLE = 'comparison.md'
-STRATEGIES = ('fptas', 'bo')
+#: The strategies a comparison runs, in table order (names in bort.search.strategies.STRATEGIES).
+COMPARED = ('fptas', 'bo')
 
 
 def compare_budget(config: SearchConfig) -> Dict[str, int]:
@@ -174,7 +175,7 @@ def run_comparison(config: SearchConfig, run_one: Callable[[SearchConfig, Comm],
     log.info('comparison: FPTAS (ε = %d) and BO (%s), %d trainings each, in %s',
              setup['epsilon'], config.bo_sampler, setup['budget'], config.out)
     results, walls = {}, {}
-    for name in STRATEGIES:
+    for name in COMPARED:
         if name == 'bo' and comm.is_root:
             seed_costs = os.path.join(configs['fptas'].out, COSTS_FILE)
             own = os.path.join(configs['bo'].out, COSTS_FILE)
@@ -188,16 +189,16 @@ def run_comparison(config: SearchConfig, run_one: Callable[[SearchConfig, Comm],
         return {}
 
     scale = 1e3 if config.cost == 'measured' else 1.0
-    points = {n: _points(results[n]['candidates'], objectives, scale) for n in STRATEGIES}
+    points = {n: _points(results[n]['candidates'], objectives, scale) for n in COMPARED}
     teacher = _teacher_of(configs['fptas'].out)  # p(T), i(T): the same numbers in both runs
-    reference = reference_point([p[0] for n in STRATEGIES for p in points[n]], teacher,
+    reference = reference_point([p[0] for n in COMPARED for p in points[n]], teacher,
                                 objectives, scale)
-    rows = [_row(n, results[n], walls[n], points[n], reference) for n in STRATEGIES]
+    rows = [_row(n, results[n], walls[n], points[n], reference) for n in COMPARED]
     setup['latency_unit'] = 'ms/sample' if config.cost == 'measured' else 'GFLOP/sample'
     table = format_comparison(rows, reference, setup)
     comparison = {'setup': setup, 'objectives': list(objectives), 'reference_point': reference,
                   'teacher': teacher, 'strategies': rows,
-                  'outputs': {n: configs[n].out for n in STRATEGIES}}
+                  'outputs': {n: configs[n].out for n in COMPARED}}
     write_json_atomic(os.path.join(config.out, COMPARISON_FILE), comparison)
     with open(os.path.join(config.out, COMPARISON_TABLE), 'w') as f:
         f.write(table)

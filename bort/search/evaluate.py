@@ -58,7 +58,7 @@ class ResultStore:
         self.fingerprint = fingerprint
 
     def path(self, arch: Architecture) -> str:
-        return os.path.join(self.folder, arch_key(arch) + '.json')
+        return os.path.join(self.folder, 'D{}-A{}-H{}-I{}.json'.format(*arch_key(arch)))
 
     def get(self, arch: Architecture) -> Optional[Dict]:
         """The stored record of ``arch``, or None."""
@@ -183,8 +183,7 @@ class CandidateEvaluator:
         done = self._train_all([by_tuple[t] for t in mine])
         for gathered in self.comm.allgather_object(done):
             for record in gathered:
-                records[(record['num_layers'], record['num_heads'], record['units'],
-                         record['hidden_size'])] = record
+                records[arch_key(record)] = record
         if self.comm.is_root:  # rank 0 keeps every result, also without a shared file system
             for t in (pending if self.comm.size > 1 else ()):
                 if t not in mine:

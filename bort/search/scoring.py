@@ -6,6 +6,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from .space import arch_key
+
 __all__ = ['w_coefficient', 'rank_records', 'non_dominated']
 
 
@@ -46,8 +48,7 @@ def rank_records(records: List[Dict]) -> List[Dict]:
     def key(r):
         w = r['w']
         bad = w is None or not math.isfinite(w)
-        return (bad, -(w if not bad else 0.0), r['error'], r['params'],
-                (r['num_layers'], r['num_heads'], r['units'], r['hidden_size']))
+        return (bad, -(w if not bad else 0.0), r['error'], r['params'], arch_key(r))
     ordered = sorted(records, key=key)
     for rank, record in enumerate(ordered, 1):
         record['rank'] = rank

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..arch import Architecture, search_space
+from .config import KNOBS
 
 __all__ = ['SearchSpace', 'build_space', 'order_space', 'epsilon_select', 'arch_key']
 
@@ -20,10 +21,12 @@ log = logging.getLogger(__name__)
 Tuple4 = Tuple[int, int, int, int]
 
 
-def arch_key(arch: Architecture) -> str:
-    """A file-name-safe key of a candidate: ``D{d}-A{a}-H{h}-I{i}``."""
-    d, a, h, i = arch.tuple
-    return f'D{d}-A{a}-H{h}-I{i}'
+def arch_key(item: Union[Architecture, Mapping[str, Any]]) -> Tuple4:
+    """The <D, A, H, I> that identifies a candidate, of an :class:`Architecture` or of anything
+    holding the four knobs by name (a result record, an Optuna trial's parameters)."""
+    if isinstance(item, Architecture):
+        return item.tuple
+    return tuple(int(item[k]) for k in KNOBS)
 
 
 @dataclass
