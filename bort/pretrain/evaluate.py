@@ -15,12 +15,12 @@ from ..log import MetricsLog
 from ..model import BortModel
 from .stream import MLMBatch
 
-__all__ = ['evaluate', 'weights_digest', 'window_record', 'plot_curves']
+__all__ = ['evaluate', 'params_digest', 'window_record', 'plot_curves']
 
 log = logging.getLogger(__name__)
 
 
-def weights_digest(model: mx.gluon.Block) -> str:
+def params_digest(model: mx.gluon.Block) -> str:
     """SHA-1 of every parameter's bytes (in name order): equal digests, equal weights."""
     digest = hashlib.sha1()
     for name, param in sorted(model.collect_params().items()):

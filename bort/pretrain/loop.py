@@ -43,7 +43,7 @@ from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
 from .shards import read_meta, vocab_fingerprint
 from .config import PretrainConfig
-from .evaluate import evaluate, plot_curves, weights_digest, window_record
+from .evaluate import evaluate, params_digest, plot_curves, window_record
 from .masking import masking_for
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards
 
@@ -310,7 +310,7 @@ class _Run:
     def _finish(self, last: Dict) -> Dict:
         """Check the workers agree, save the final model, plot; the run's summary."""
         config, comm = self.config, self.comm
-        digests = comm.allgather_object(weights_digest(self.student))
+        digests = comm.allgather_object(params_digest(self.student))
         if len(set(digests)) > 1:
             log.error('the workers\' weights differ at the end: %s', digests)
         result = dict(last, step=self.step, weights_sha1=digests[0],

@@ -5,7 +5,8 @@ Modules, by noun:
 - :mod:`~bort.search.config`: :class:`SearchConfig`, every setting with the project's reading;
 - :mod:`~bort.search.space`: Ξ, invalid tuples skipped and counted, the ε-selection;
 - :mod:`~bort.search.data`: the fixed search batches;
-- :mod:`~bort.search.teacher`: the maximum point T and the cache of its outputs;
+- :mod:`~bort.search.targets`: the cache of the maximum point T's outputs (T itself comes from
+  :func:`bort.pretrain.default_teacher.resolve_teacher`);
 - :mod:`~bort.search.trainer`: the surrogate error e(ξ) of one candidate;
 - :mod:`~bort.search.inference`: p(ξ) and i(ξ) (measured or counted);
 - :mod:`~bort.search.evaluate`: candidates spread over workers, stored one file each (resume);

@@ -25,18 +25,20 @@ from typing import Dict, List, Optional
 from ..arch import Architecture, get_arch
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
-from ..pretrain.teacher import Teacher
 from ..log import progress as rank0_progress
+from ..model import PARAMS_FILE
+from ..pretrain.default_teacher import file_digest, resolve_teacher
 from ..pretrain.masking import masking_for
+from ..pretrain.teacher import Teacher
 from .compare import run_comparison
 from .config import SearchConfig, resolve_grid
 from .data import SearchData, corpus_sequences, make_search_data
 from .evaluate import CandidateEvaluator, ResultStore
 from .inference import CostModel
 from .report import score_records, write_outputs
-from .space import build_space
+from .space import arch_key, build_space
 from .strategies import make_strategy
-from .targets import TeacherTargets, load_teacher, weights_digest
+from .targets import TeacherTargets
 
 __all__ = ['run_search', 'CONFIG_FILE']
 
@@ -72,8 +74,8 @@ def _corpus_files(config: SearchConfig, comm: Comm) -> List[str]:
 def _cache_folder(config: SearchConfig, teacher_folder: str, corpus: List[str]) -> str:
     """The teacher cache's folder: keyed by everything its contents depend on."""
     key = {'format': 3, 'teacher': os.path.abspath(teacher_folder),
-           'teacher_weights': weights_digest(teacher_folder), 'corpus': [os.path.abspath(c)
-                                                                  for c in corpus],
+           'teacher_weights': file_digest(os.path.join(teacher_folder, PARAMS_FILE)),
+           'corpus': [os.path.abspath(c) for c in corpus],
            **{k: getattr(config, k) for k in ('batch_size', 'seq_len', 'mask_ratio', 'seed',
                                                'heldout_batches', 'cache_topk', 'temperature')},
            'train_batches': config.train_batches or config.steps}
@@ -116,7 +118,7 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
 
     # 1. teacher, corpus, batches
     model, tokenizer, teacher_folder = _root_first(
-        comm, lambda: load_teacher(config.teacher, config.resolved_cache_dir))
+        comm, lambda: resolve_teacher(config.teacher, config.resolved_cache_dir))
     corpus = _corpus_files(config, comm)
     train_batches = config.train_batches or config.steps
     sequences = corpus_sequences(corpus, tokenizer, config.seq_len,
@@ -137,9 +139,10 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
 
     # 3. candidates
     costs = CostModel(config, config.out, ctx=comm.ctx)
+    teacher_weights = file_digest(os.path.join(teacher_folder, PARAMS_FILE))
     evaluator = CandidateEvaluator(config, comm, targets, costs,
                                    ResultStore(os.path.join(config.out, 'candidates'),
-                                               config.fingerprint(weights_digest(teacher_folder))),
+                                               config.fingerprint(teacher_weights)),
                                    progress=bars)
     space = build_space(resolve_grid(config), base=model.arch)
     teacher_arch = model.arch.replace(use_pooler=False)
@@ -177,8 +180,7 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
         teacher['heldout_entropy'] = (evaluator.error_offset if config.error == 'kl'
                                       else targets.heldout_entropy())
     ranked = score_records(records, teacher)
-    evaluated = {(r['num_layers'], r['num_heads'], r['units'], r['hidden_size']): r
-                 for r in ranked}
+    evaluated = {arch_key(r): r for r in ranked}
     ref_rows = []
     for name, arch, cost in zip(config.reference, references, ref_costs):
         row = _describe(arch, name, cost)

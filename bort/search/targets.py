@@ -1,4 +1,6 @@
-"""The maximum point T: loading it, and its masked-LM outputs on the search batches.
+"""The maximum point T's masked-LM outputs on the search batches.
+
+The teacher itself comes from :func:`bort.pretrain.default_teacher.resolve_teacher`.
 
 :class:`TeacherTargets` gives each candidate's trainer the teacher's distribution for a batch.
 With the cache (the default) the teacher runs once per batch, before any candidate trains; the
@@ -11,27 +13,14 @@ Storage (measured by :meth:`TeacherTargets.memory`): the training targets as the
 logits (float16), their ids (int32) and the log-normaliser of the full distribution (float32),
 ``6k + 4`` bytes per masked position instead of ``2V`` for the full float16 distribution; the
 loss keeps the top-k probabilities exact and spreads the rest of the mass evenly
-(:func:`bort.pretrain.losses.topk_soft_cross_entropy`). The held-out targets are always kept in full
-(float16), so e(ξ) is the exact cross-entropy.
+(:func:`bort.pretrain.losses.topk_soft_cross_entropy`). The held-out targets are always kept in
+full (float16), so e(ξ) is the exact cross-entropy.
 
-Measured on the MiniLM teacher (V = 30,522, a flat distribution: its top 64 tokens hold 62 % of
-the mass, its top 1024 91 %), candidate <2, 4, 256, 512>, 60 steps of 16 × 64 tokens:
-
-=============================  ==========  ==================  ======
-training targets               cache (MB)  e (nats)            vs full
-=============================  ==========  ==================  ======
-full float16                   468         6.816               —
-top-1024 + even tail (default) 74          6.823               +0.1 %
-top-256 + even tail            41          6.927               +1.6 %
-top-64 + even tail             33          7.190               +5.5 %
-top-64 renormalised            33          7.358               +7.9 %
-=============================  ==========  ==================  ======
-
-(29 MB of each cache are the full held-out targets.) A peakier teacher needs a smaller k.
+The default k = 1024 (``--cache_topk``) suits a flat teacher such as MiniLM; README.md gives the
+measured cache sizes and errors for several k. A peakier teacher needs a smaller k.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -42,69 +31,13 @@ import numpy as np
 
 from ..pretrain.losses import soft_cross_entropy, topk_soft_cross_entropy
 from ..distributed import Comm
-from ..pretrain.teacher import Teacher, check_vocab_size
-from ..model import BortModel, load_model
+from ..pretrain.teacher import Teacher
 from ..pretrain.stream import MLMBatch
-from ..tokenizers import Tokenizer, load_tokenizer
 from .data import SearchData
 
-__all__ = ['load_teacher', 'TeacherTargets', 'real_rows']
+__all__ = ['TeacherTargets', 'real_rows']
 
 log = logging.getLogger(__name__)
-
-
-def weights_digest(folder: str) -> str:
-    """SHA-1 of a model folder's weights file (what a teacher spec resolved to)."""
-    digest = hashlib.sha1()
-    with open(os.path.join(folder, 'model.params'), 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 22), b''):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def load_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, str]:
-    """The teacher model (with MLM head), its tokenizer and its folder.
-
-    Parameters
-    ----------
-    spec : str
-        ``'minilm'`` (all-MiniLM-L6-v2 MLM-adapted, see :mod:`bort.pretrain.default_teacher`; built once under
-        ``cache_dir/teachers``), ``'minilm-head'`` (the same encoder frozen, with only a fitted
-        MLM head: a much weaker masked-LM teacher), a project model folder (``arch.json`` + ``model.params``), or a
-        Hugging Face folder (``config.json``; imported once under ``cache_dir/imported``).
-    cache_dir : str
-
-    Raises
-    ------
-    ValueError
-        When the teacher has no MLM head or its vocabulary differs from its tokenizer's.
-    """
-    # pylint: disable=import-outside-toplevel
-    if spec == 'minilm':
-        from ..pretrain.default_teacher import adapted_minilm_teacher
-        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'))
-    elif spec == 'minilm-head':
-        from ..pretrain.default_teacher import minilm_teacher
-        folder = minilm_teacher(os.path.join(cache_dir, 'teachers'))
-    elif os.path.isfile(os.path.join(spec, 'arch.json')):
-        folder = spec
-    elif os.path.isfile(os.path.join(spec, 'config.json')):
-        from ..interop.convert import import_hf
-        digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
-        folder = os.path.join(cache_dir, 'imported', f'{os.path.basename(spec)}-{digest}')
-        if not os.path.isfile(os.path.join(folder, 'model.params')):
-            import_hf(spec, folder)
-    else:
-        raise FileNotFoundError(f"teacher {spec!r}: not 'minilm' or 'minilm-head', nor a folder with arch.json "
-                                f'(project model) or config.json (Hugging Face)')
-    model = load_model(folder)
-    if not model.has_decoder:
-        raise ValueError(f'the teacher {folder} has no masked-LM head: the surrogate error needs '
-                         f'its output distribution (fit one with python -m bort.pretrain.mlm_head)')
-    tokenizer = load_tokenizer(folder)
-    check_vocab_size(f'the teacher {folder}', model.arch.vocab_size, tokenizer.vocab_size,
-                     'its tokenizer')
-    return model, tokenizer, folder
 
 
 def real_rows(batch: MLMBatch) -> np.ndarray:
@@ -167,7 +100,8 @@ class TeacherTargets:
     folder : str, optional
         The cache folder; None computes the outputs at every use (no cache).
     topk : int
-        Training targets as top-k logits; 0 keeps the full distribution.
+        Training targets as top-k logits (1024, as ``SearchConfig.cache_topk``); 0 keeps the
+        full distribution.
     tail : bool
         With top-k targets, spread the mass outside the k tokens evenly over the others
         (default); False renormalises over the k.
@@ -176,7 +110,7 @@ class TeacherTargets:
     """
 
     def __init__(self, teacher: Teacher, data: SearchData, ctx: mx.Context,
-                 folder: Optional[str] = None, topk: int = 64, tail: bool = True,
+                 folder: Optional[str] = None, topk: int = 1024, tail: bool = True,
                  temperature: float = 1.0):
         self.teacher = teacher
         self.data = data
