@@ -149,9 +149,10 @@ def shape_runs(name: str, built: Dict, engines: List[str], batch: int, seq: int)
     runs = {f'{name}/{e}': built[e] for e in ('plain', 'fast', 'fast-unpadded', 'int8')
             if e in engines}
     if 'fast-masked' in engines:
-        args = [mx.nd.array(tokens), mx.nd.full((batch,), seq)]
+        args = [mx.nd.array(tokens)]  # the graph's order: tokens, token types, valid lengths
         if arch.token_type_vocab_size:
             args.append(mx.nd.zeros((batch, seq)))
+        args.append(mx.nd.full((batch,), seq))
         runs[f'{name}/fast-masked'] = lambda: built['fast'].masked(*args)  # noqa: E731
     if 'torch' in engines:
         runs[f'{name}/torch'] = torch_runner(built['torch'], tokens)

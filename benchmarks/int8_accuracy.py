@@ -60,7 +60,7 @@ def features(model, encoded: Sequence[List[int]], pad_id: int, batch_size: int =
     out = None
     for rows, length in bucket_batches([len(e) for e in encoded], batch_size):
         tokens, valid = pad_batch([encoded[i] for i in rows], length, pad_id)
-        seq = model(tokens, valid)
+        seq = model(tokens, valid_length=valid)
         seq = (seq[0] if isinstance(seq, tuple) else seq).asnumpy()
         mask = (np.arange(length)[None, :] < valid[:, None])[..., None]
         pooled = (seq * mask).sum(1) / valid[:, None]

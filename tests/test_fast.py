@@ -36,7 +36,7 @@ def test_fast_matches_plain_on_padded_batches(arch, rng, backend):
     valid = np.array([17, 3, 9, 1, 12])
     types = rng.randint(0, 2, tokens.shape) if arch.token_type_vocab_size else None
     expected = _plain(model, tokens, valid, types)
-    got = _as_list(fast(tokens, valid, types))
+    got = _as_list(fast(tokens, types, valid))
     assert len(got) == len(expected) == (2 if arch.use_pooler else 1)
     for e, g in zip(expected, got):
         assert e.shape == g.shape
@@ -51,7 +51,7 @@ def test_unpadded_graph_matches_plain(arch, rng):
     tokens = rng.randint(0, arch.vocab_size, (3, 11))
     full = np.full(3, 11)
     expected = _plain(model, tokens, full)
-    for got in (_as_list(fast(tokens, full)), _as_list(fast(tokens))):
+    for got in (_as_list(fast(tokens, valid_length=full)), _as_list(fast(tokens))):
         for e, g in zip(expected, got):
             assert np.abs(e.asnumpy() - g.asnumpy()).max() <= TOL
 
@@ -63,7 +63,7 @@ def test_shapes_change_between_calls(tiny_arch, rng):
     for length in (8, 16, 8, 24):
         tokens = rng.randint(0, tiny_arch.vocab_size, (2, length))
         valid = np.array([length, max(1, length - 5)])
-        e, g = _plain(model, tokens, valid)[0], _as_list(fast(tokens, valid))[0]
+        e, g = _plain(model, tokens, valid)[0], _as_list(fast(tokens, valid_length=valid))[0]
         assert np.abs(e.asnumpy() - g.asnumpy()).max() <= TOL
 
 
@@ -87,7 +87,7 @@ def test_from_folder(tiny_arch, rng, tmp_path):
     tokens = rng.randint(0, tiny_arch.vocab_size, (2, 6))
     valid = np.array([6, 4])
     expected = _plain(model, tokens, valid)[0]
-    got = _as_list(fast(tokens, valid))[0]
+    got = _as_list(fast(tokens, valid_length=valid))[0]
     assert np.abs(expected.asnumpy() - got.asnumpy()).max() <= TOL
 
 
@@ -123,7 +123,7 @@ def test_bucketed_outputs_restore_order(tiny_arch, rng):
     firsts = np.zeros((len(rows), tiny_arch.units), dtype=np.float32)
     for idx, length in bucket_batches([len(r) for r in rows], batch_size=4, buckets=(4, 8, 16, 32)):
         tokens, valid = pad_batch([rows[i] for i in idx], length, pad_id=1)
-        firsts[idx] = _as_list(fast(tokens, valid))[0].asnumpy()[:, 0]
+        firsts[idx] = _as_list(fast(tokens, valid_length=valid))[0].asnumpy()[:, 0]
     for i, row in enumerate(rows):
         alone = _plain(model, np.array([row]), np.array([len(row)]))[0].asnumpy()[0, 0]
         assert np.abs(alone - firsts[i]).max() <= TOL
@@ -161,7 +161,7 @@ def test_padded_inputs_match_plain(wide_arch, rng):
     for valid in (np.array([9, 4, 1]), None):
         expected = _plain(model, tokens, np.full(3, 9) if valid is None else valid, types)
         for engine in (padded, plain_fast):
-            got = _as_list(engine(tokens, valid, types))
+            got = _as_list(engine(tokens, types, valid))
             for e, g in zip(expected, got):
                 assert np.abs(e.asnumpy() - g.asnumpy()).max() <= TOL
     # weights() gives back the logical (unpadded) weights.

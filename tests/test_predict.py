@@ -116,7 +116,7 @@ def test_predict_encoded_restores_order():
                for first, n in zip(rng.permutation(40), rng.randint(0, 30, 40))]
     calls = []
 
-    def encoder(tokens, valid, types):
+    def encoder(tokens, types, valid):
         calls.append(tokens.shape)
         assert types is None
         return mx.nd.array(np.repeat(tokens[:, :, None], 3, axis=2))

@@ -46,8 +46,8 @@ def test_int8_close_to_float32(setup, mode, fused):
     qmodel = quantize_encoder(model, tokens[:16], valid[:16],
                               config=QuantizeConfig(calib_mode=mode, fused_ops=fused))
     assert qmodel.info['fused_ops'] == (fused is None and load_fused_ops())
-    ref = _first(FastModel.from_model(model)(tokens[16:], valid[16:])).asnumpy()
-    out = _first(qmodel(tokens[16:], valid[16:])).asnumpy()
+    ref = _first(FastModel.from_model(model)(tokens[16:], valid_length=valid[16:])).asnumpy()
+    out = _first(qmodel(tokens[16:], valid_length=valid[16:])).asnumpy()
     seq = compare_outputs(ref, out, valid[16:])
     assert seq['rel_max'] <= REL_TOL
     logits = compare_outputs(ref[:, 0] @ head, out[:, 0] @ head)
@@ -61,7 +61,7 @@ def test_artefact_round_trip(setup, tmp_path):
     model, tokens, valid, _ = setup
     qmodel = quantize_encoder(model, tokens[:8], valid[:8], config=QuantizeConfig())
     folder = qmodel.save(str(tmp_path / 'int8'))  # before any forward pass: must still work
-    before = _first(qmodel(tokens[8:16], valid[8:16])).asnumpy()
+    before = _first(qmodel(tokens[8:16], valid_length=valid[8:16])).asnumpy()
     for name in (SYMBOL_FILE, PARAMS_FILE, 'arch.json', CONFIG_FILE):
         assert os.path.exists(os.path.join(folder, name))
     with open(os.path.join(folder, CONFIG_FILE)) as f:
@@ -69,7 +69,7 @@ def test_artefact_round_trip(setup, tmp_path):
     assert info['calib_mode'] == 'naive' and info['calib_rows'] == 8
     loaded = QuantizedModel.load(folder)
     assert loaded.arch == model.arch.replace(dropout=0.0)
-    after = _first(loaded(tokens[8:16], valid[8:16])).asnumpy()
+    after = _first(loaded(tokens[8:16], valid_length=valid[8:16])).asnumpy()
     np.testing.assert_allclose(after, before, atol=1e-6)
     graph = json.load(open(os.path.join(folder, SYMBOL_FILE)))
     ops = {node['op'] for node in graph['nodes']}
@@ -77,17 +77,22 @@ def test_artefact_round_trip(setup, tmp_path):
     assert (OP_ADD_LAYER_NORM in ops) == info['fused_ops'] == load_fused_ops()
 
 
-def test_pooler_and_token_types(tiny_bert_arch, rng):
+def test_pooler_and_token_types(tiny_bert_arch, rng, tmp_path):
+    """BortModel's call order (tokens, token types, lengths), also after a save and load."""
     model = build_model(tiny_bert_arch, use_decoder=False)
     tokens = rng.randint(0, tiny_bert_arch.vocab_size, (16, 12))
     types = rng.randint(0, 2, tokens.shape)
     valid = rng.randint(2, 13, 16)
     qmodel = quantize_encoder(model, tokens, valid, types)
-    seq, pooled = qmodel(tokens, valid, types)
-    ref_seq, ref_pooled = FastModel.from_model(model)(tokens, valid, types)
+    seq, pooled = qmodel(tokens, types, valid)
+    ref_seq, ref_pooled = FastModel.from_model(model)(tokens, types, valid)
     assert pooled.shape == (16, tiny_bert_arch.units)
     assert compare_outputs(ref_pooled, pooled)['rel_max'] <= REL_TOL
     assert compare_outputs(ref_seq, seq, valid)['rel_max'] <= REL_TOL
+    loaded = QuantizedModel.load(qmodel.save(str(tmp_path / 'int8')))
+    assert loaded.graph_inputs == ['inputs', 'token_types', 'valid_length']
+    again, _ = loaded(tokens, types, valid)
+    np.testing.assert_allclose(again.asnumpy(), seq.asnumpy(), atol=1e-6)
 
 
 def test_config_validation():

@@ -182,10 +182,12 @@ class FastEncoder(HybridBlock):
 
     Inputs
     ------
+    In :class:`bort.model.BortModel`'s order (GluonNLP's), each present only when it applies:
+
     inputs : (batch_size, seq_len) float or int
         Token ids.
-    valid_length : (batch_size,) float, only when ``masked``
     token_types : (batch_size, seq_len), only when the architecture has token types
+    valid_length : (batch_size,) float, only when ``masked``
 
     Outputs
     -------
@@ -222,8 +224,8 @@ class FastEncoder(HybridBlock):
     def hybrid_forward(self, F, inputs, *args, position_weight=None):
         # pylint: disable=arguments-differ
         args = list(args)
-        valid_length = args.pop(0) if self.masked else None
         token_types = args.pop(0) if self.token_type_embed is not None else None
+        valid_length = args.pop(0) if self.masked else None
         tokens = F.transpose(inputs)                                       # (L, B)
         x = self.word_embed(tokens)                                        # (L, B, H)
         if token_types is not None:
@@ -323,8 +325,10 @@ class FastModel:
 
     Call
     ----
-    ``fast(inputs, valid_length=None, token_types=None)`` with NDArrays or numpy arrays of shapes
-    (batch, seq_len), (batch,), (batch, seq_len); returns what :class:`FastEncoder` returns.
+    ``fast(inputs, token_types=None, valid_length=None)`` (:class:`bort.model.BortModel`'s order)
+    with NDArrays or numpy arrays of shapes (batch, seq_len), (batch, seq_len), (batch,); omitted
+    token types are zeros, an omitted length means every row is full. Returns what
+    :class:`FastEncoder` returns.
     """
 
     def __init__(self, arch: Architecture, weights: Dict[str, np.ndarray], ctx=None,
@@ -374,18 +378,18 @@ class FastModel:
             return array.as_in_context(self.ctx)
         return mx.nd.array(np.asarray(array), ctx=self.ctx, dtype=dtype)
 
-    def __call__(self, inputs, valid_length=None, token_types=None):
+    def __call__(self, inputs, token_types=None, valid_length=None):
         inputs = self._nd(inputs)
-        extra = []
+        args = [inputs]
         if self.arch.token_type_vocab_size:
-            extra = [mx.nd.zeros(inputs.shape, ctx=self.ctx) if token_types is None
-                     else self._nd(token_types)]
+            args.append(mx.nd.zeros(inputs.shape, ctx=self.ctx) if token_types is None
+                        else self._nd(token_types))
         if valid_length is not None:
             lengths = (valid_length.asnumpy() if isinstance(valid_length, mx.nd.NDArray)
                        else np.asarray(valid_length))
             if not np.all(lengths >= inputs.shape[1]):
-                return _as_output(self.masked(inputs, self._nd(valid_length), *extra))
-        return _as_output(self.unmasked(inputs, *extra))
+                return _as_output(self.masked(*args, self._nd(valid_length)))
+        return _as_output(self.unmasked(*args))
 
 
 def _param_shapes(encoder: FastEncoder) -> Dict[str, Tuple[int, ...]]:

@@ -186,8 +186,8 @@ def model_runner(model, batch_size: int, seq_len: int, ctx: Optional[mx.Context]
     Parameters
     ----------
     model : BortModel, FastModel, QuantizedModel or any callable with an ``arch`` attribute
-        Called as ``model(tokens, token_types, valid_length)`` when it is a Gluon block (the
-        :class:`bort.model.BortModel` signature), else as ``model(tokens, valid_length)``.
+        Called as ``model(tokens, token_types, valid_length)``, every encoder's order; token types
+        are zeros when the architecture has them, else None.
     batch_size, seq_len : int
     ctx : mx.Context, optional
     seed : int
@@ -202,10 +202,8 @@ def model_runner(model, batch_size: int, seq_len: int, ctx: Optional[mx.Context]
     rng = np.random.RandomState(seed)
     tokens = mx.nd.array(rng.randint(0, arch.vocab_size, (batch_size, seq_len)), ctx=ctx)
     valid = mx.nd.full((batch_size,), seq_len, ctx=ctx)
-    if isinstance(model, mx.gluon.Block):
-        types = mx.nd.zeros((batch_size, seq_len), ctx=ctx) if arch.token_type_vocab_size else None
-        return lambda: model(tokens, types, valid)
-    return lambda: model(tokens, valid)
+    types = mx.nd.zeros((batch_size, seq_len), ctx=ctx) if arch.token_type_vocab_size else None
+    return lambda: model(tokens, types, valid)
 
 
 def _as_runner(model_or_callable, batch_size, seq_len, ctx, seed) -> Callable[[], object]:

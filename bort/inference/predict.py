@@ -2,7 +2,7 @@
 
 A fine-tuned folder and a file of inputs in a task's format give a predictions file in the
 task's leaderboard format, on one of three encoder engines with the same call
-``encoder(tokens, valid_length, token_types)``: ``fast`` (default;
+``encoder(tokens, token_types, valid_length)``: ``fast`` (default;
 :class:`bort.inference.fast.FastModel`, float32, fused oneDNN graph), ``int8``
 (:class:`bort.inference.quantize.QuantizedModel`, from ``--int8-model`` or quantized on the spot,
 calibrated on the first ``--calib-rows`` inputs) or ``plain`` (the GluonNLP model). Inputs are
@@ -90,7 +90,7 @@ def predict_encoded(encoder: Callable, head: Callable, encoded: Sequence[Encoded
     Parameters
     ----------
     encoder : callable
-        ``encoder(tokens (B, L), valid_length (B,), token_types (B, L) or None)`` returning the
+        ``encoder(tokens (B, L), token_types (B, L) or None, valid_length (B,))`` returning the
         sequence outputs (B, L, H), or a tuple (sequence outputs, pooled output (B, H)).
     head : callable
         ``head(features (B, H)) -> (B, C)`` scores (one column for regression).
@@ -102,7 +102,7 @@ def predict_encoded(encoder: Callable, head: Callable, encoded: Sequence[Encoded
     use_token_types : bool
         Pass token types (encoders with a token-type embedding); else None.
     buckets : sequence of int or None
-        Padded lengths allowed (:func:`bort.inference.fast.bucket_batches`).
+        Padded lengths allowed (:func:`bort.batching.bucket_batches`).
     progress : bool
         A tqdm bar counting sentences.
 
@@ -122,7 +122,7 @@ def predict_encoded(encoder: Callable, head: Callable, encoded: Sequence[Encoded
         tokens, valid = pad_batch([encoded[i][0] for i in rows], length, pad_id)
         types = (pad_batch([encoded[i][1] for i in rows], length, 0)[0] if use_token_types
                  else None)
-        out = head(_features(encoder(tokens, valid, types), use_pooler)).asnumpy()
+        out = head(_features(encoder(tokens, types, valid), use_pooler)).asnumpy()
         if scores.shape[1] != out.shape[1]:
             scores = np.zeros((len(encoded), out.shape[1]), dtype=np.float32)
         scores[rows] = out
@@ -175,10 +175,10 @@ def predict_texts(predictor: Predictor, texts: Sequence, batch_size: int = 32,
 
 
 def _plain_encoder(model, ctx: mx.Context) -> Callable:
-    """The GluonNLP model behind the engines' ``(tokens, valid_length, token_types)`` call."""
+    """The GluonNLP model behind the engines' call, taking numpy arrays as they do."""
     model.hybridize(static_alloc=True)
 
-    def encoder(tokens, valid, types):
+    def encoder(tokens, types, valid):
         types = None if types is None else mx.nd.array(types, ctx=ctx)
         return model(mx.nd.array(tokens, ctx=ctx), types, mx.nd.array(valid, ctx=ctx))
     return encoder

@@ -72,6 +72,11 @@ SYMBOL_FILE = 'encoder-symbol.json'
 PARAMS_FILE = 'encoder-0000.params'
 CONFIG_FILE = 'quantization.json'
 _PREFIX = 'q_'
+#: The graph's inputs in order (:class:`bort.model.BortModel`'s), recorded in CONFIG_FILE;
+#: token_types only for architectures that have them.
+INPUT_ORDER = ('inputs', 'token_types', 'valid_length')
+#: The order of artefacts written before CONFIG_FILE recorded it.
+_LEGACY_INPUT_ORDER = ('inputs', 'valid_length', 'token_types')
 
 
 @dataclass
@@ -136,9 +141,9 @@ class QuantizedModel:
 
     Call
     ----
-    ``qmodel(inputs, valid_length=None, token_types=None)``: inputs (batch, seq_len) token ids,
-    valid_length (batch,) (omitted: every row full), token_types (batch, seq_len) when the
-    architecture has them. Returns the sequence outputs (batch, seq_len, units), and the pooled
+    ``qmodel(inputs, token_types=None, valid_length=None)`` (:class:`bort.model.BortModel`'s
+    order): inputs (batch, seq_len) token ids, token_types (batch, seq_len) when the architecture
+    has them (omitted: zeros), valid_length (batch,) (omitted: every row full). Returns the sequence outputs (batch, seq_len, units), and the pooled
     output (batch, units) as a second element when the architecture has a pooler; float32.
     """
 
@@ -152,19 +157,23 @@ class QuantizedModel:
             return array.as_in_context(self.ctx)
         return mx.nd.array(np.asarray(array), ctx=self.ctx, dtype='float32')
 
-    def __call__(self, inputs, valid_length=None, token_types=None):
+    def __call__(self, inputs, token_types=None, valid_length=None):
         inputs = self._nd(inputs)
-        if valid_length is None:
-            valid_length = mx.nd.full((inputs.shape[0],), inputs.shape[1], ctx=self.ctx)
-        args = [inputs, self._nd(valid_length)]
-        if self.arch.token_type_vocab_size:
-            args.append(mx.nd.zeros(inputs.shape, ctx=self.ctx) if token_types is None
-                        else self._nd(token_types))
-        return _as_output(self.block(*args))
+        values = {'inputs': inputs,
+                  'token_types': (mx.nd.zeros(inputs.shape, ctx=self.ctx) if token_types is None
+                                  else self._nd(token_types)),
+                  'valid_length': (mx.nd.full((inputs.shape[0],), inputs.shape[1], ctx=self.ctx)
+                                   if valid_length is None else self._nd(valid_length))}
+        return _as_output(self.block(*[values[name] for name in self.graph_inputs]))
+
+    @property
+    def graph_inputs(self) -> List[str]:
+        """What the graph's inputs ``data0, data1, ...`` are, in order."""
+        return _graph_inputs(self.arch, self.info)
 
     @property
     def input_names(self) -> List[str]:
-        return [f'data{i}' for i in range(3 if self.arch.token_type_vocab_size else 2)]
+        return [f'data{i}' for i in range(len(self.graph_inputs))]
 
     def save(self, folder: str) -> str:
         """Write the deployable artefact into ``folder``; returns the folder."""
@@ -200,13 +209,18 @@ class QuantizedModel:
         if info.get('fused_ops') and not load_fused_ops():
             raise RuntimeError(f'{folder} was quantized with the fused LayerNorm operator, '
                                'which could not be built or loaded here (see the warning above)')
-        names = [f'data{i}' for i in range(3 if arch.token_type_vocab_size else 2)]
+        names = [f'data{i}' for i in range(len(_graph_inputs(arch, info)))]
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # "Cannot decide type" for integer-valued inputs
             block = mx.gluon.SymbolBlock.imports(os.path.join(folder, SYMBOL_FILE), names,
                                                  os.path.join(folder, PARAMS_FILE), ctx=ctx)
         block.hybridize(static_alloc=static, static_shape=static)
         return cls(arch, block, info, ctx)
+
+
+def _graph_inputs(arch: Architecture, info: Dict) -> List[str]:
+    order = info.get('inputs', _LEGACY_INPUT_ORDER)
+    return [name for name in order if name != 'token_types' or arch.token_type_vocab_size]
 
 
 class _PercentileCollector:
@@ -276,10 +290,11 @@ def quantize_encoder(model: Union[BortModel, FastModel], tokens: np.ndarray,
     fused = load_fused_ops() if config.fused_ops is None else config.fused_ops
     arch, encoder = _float_encoder(model, fused)
     tokens = np.asarray(tokens, dtype=np.float32)
-    data = {'data0': tokens, 'data1': np.asarray(valid_length, dtype=np.float32)}
-    if arch.token_type_vocab_size:
-        data['data2'] = (np.zeros_like(tokens) if token_types is None
-                         else np.asarray(token_types, dtype=np.float32))
+    values = {'inputs': tokens, 'valid_length': np.asarray(valid_length, dtype=np.float32),
+              'token_types': (np.zeros_like(tokens) if token_types is None
+                              else np.asarray(token_types, dtype=np.float32))}
+    order = _graph_inputs(arch, {'inputs': INPUT_ORDER})
+    data = {f'data{i}': values[name] for i, name in enumerate(order)}
     batch = min(config.calib_batch_size, len(tokens))
     # Whole batches only: the calibration module is bound to one batch shape.
     usable = (len(tokens) // batch) * batch
@@ -306,7 +321,7 @@ def quantize_encoder(model: Union[BortModel, FastModel], tokens: np.ndarray,
             'quantized_dtype': config.quantized_dtype,
             'granularity': config.granularity, 'exclude': list(config.exclude),
             'calib_rows': int(usable), 'calib_seq_len': int(tokens.shape[1]),
-            'fused_ops': bool(fused),
+            'fused_ops': bool(fused), 'inputs': list(INPUT_ORDER),
             'mxnet': mx.__version__}
     return QuantizedModel(arch, qnet, info, ctx)
 
@@ -427,8 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     qmodel = quantize_encoder(model, tokens[:n], valid[:n], types[:n], config=config)
     if len(tokens) > n:
         fp32 = FastModel.from_model(model)
-        ref = _as_output(fp32(tokens[n:], valid[n:], types[n:]))
-        got = _as_output(qmodel(tokens[n:], valid[n:], types[n:]))
+        ref = _as_output(fp32(tokens[n:], types[n:], valid[n:]))
+        got = _as_output(qmodel(tokens[n:], types[n:], valid[n:]))
         first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
         agreement = compare_outputs(first(ref), first(got), valid[n:])
         qmodel.info['agreement_on_held_out_lines'] = dict(agreement, rows=int(len(tokens) - n))
