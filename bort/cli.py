@@ -4,7 +4,10 @@ A config field declared with :func:`opt` carries its help text, and optionally `
 metadata; :func:`add_dataclass_flags` turns each field into a flag spelled both ``--x_y`` and
 ``--x-y``; booleans get ``--x``/``--no-x``; list or tuple fields take several values; a field
 with ``positional=True`` is a positional argument. ``choices`` are checked by argparse, so a
-wrong value ends the command with argparse's one-line error and exit status 2.
+wrong value ends the command with argparse's one-line error and exit status 2. A field may also
+carry a ``check`` (:class:`Range`: :data:`positive`, :data:`non_negative`, :func:`at_least`,
+:data:`probability`, ...): :func:`check_fields` enforces it when flags are parsed and when a
+config is built in code, naming the flag.
 ``--config FILE.json`` (:func:`parse_with_config`) sets defaults from a JSON object whose keys are
 flag names (either spelling), and flags given on the command line win.
 """
@@ -12,18 +15,93 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
+import math
+import os
 import sys
 import typing
 from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type,
                     Union)
 
+from .errors import ConfigError, UserError
+
 __all__ = ['opt', 'option_names', 'make_parser', 'add_dataclass_flags', 'parse_with_config',
-           'parse_configs', 'add_subcommands', 'parse_subcommand', 'emit', 'run_main']
+           'parse_configs', 'add_subcommands', 'parse_subcommand', 'emit', 'run_main', 'Range',
+           'positive', 'non_negative', 'probability', 'unit_interval', 'at_least',
+           'check_fields', 'DEBUG_ENV']
 
 #: Metadata keys :func:`add_dataclass_flags` reads (anything else in ``opt(**kwargs)`` is a typo).
-META_KEYS = frozenset({'help', 'choices', 'nargs', 'type', 'required', 'positional', 'metavar'})
+META_KEYS = frozenset({'help', 'choices', 'nargs', 'type', 'required', 'positional', 'metavar',
+                       'check'})
+
+#: The one log-line format of every command (also :func:`bort.log.setup_logging`'s).
+LOG_FORMAT, LOG_DATEFMT = '%(asctime)s %(levelname)s %(name)s: %(message)s', '%H:%M:%S'
+
+#: Set to 1 to see the traceback of an expected error (a user mistake) instead of one line.
+DEBUG_ENV = 'BORT_DEBUG'
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: ``low``/``high`` bounds, each open or closed.
+
+    A list or tuple setting is checked element by element; ``None`` (an unset optional) passes.
+    """
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, (list, tuple)):
+            return all(self.accepts(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open
+                                      else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f'in {"(" if self.low_open else "["}{self.low:g}, {self.high:g}'
+                    f'{")" if self.high_open else "]"}')
+        if self.low is not None:
+            return f'{">" if self.low_open else ">="} {self.low:g}'
+        if self.high is not None:
+            return f'{"<" if self.high_open else "<="} {self.high:g}'
+        return 'a number'
+
+
+positive = Range(low=0, low_open=True)
+non_negative = Range(low=0)
+#: A fraction that may be 0 or 1 (dropout, warmup share, ...).
+unit_interval = Range(low=0, high=1)
+#: A probability that must select something: (0, 1].
+probability = Range(low=0, high=1, low_open=True)
+
+
+def at_least(low: float) -> Range:
+    """Integers such as counts and intervals: ``>= low``."""
+    return Range(low=low)
+
+
+def check_fields(config: Any) -> None:
+    """Raise :class:`~bort.errors.ConfigError` for the first field whose value its ``check``
+    refuses, naming the flag, the rule and the value."""
+    for field in dataclasses.fields(config):
+        check = field.metadata.get('check')
+        value = getattr(config, field.name)
+        if check is not None and not check.accepts(value):
+            raise ConfigError(f'{option_names(field.name)[0]} must be {check.describe()}, '
+                              f'got {value!r}')
 
 
 def opt(default: Any, text: str, **kwargs) -> Any:
@@ -37,8 +115,8 @@ def opt(default: Any, text: str, **kwargs) -> Any:
         The flag's help text.
     **kwargs
         More flag metadata: ``choices`` (the fixed set of values, or a function returning it,
-        e.g. a registry's keys), ``nargs``, ``type`` (of one value), ``required``,
-        ``positional``, ``metavar``.
+        e.g. a registry's keys), ``check`` (a :class:`Range`), ``nargs``, ``type`` (of one
+        value), ``required``, ``positional``, ``metavar``.
     """
     unknown = set(kwargs) - META_KEYS
     if unknown:
@@ -184,8 +262,15 @@ def parse_configs(parser: argparse.ArgumentParser, classes: Sequence[type],
     not repeat across the classes.
     """
     values = parse_with_config(parser, argv)
-    return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
-                 for cls in classes)
+    configs = []
+    for cls in classes:
+        try:
+            config = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+            check_fields(config)
+        except ConfigError as err:
+            parser.exit(2, f'{parser.prog}: error: {err}\n')
+        configs.append(config)
+    return tuple(configs)
 
 
 def add_subcommands(parser: argparse.ArgumentParser, commands: Mapping[str, type]) -> None:
@@ -213,7 +298,12 @@ def parse_subcommand(parser: argparse.ArgumentParser, commands: Mapping[str, typ
     """
     values = vars(parser.parse_args(argv))
     name = values.pop('command')
-    return name, commands[name](**values)
+    try:
+        config = commands[name](**values)
+        check_fields(config)
+    except ConfigError as err:
+        parser.exit(2, f'{parser.prog} {name}: error: {err}\n')
+    return name, config
 
 
 def emit(text: str) -> None:
@@ -227,14 +317,47 @@ def emit(text: str) -> None:
     sys.stdout.flush()
 
 
+#: Errors that are the user's to fix in every command, besides the project's UserError classes.
+_EXPECTED_OS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                PermissionError)
+
+
+def _one_line(err: BaseException) -> Optional[str]:
+    """The message of an expected error, or None for a bug (which keeps its traceback)."""
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, _EXPECTED_OS):
+        where = f': {err.filename}' if getattr(err, 'filename', None) else ''
+        return f'{err.strerror or err}{where}' if err.strerror else str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f'no space left on the device{f" writing {err.filename}" if err.filename else ""}'
+                f'; free some space (completed checkpoints are kept) and run again to resume')
+    return None
+
+
 def run_main(main: Callable[[], object], expected: Tuple[Type[BaseException], ...] = (),
              logger: str = 'bort') -> None:
-    """Run a command's ``main``; an expected user error becomes one log line and exit status 2.
+    """Run a command's ``main``; an expected error becomes one log line and exit status 2.
 
-    Anything else propagates with its traceback: it is a bug, not bad input.
+    Expected are the project's :class:`~bort.errors.UserError` classes (bad input, settings,
+    files), missing or unwritable files, a full disk, and the command's own ``expected``
+    classes. Ctrl-C ends with one line and status 130 (checkpoints already written are kept).
+    Anything else propagates with its traceback: it is a bug, not bad input. With
+    ``BORT_DEBUG=1`` every error keeps its traceback.
     """
+    log = logging.getLogger(logger)
+    if not logging.getLogger().handlers:  # the command failed before it set up logging
+        logging.basicConfig(format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     try:
         main()
-    except expected as err:
-        logging.getLogger(logger).error('%s', err)
+    except KeyboardInterrupt:
+        if os.environ.get(DEBUG_ENV) == '1':
+            raise
+        log.error('interrupted')
+        sys.exit(130)
+    except Exception as err:  # pylint: disable=broad-except
+        message = str(err) if isinstance(err, expected) else _one_line(err)
+        if message is None or os.environ.get(DEBUG_ENV) == '1':
+            raise
+        log.error('%s', message)
         sys.exit(2)

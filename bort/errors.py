@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ['UserError', 'DataFormatError']
+__all__ = ['UserError', 'DataFormatError', 'ConfigError']
 
 
 class UserError(Exception):
@@ -36,3 +36,7 @@ class DataFormatError(UserError, ValueError):
         self.line = line
         where = self.path if line is None or self.path is None else f'{self.path}:{line}'
         super().__init__(reason if where is None else f'{where}: {reason}')
+
+
+class ConfigError(UserError, ValueError):
+    """A setting out of its range or inconsistent with another; the message names the flag."""

@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 from tqdm import tqdm
 
+from .cli import LOG_DATEFMT, LOG_FORMAT
 from .distributed import Comm
 
 __all__ = ['setup_logging', 'MetricsLog', 'progress']
@@ -26,7 +27,7 @@ def setup_logging(comm: Optional[Comm] = None, level: int = logging.INFO,
         root.addHandler(logging.NullHandler())
         root.setLevel(logging.WARNING)
         return
-    fmt = logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s', '%H:%M:%S')
+    fmt = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
     handlers = [logging.StreamHandler(sys.stderr)]
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)

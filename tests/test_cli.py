@@ -1,6 +1,7 @@
 """Command lines from config dataclasses: both spellings, --config files, flags winning, help
 texts and choices on every flag of every script and ``python -m`` command."""
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -11,6 +12,8 @@ from typing import List, Optional
 
 import pytest
 
+from bort import cli
+from bort.errors import ConfigError, DataFormatError
 from bort.cli import (add_dataclass_flags, add_subcommands, make_parser, opt, option_names,
                       parse_configs, parse_subcommand, parse_with_config, run_main)
 
@@ -132,13 +135,13 @@ def test_subcommands():
 
 def test_run_main_turns_expected_errors_into_exit_status_2(caplog):
     def bad():
-        raise FileNotFoundError('no such file: x')
+        raise LookupError('no such entry: x')
 
     with pytest.raises(SystemExit) as exit_:
-        run_main(bad, (FileNotFoundError,), 'test')
-    assert exit_.value.code == 2 and 'no such file' in caplog.text
-    with pytest.raises(FileNotFoundError):
-        run_main(bad, (), 'test')  # a bug keeps its traceback
+        run_main(bad, (LookupError,), 'test')
+    assert exit_.value.code == 2 and 'no such entry' in caplog.text
+    with pytest.raises(LookupError):
+        run_main(bad, (), 'test')  # not expected by this command: a bug keeps its traceback
 
 
 # -- every script and command -----------------------------------------------------------------
@@ -209,3 +212,88 @@ def test_prune_help_names_every_rule():
     from bort.finetune.config import AgoraConfig
     text = next(f for f in fields(AgoraConfig) if f.name == 'prune').metadata['help']
     assert all(rule in text for rule in PRUNE_RULES)
+
+
+# -- checks and the one error exit ---------------------------------------------------------------
+@dataclasses.dataclass
+class _Checked:
+    lr: float = cli.opt(1e-4, 'rate', check=cli.positive)
+    ratio: float = cli.opt(0.15, 'mask ratio', check=cli.probability)
+    interval: int = cli.opt(10, 'every N steps', check=cli.at_least(1))
+    wd: float = cli.opt(0.0, 'decay', check=cli.non_negative)
+    sizes: tuple = cli.opt((8, 16), 'batch sizes', type=int, check=cli.at_least(1))
+
+
+@pytest.mark.parametrize('flag,value,rule', [
+    ('--lr', '0', '> 0'), ('--lr=-1e-3', None, '> 0'), ('--ratio', '0', 'in (0, 1]'),
+    ('--ratio', '1.5', 'in (0, 1]'), ('--interval', '0', '>= 1'), ('--wd', '-0.01', '>= 0'),
+    ('--lr', 'nan', '> 0')])
+def test_a_value_out_of_range_is_one_line_naming_the_flag(capsys, flag, value, rule):
+    parser = cli.make_parser(prog='prog')
+    cli.add_dataclass_flags(parser, _Checked)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_configs(parser, [_Checked], [flag] if value is None else [flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = flag.split('=')[0]
+    assert len(err) == 1 and err[0].startswith(f'prog: error: {name} must be {rule}, got')
+
+
+def test_list_values_are_checked_one_by_one_and_good_values_pass():
+    parser = cli.make_parser(prog='prog')
+    cli.add_dataclass_flags(parser, _Checked)
+    config, = cli.parse_configs(parser, [_Checked], ['--sizes', '8', '32', '--ratio', '1'])
+    assert config.sizes == [8, 32] and config.ratio == 1.0
+    with pytest.raises(ConfigError, match=r'--sizes must be >= 1, got \[8, 0\]'):
+        cli.check_fields(_Checked(sizes=[8, 0]))
+
+
+def _exit_of(main, caplog, monkeypatch):
+    monkeypatch.setenv(cli.DEBUG_ENV, '0')
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main, (), 'test')
+    return exit_info.value.code, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize('error,text', [
+    (ConfigError('--lr must be > 0, got -1'), '--lr must be > 0, got -1'),
+    (DataFormatError('bad row', 'train.tsv', 3), 'train.tsv:3: bad row'),
+    (FileNotFoundError(2, 'No such file or directory', 'data/x.tsv'),
+     'No such file or directory: data/x.tsv'),
+    (OSError(28, 'No space left on device', 'runs/x/model.params'),
+     'no space left on the device writing runs/x/model.params')])
+def test_run_main_turns_expected_errors_into_one_line_and_status_2(caplog, monkeypatch, error,
+                                                                   text):
+    def main():
+        raise error
+    code, lines = _exit_of(main, caplog, monkeypatch)
+    assert code == 2 and len(lines) == 1 and text in lines[0] and '\n' not in lines[0]
+
+
+def test_bugs_keep_their_traceback_and_debug_shows_every_traceback(monkeypatch):
+    def bug():
+        raise TypeError('a bug')
+    with pytest.raises(TypeError):
+        cli.run_main(bug, (), 'test')
+
+    def mistake():
+        raise ConfigError('--lr must be > 0')
+    monkeypatch.setenv(cli.DEBUG_ENV, '1')
+    with pytest.raises(ConfigError):
+        cli.run_main(mistake, (), 'test')
+
+
+def test_ctrl_c_is_one_line_and_status_130(caplog, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+    code, lines = _exit_of(interrupted, caplog, monkeypatch)
+    assert code == 130 and lines == ['interrupted']
+
+
+def test_a_command_prints_one_line_and_no_traceback(tmp_path):
+    """End to end: a command given a missing model folder, in a fresh process."""
+    proc = subprocess.run([sys.executable, '-m', 'bort.interop.convert', 'export',
+                           str(tmp_path / 'missing'), str(tmp_path / 'out')],
+                          capture_output=True, text=True, cwd=REPO)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
