@@ -95,13 +95,19 @@ def at_least(low: float) -> Range:
 
 def check_fields(config: Any) -> None:
     """Raise :class:`~bort.errors.ConfigError` for the first field whose value its ``check``
-    refuses, naming the flag, the rule and the value."""
+    or its ``choices`` refuse, naming the flag, the rule and the value (for configs built in
+    code; argparse checks the choices of flags itself)."""
     for field in dataclasses.fields(config):
-        check = field.metadata.get('check')
-        value = getattr(config, field.name)
+        check, choices = field.metadata.get('check'), field.metadata.get('choices')
+        value, flag = getattr(config, field.name), option_names(field.name)[0]
         if check is not None and not check.accepts(value):
-            raise ConfigError(f'{option_names(field.name)[0]} must be {check.describe()}, '
-                              f'got {value!r}')
+            raise ConfigError(f'{flag} must be {check.describe()}, got {value!r}')
+        if choices is not None:
+            allowed = tuple(choices()) if callable(choices) else tuple(choices)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(v not in allowed for v in items):
+                raise ConfigError(f'{flag} must be one of {", ".join(map(str, allowed))}, '
+                                  f'got {value!r}')
 
 
 def opt(default: Any, text: str, **kwargs) -> Any:

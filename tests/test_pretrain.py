@@ -318,3 +318,26 @@ def test_evaluate_matches_numpy(data, rng):
     assert got['eval_mlm_acc'] == pytest.approx(correct / count)
     assert got['eval_mlm_top5'] == pytest.approx(top5 / count)
     assert got['eval_mlm_loss'] == pytest.approx(nll / count, rel=1e-5)
+
+
+@pytest.mark.parametrize('field,value,flag', [
+    ('lr', 0.0, '--lr'), ('lr', -1e-3, '--lr'), ('adam_epsilon', 0.0, '--adam_epsilon'),
+    ('weight_decay', -0.01, '--weight_decay'), ('mask_ratio', 0.0, '--mask_ratio'),
+    ('mask_ratio', 1.5, '--mask_ratio'), ('batch_size', -4, '--batch_size'),
+    ('checkpoint_interval', 0, '--checkpoint_interval'), ('eval_interval', 0, '--eval_interval'),
+    ('log_interval', 0, '--log_interval'), ('warmup_ratio', 1.2, '--warmup_ratio'),
+    ('schedule', 'cosine', '--schedule'), ('temperature', 0.0, '--temperature')])
+def test_settings_that_cannot_run_are_refused_naming_the_flag(field, value, flag):
+    from bort.errors import ConfigError
+    config = PretrainConfig(data='shards', kd_weight=0.0, **{field: value})
+    with pytest.raises(ConfigError, match=f'^{flag} must be'):
+        config.validate()
+
+
+def test_a_bad_setting_on_the_command_line_is_one_line_and_status_2():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'run_pretraining.py'), '--data',
+                           'x', '--kd_weight', '0', '--batch_size', '-4'],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith('--batch_size must be >= 1, got -4')
+    assert 'Traceback' not in proc.stderr

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cli import opt
+from ..cli import at_least, check_fields, non_negative, opt, positive, probability, unit_interval
+from ..errors import ConfigError
 from ..optim import SCHEDULES
 
 __all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES']
@@ -39,56 +40,58 @@ class PretrainConfig:
                          'MLM-adapt a teacher')
     tokenizer: str = opt('', 'tokenizer folder, only for shards without meta.json')
     # -- the objective ---------------------------------------------------------------------------
-    mlm_weight: float = opt(0.1, 'weight of the masked-LM term')
-    kd_weight: float = opt(0.5, 'weight of the distillation term (0: self-supervised baseline)')
-    temperature: float = opt(2.0, 'distillation temperature T (the term is scaled by T²)')
+    mlm_weight: float = opt(0.1, 'weight of the masked-LM term', check=non_negative)
+    kd_weight: float = opt(0.5, 'weight of the distillation term (0: self-supervised baseline)',
+                           check=non_negative)
+    temperature: float = opt(2.0, 'distillation temperature T (the term is scaled by T²)',
+                             check=positive)
     released_quirks: bool = opt(False, "the released script's loss (softmax twice, vocabulary "
                                 'mean)')
-    mask_ratio: float = opt(0.15, 'fraction of tokens masked (dynamic masking, 80/10/10)')
-    max_predictions: int = opt(76, 'masked positions per sequence at most')
+    mask_ratio: float = opt(0.15, 'fraction of tokens masked (dynamic masking, 80/10/10)',
+                            check=probability)
+    max_predictions: int = opt(76, 'masked positions per sequence at most', check=at_least(1))
     # -- the optimizer ---------------------------------------------------------------------------
     optimizer: str = opt('bertadam', 'optimizer (bort.optim.make_trainer)', choices=OPTIMIZERS)
-    lr: float = opt(1e-4, 'peak learning rate')
-    weight_decay: float = opt(0.01, 'decoupled weight decay (none on LayerNorm and biases)')
-    adam_epsilon: float = opt(1e-6, "Adam's epsilon")
-    warmup_ratio: float = opt(0.01, 'warm-up proportion of --total_steps')
+    lr: float = opt(1e-4, 'peak learning rate', check=positive)
+    weight_decay: float = opt(0.01, 'decoupled weight decay (none on LayerNorm and biases)',
+                              check=non_negative)
+    adam_epsilon: float = opt(1e-6, "Adam's epsilon", check=positive)
+    warmup_ratio: float = opt(0.01, 'warm-up proportion of --total_steps', check=unit_interval)
     schedule: str = opt('linear', 'decay after warm-up (bort.optim.learning_rate)',
                         choices=SCHEDULES)
-    max_grad_norm: float = opt(1.0, 'global gradient-norm clipping (0: none)')
-    total_steps: int = opt(1000, 'optimizer steps')
-    batch_size: int = opt(8, 'sequences per worker per micro-batch')
-    accumulate: int = opt(1, 'micro-batches per optimizer step')
+    max_grad_norm: float = opt(1.0, 'global gradient-norm clipping (0: none)', check=non_negative)
+    total_steps: int = opt(1000, 'optimizer steps', check=at_least(1))
+    batch_size: int = opt(8, 'sequences per worker per micro-batch', check=at_least(1))
+    accumulate: int = opt(1, 'micro-batches per optimizer step', check=at_least(1))
     data_parts: int = opt(0, 'data order parts (0: number of workers); keep fixed to compare '
-                          'worker counts (bort.pretrain.stream)')
+                          'worker counts (bort.pretrain.stream)', check=non_negative)
     dtype: str = opt('float32', 'float16 (GPU only, dynamic loss scaling) or float32',
                      choices=DTYPES)
-    loss_scale: float = opt(2.0 ** 15, 'initial dynamic loss scale (float16 only)')
+    loss_scale: float = opt(2.0 ** 15, 'initial dynamic loss scale (float16 only)', check=positive)
     # -- the run ---------------------------------------------------------------------------------
     gpu: bool = opt(False, 'train on the GPU (under horovodrun: the local rank\'s)')
     seed: int = opt(0, 'seed of initialisation, data order, masking and dropout')
     hybridize: bool = opt(True, 'hybridize the student (and teacher) for speed')
-    log_interval: int = opt(10, 'optimizer steps between training log lines')
-    eval_interval: int = opt(100, 'optimizer steps between held-out evaluations')
-    eval_batches: int = opt(16, 'held-out batches per evaluation')
-    checkpoint_interval: int = opt(100, 'optimizer steps between checkpoints')
-    keep_checkpoints: int = opt(0, 'newest checkpoints kept (0: all)')
+    log_interval: int = opt(10, 'optimizer steps between training log lines', check=at_least(1))
+    eval_interval: int = opt(100, 'optimizer steps between held-out evaluations', check=at_least(1))
+    eval_batches: int = opt(16, 'held-out batches per evaluation', check=at_least(1))
+    checkpoint_interval: int = opt(100, 'optimizer steps between checkpoints', check=at_least(1))
+    keep_checkpoints: int = opt(0, 'newest checkpoints kept (0: all)', check=non_negative)
     resume: bool = opt(False, 'continue from the latest checkpoint in --output_dir')
     plot: bool = opt(True, 'plot the training and held-out curves (curves.png) at the end')
 
     def validate(self) -> None:
-        """Raise ValueError on settings that cannot run."""
+        """Raise :class:`~bort.errors.ConfigError` (naming the flag) on settings that cannot
+        run: each field's range (also checked when flags are parsed), then their combinations.
+        """
+        check_fields(self)
         if not self.data:
-            raise ValueError('no training data: set data (a folder from bort.pretrain.prepare)')
-        if self.kd_weight < 0 or self.mlm_weight < 0 or self.temperature <= 0:
-            raise ValueError('loss weights must be >= 0 and the temperature > 0')
+            raise ConfigError('no training data: pass --data (a folder from '
+                              'python -m bort.pretrain.prepare)')
+        if self.kd_weight == 0 and self.mlm_weight == 0:
+            raise ConfigError('--kd_weight and --mlm_weight are both 0: nothing to train')
         if self.kd_weight > 0 and not self.teacher:
-            raise ValueError('kd_weight > 0 needs a teacher folder (or set kd_weight 0 for the '
-                             'self-supervised baseline)')
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f'schedule must be one of {SCHEDULES}')
-        if self.dtype not in DTYPES:
-            raise ValueError("dtype must be 'float32' or 'float16'")
+            raise ConfigError('--kd_weight > 0 needs --teacher (or pass --kd_weight 0 for the '
+                              'self-supervised baseline)')
         if self.dtype == 'float16' and not self.gpu:
-            raise ValueError('float16 training is for GPUs only (pass --gpu)')
-        if min(self.total_steps, self.batch_size, self.accumulate) < 1:
-            raise ValueError('total_steps, batch_size and accumulate must be >= 1')
+            raise ConfigError('--dtype float16 is for GPUs only (pass --gpu)')
