@@ -6,13 +6,14 @@ trainer with :func:`make_trainer` and sets the rate from :func:`learning_rate` e
 from __future__ import annotations
 
 import math
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import mxnet as mx
 
 from .distributed import Comm
 
-__all__ = ['learning_rate', 'SCHEDULES', 'make_trainer', 'clip_global_norm', 'no_decay']
+__all__ = ['learning_rate', 'SCHEDULES', 'make_trainer', 'clip_global_norm', 'global_norm',
+           'optimizer_step', 'no_decay', 'NORM_CHUNK']
 
 SCHEDULES = ('linear', 'noam', 'constant')
 
@@ -101,6 +102,60 @@ def make_trainer(params: mx.gluon.ParameterDict, comm: Comm, optimizer: str = 'b
     return comm.trainer(params, optimizer, options)
 
 
+#: Elements per piece of the fused sum of squares: ``multi_sum_sq`` accumulates each input
+#: serially in float32 (relative error 2e-2 on a 30,522 x 384 embedding gradient in one piece,
+#: 1e-6 in pieces of 2^14), so large gradients go in as views of this many elements.
+NORM_CHUNK = 1 << 14
+
+
+def _norm_pieces(grads: List[mx.nd.NDArray]) -> List[mx.nd.NDArray]:
+    """Views (no copies) of at most :data:`NORM_CHUNK` elements covering ``grads``."""
+    pieces = []
+    for g in grads:
+        flat = g.reshape((-1,))
+        size = flat.shape[0]
+        pieces.extend(flat[i:min(i + NORM_CHUNK, size)] for i in range(0, size, NORM_CHUNK))
+    return pieces
+
+
+def global_norm(grads: List[mx.nd.NDArray], cache: Optional[object] = None) -> mx.nd.NDArray:
+    """The global L2 norm of ``grads`` as one fused reduction (``mx.nd.multi_sum_sq``).
+
+    The plain ``sqrt(Σ (g ** 2).sum())`` runs two operators and a float32 copy per gradient
+    (measured: 240 ms a step for a MiniLM-sized model on 2 cores); this reads each gradient once.
+
+    Parameters
+    ----------
+    grads : list of NDArray
+        Any shapes, float32 or float16.
+    cache : object, optional
+        An object (the trainer) on which the list of views is kept between calls while the
+        gradient arrays stay the same (they do: gradients are updated in place).
+
+    Returns
+    -------
+    (1,) float32 NDArray
+        ``inf``/``nan`` when a gradient is not finite.
+    """
+    pieces = None
+    if cache is not None:
+        kept = getattr(cache, '_bort_norm_pieces', None)
+        if kept is not None and len(kept[0]) == len(grads) and all(
+                a is b for a, b in zip(kept[0], grads)):
+            pieces = kept[1]
+    if pieces is None:
+        pieces = _norm_pieces(grads)
+        if cache is not None:
+            cache._bort_norm_pieces = (list(grads), pieces)  # pylint: disable=protected-access
+    squares = mx.nd.multi_sum_sq(*pieces, num_arrays=len(pieces))
+    return mx.nd.sqrt(mx.nd.sum(squares))
+
+
+def _grads(params: Iterable[mx.gluon.Parameter], ctx: mx.Context = None) -> List[mx.nd.NDArray]:
+    return [p.grad(ctx) if ctx is not None else p.list_grad()[0]
+            for p in params if p.grad_req != 'null']
+
+
 def clip_global_norm(params: Iterable[mx.gluon.Parameter], max_norm: float,
                      ctx: mx.Context = None) -> float:
     """Rescale the gradients so that their global L2 norm is at most ``max_norm``.
@@ -111,12 +166,10 @@ def clip_global_norm(params: Iterable[mx.gluon.Parameter], max_norm: float,
         The norm before clipping (``inf``/``nan`` when a gradient is not finite; the gradients
         are then left untouched so the caller can stop with a clear message).
     """
-    grads: List[mx.nd.NDArray] = [p.grad(ctx) if ctx is not None else p.list_grad()[0]
-                                  for p in params if p.grad_req != 'null']
+    grads = _grads(params, ctx)
     if not grads:
         return 0.0
-    norm = mx.nd.sqrt(mx.nd.add_n(*[(g.astype('float32') ** 2).sum() for g in grads]))
-    total = float(norm.asscalar())
+    total = float(global_norm(grads).asscalar())
     if math.isfinite(total) and max_norm > 0 and total > max_norm:
         scale = max_norm / total
         for g in grads:
@@ -133,17 +186,29 @@ def optimizer_step(trainer: mx.gluon.Trainer, params: Iterable[mx.gluon.Paramete
     micro-batches with gradient accumulation). Clipping sees the worker-averaged gradient, the
     same one every worker applies, so all workers stay identical.
 
+    The clipping factor is not applied to the gradients but folded into the optimizer's
+    ``rescale_grad``, which every MXNet optimizer multiplies the gradient by inside its (fused,
+    multi-tensor) update: the same update as scaling the gradients first, without a pass over
+    them. The norm is one fused reduction (:func:`global_norm`) and one read to the host
+    (needed to skip a non-finite update).
+
     Returns
     -------
     float
         The global gradient norm before clipping; not finite means the update was skipped.
     """
-    params = list(params)
     trainer.allreduce_grads()
     # After allreduce the gradients are the workers' sum when Horovod averages inside the
-    # update (CPU/Gloo builds, see Comm.trainer): clip that sum at max_norm · workers.
-    scale *= getattr(trainer, 'grad_sum_workers', 1)
-    norm = clip_global_norm(params, max_norm * scale if max_norm else 0.0) / scale
-    if math.isfinite(norm):
-        trainer.update(scale / getattr(trainer, 'grad_sum_workers', 1))
+    # update (CPU/Gloo builds, see Comm.trainer): the norm of that sum is workers times the
+    # norm of the average.
+    workers = getattr(trainer, 'grad_sum_workers', 1)
+    scale *= workers
+    grads = _grads(params)
+    if not grads:
+        return 0.0
+    norm = float(global_norm(grads, cache=trainer).asscalar()) / scale
+    if not math.isfinite(norm):
+        return norm
+    clip = max_norm / norm if 0 < max_norm < norm else 1.0
+    trainer.update(scale / workers / clip)
     return norm

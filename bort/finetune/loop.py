@@ -134,6 +134,37 @@ def _labels(examples: Sequence[Example]) -> np.ndarray:
     return np.asarray([ex.label for ex in examples], dtype=np.float32)
 
 
+def train_step(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List, loss_fn,
+               inputs: Tuple, target: mx.nd.NDArray, scale: float, clip_norm: float):
+    """One optimizer step of fine-tuning on one (worker's) batch.
+
+    Parameters
+    ----------
+    model : TaskClassifier
+    trainer : Trainer
+    params : list of Parameter
+        The trainable parameters.
+    loss_fn : callable
+        :func:`bort.finetune.classifier.task_loss`: ``(scores, labels) -> (batch_size,)``.
+    inputs : tuple
+        ``make_batch``'s ``(inputs (B, L), token_types (B, L) or None, valid_length (B,))``.
+    target : (batch_size,) float32
+    scale : float
+        Multiplies the summed loss: workers / global batch size, so that the workers' average
+        of the gradients is the global batch's mean gradient, as one process computes it.
+    clip_norm : float
+
+    Returns
+    -------
+    (loss, norm) : scalar NDArray, float
+        This worker's scaled loss and the gradient norm before clipping (not finite: no update).
+    """
+    with mx.autograd.record():
+        loss = loss_fn(model(*inputs), target).sum() * scale
+    loss.backward()
+    return loss, optimizer_step(trainer, params, clip_norm)
+
+
 def _train_epoch(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List, loss_fn,
                  encoded: Sequence[Encoded], labels: np.ndarray, pad_id: int,
                  batches: List[Tuple[np.ndarray, int]], config: FinetuneConfig, comm: Comm,
@@ -150,12 +181,8 @@ def _train_epoch(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List,
         trainer.set_learning_rate(learning_rate(step, total_steps, config.lr,
                                                 config.warmup_ratio))
         mx.random.seed(step_seed(config.seed, step, comm.rank))  # dropout, also after resume
-        with mx.autograd.record():
-            # This worker's summed loss / global batch · workers: the workers' average of
-            # these gradients is the global batch's mean gradient, as one process computes it.
-            loss = loss_fn(model(inputs, types, valid), target).sum() * (comm.size / len(batch))
-        loss.backward()
-        norm = optimizer_step(trainer, params, config.clip_norm)
+        loss, norm = train_step(model, trainer, params, loss_fn, (inputs, types, valid), target,
+                                comm.size / len(batch), config.clip_norm)
         if not math.isfinite(norm):
             raise FloatingPointError(f'gradient norm {norm} at step {step}; lower the lr')
         losses.append(float(loss.asscalar()) / comm.size)

@@ -47,7 +47,7 @@ from .evaluate import evaluate, params_digest, plot_curves, window_record
 from .masking import masking_for
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards
 
-__all__ = ['pretrain', 'accumulate_gradients', 'NonFiniteLossError', 'evaluate']
+__all__ = ['pretrain', 'pretrain_step', 'accumulate_gradients', 'NonFiniteLossError', 'evaluate']
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,40 @@ def accumulate_gradients(student: BortModel, teacher: Optional[Teacher],
     return sums
 
 
+def pretrain_step(student: BortModel, teacher: Optional[Teacher], micro: Sequence[MLMBatch],
+                  config: PretrainConfig, comm: Comm, trainer: mx.gluon.Trainer,
+                  params: List[mx.gluon.Parameter], loss_scale: float = 1.0):
+    """One optimizer step: accumulate the micro-batches' gradients, clip, update, zero them.
+
+    Parameters
+    ----------
+    student, teacher, micro, comm, loss_scale
+        As :func:`accumulate_gradients`.
+    config : PretrainConfig
+        Or any object with ``mlm_weight, kd_weight, temperature, released_quirks,
+        max_grad_norm``.
+    trainer : Trainer
+    params : list of Parameter
+        The student's trainable parameters, with ``grad_req='add'``.
+
+    Returns
+    -------
+    norm : float
+        The gradient norm before clipping (of the unscaled gradient); not finite means the
+        update was skipped (also when the loss is not finite).
+    sums : (7,) float64
+        :func:`accumulate_gradients`' sums, the first six summed over the workers.
+    """
+    sums = accumulate_gradients(student, teacher, micro, config, comm, loss_scale)
+    sums[:6] = comm.allreduce_sum(sums[:6])  # every worker takes the same decision
+    norm = math.nan
+    if math.isfinite(sums[2]):
+        norm = optimizer_step(trainer, params, config.max_grad_norm, scale=loss_scale)
+    for p in params:
+        p.zero_grad()
+    return norm, sums
+
+
 def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
     """Run (or resume) a pretraining run; return its final metrics.
 
@@ -266,18 +300,13 @@ class _Run:
                            config.schedule)
         self.trainer.set_learning_rate(lr)
         micro = [next(self.stream) for _ in range(config.accumulate)]
-        sums = accumulate_gradients(self.student, self.teacher, micro, config, comm,
-                                    self.loss_scale)
-        sums[:6] = comm.allreduce_sum(sums[:6])  # every worker takes the same decision below
+        norm, sums = pretrain_step(self.student, self.teacher, micro, config, comm, self.trainer,
+                                   self.params, self.loss_scale)
         if not math.isfinite(sums[2]):
             raise NonFiniteLossError(
                 f'non-finite loss at step {step + 1} (mlm sum {sums[0]}, kd sum {sums[1]}): '
                 f'stopped before updating; the last good checkpoint is '
                 f'{self.manager.latest() or "none (no checkpoint written yet)"}')
-        norm = optimizer_step(self.trainer, self.params, config.max_grad_norm,
-                              scale=self.loss_scale)
-        for p in self.params:
-            p.zero_grad()
         if not math.isfinite(norm):
             if config.dtype != 'float16':
                 raise NonFiniteLossError(

@@ -20,11 +20,13 @@ import logging
 from typing import Dict, Optional
 
 import mxnet as mx
+import numpy as np
 
 from ..errors import UserError
 from ..model import BortModel, load_model
 
-__all__ = ['Teacher', 'VocabularyMismatchError', 'mlm_logits', 'check_vocab_size']
+__all__ = ['Teacher', 'VocabularyMismatchError', 'mlm_logits', 'fast_mlm_logits',
+           'check_vocab_size']
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,36 @@ def mlm_logits(model: BortModel, batch: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArr
     return out[-1] if isinstance(out, (list, tuple)) else out
 
 
+def fast_mlm_logits(fast, decoder: mx.gluon.Block,
+                    batch: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
+    """MLM logits at the masked positions from a fast inference encoder and a model's MLM head.
+
+    Only the masked positions are gathered and decoded, as :class:`~bort.model.BortModel` does.
+
+    Parameters
+    ----------
+    fast : bort.inference.fast.FastModel
+        The encoder (inference only: no dropout, no gradient).
+    decoder : Block
+        The model's MLM head: ``(rows, units) -> (rows, vocab_size)``.
+    batch : dict
+        As :func:`mlm_logits`.
+
+    Returns
+    -------
+    (batch_size, num_masked, vocab_size) float32 NDArray
+    """
+    inputs, positions = batch['input_ids'], batch['positions']
+    types = batch.get('segment_ids') if fast.arch.token_type_vocab_size else None
+    out = fast(inputs, valid_length=batch['valid_length'], token_types=types)
+    seq = out[0] if isinstance(out, (list, tuple)) else out               # (B, L, H)
+    size, length, units = seq.shape
+    rows = mx.nd.arange(size, ctx=seq.context).reshape((-1, 1)) * length
+    index = mx.nd.broadcast_add(positions.astype('float32'), rows).reshape((-1,))
+    hidden = mx.nd.take(seq.reshape((-1, units)), index)                  # (B*M, H)
+    return decoder(hidden).reshape((size, positions.shape[1], -1))
+
+
 class Teacher:
     """A frozen masked-LM model.
 
@@ -74,9 +106,12 @@ class Teacher:
     model : BortModel
         With an MLM head; its parameters get ``grad_req='null'``.
     hybridize : bool
+    fast : bool, optional
+        Run the encoder through :class:`bort.inference.fast.FastModel` (see :meth:`logits`);
+        None (default): on the CPU in float32. False: always the plain graph.
     """
 
-    def __init__(self, model: BortModel, hybridize: bool = True):
+    def __init__(self, model: BortModel, hybridize: bool = True, fast: Optional[bool] = None):
         if not model.has_decoder:
             raise ValueError('the teacher has no masked-LM head (decoder): distillation needs '
                              'its output distribution')
@@ -84,6 +119,8 @@ class Teacher:
         if hybridize:
             model.hybridize(static_alloc=True)
         self.model = model
+        self.fast = fast
+        self._fast = None
 
     @property
     def vocab_size(self) -> int:
@@ -136,9 +173,32 @@ class Teacher:
     def logits(self, batch: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
         """Teacher logits at the masked positions, outside autograd, as float32.
 
+        On the CPU in float32 the encoder runs through the fast inference graph
+        (:class:`bort.inference.fast.FastModel`: fused QKV, oneDNN fusion, masked softmax
+        without the length loop), built on the first call from the teacher's weights (frozen,
+        so built once), and only the masked positions go through the MLM head. Measured on
+        2 cores, teacher <6, 12, 384, 1536> at 16 x 64: see ``benchmarks/bench_train_step.py``.
+        Same logits as the plain graph up to float32 rounding (``tests/test_train_step.py``).
+
         Returns
         -------
         (batch_size, num_masked, vocab_size) NDArray
         """
         with mx.autograd.pause(train_mode=False):
-            return mlm_logits(self.model, batch).astype('float32', copy=False)
+            fast = self._fast_model()
+            if fast is None:
+                return mlm_logits(self.model, batch).astype('float32', copy=False)
+            return fast_mlm_logits(fast, self.model.decoder, batch)
+
+    def _fast_model(self):
+        """The fast encoder, or None where the plain graph is used (GPU, float16, opted out)."""
+        if self.fast is False:
+            return None
+        weight = self.model.word_embed[0].weight
+        if np.dtype(weight.dtype) != np.float32 or weight.list_ctx()[0].device_type != 'cpu':
+            return None
+        if self._fast is None:
+            # pylint: disable=import-outside-toplevel
+            from ..inference.fast import FastModel
+            self._fast = FastModel.from_model(self.model, ctx=weight.list_ctx()[0])
+        return self._fast

@@ -26,7 +26,7 @@ from ..optim import learning_rate, make_trainer, optimizer_step
 from .config import SearchConfig
 from .targets import TeacherTargets
 
-__all__ = ['candidate_seed', 'train_candidate']
+__all__ = ['candidate_seed', 'candidate_step', 'train_candidate']
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,36 @@ def candidate_seed(seed: int, arch: Architecture) -> int:
     """A seed of its own for each candidate, from the search seed and the tuple."""
     text = f'{seed}:' + ','.join(map(str, arch.tuple))
     return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % (2 ** 31 - 1)
+
+
+def candidate_step(model, trainer: mx.gluon.Trainer, params, targets: TeacherTargets,
+                   index: int, batch: Dict[str, mx.nd.NDArray], clip: float):
+    """One optimizer step of a candidate on training batch ``index`` of the targets.
+
+    Parameters
+    ----------
+    model : BortModel
+        With a decoder.
+    trainer : Trainer
+    params : list of Parameter
+        The trainable parameters.
+    targets : TeacherTargets
+    index : int
+    batch : dict
+        ``targets.data.train[index].as_nd(ctx)``.
+    clip : float
+        Global gradient-norm clip (0: none).
+
+    Returns
+    -------
+    (loss, norm) : scalar NDArray, float
+        The distillation loss of the batch and the gradient norm before clipping (not finite:
+        the update was skipped).
+    """
+    with mx.autograd.record():
+        loss = targets.train_loss(index, mlm_logits(model, batch))
+    loss.backward()
+    return loss, optimizer_step(trainer, params, clip)
 
 
 def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchConfig,
@@ -84,12 +114,9 @@ def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchC
         trainer.set_learning_rate(learning_rate(step, config.steps, config.lr,
                                                 config.warmup_ratio, config.schedule))
         index = step % len(data.train)
-        batch = data.train[index].as_nd(ctx)
-        with mx.autograd.record():
-            loss = targets.train_loss(index, mlm_logits(model, batch))
-        loss.backward()
+        loss, norm = candidate_step(model, trainer, params, targets, index,
+                                    data.train[index].as_nd(ctx), config.clip)
         value = float(loss.asscalar())
-        norm = optimizer_step(trainer, params, config.clip)
         if not (math.isfinite(value) and math.isfinite(norm)):
             log.warning('candidate <%s> diverged at step %d (loss %s, gradient norm %s)',
                         ', '.join(map(str, arch.tuple)), step, value, norm)

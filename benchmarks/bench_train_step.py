@@ -1,0 +1,353 @@
+"""One training step, the project's against a plain PyTorch reference of the same shapes and loss.
+
+Each row runs in a child process of its own (so its peak RSS is its own), both sides in that one
+process, timed in interleaved rounds (ours, torch, torch, ours, ...) after a warm-up, each step
+synchronised at its end (``mx.nd.waitall()``; PyTorch's CPU ops are synchronous). Synthetic
+data of fixed shapes: token ids uniform over the vocabulary, valid lengths uniform in
+[L/2, L] (the first row full), masked positions drawn among the valid ones.
+
+Rows (``(num_layers, num_heads, units, hidden_size)``, vocabulary 30,522 everywhere):
+
+- ``kd``: student <4, 4, 128, 512>, teacher <6, 12, 384, 1536>, 16 × 64 tokens, 11 masked
+  positions a row; loss 0.1 · MLM + 0.5 · T² · soft CE (T = 2) at the masked positions,
+  BERT-Adam / AdamW, global-norm clip 1. Ours: :func:`bort.pretrain.loop.pretrain_step`, what
+  ``run_pretraining.py`` runs; torch: ``BertForMaskedLM`` (it decodes every position) with the
+  masked positions gathered, teacher under ``no_grad``.
+- ``kd_bort``: the same with the Bort student <4, 8, 1024, 768> and a BERT-base teacher
+  <12, 12, 768, 3072>, 8 × 128 tokens, 20 masked positions a row.
+- ``mlm``: ``kd``'s student alone, MLM loss only.
+- ``finetune``: a MiniLM-shaped encoder <6, 12, 384, 1536> with a linear 3-class head on the
+  first token, 8 × 128, softmax cross-entropy. Ours: :func:`bort.finetune.loop.train_step`.
+- ``search``: ``kd``'s student trained as a search candidate, SGD (momentum 0.9) against cached
+  top-1024 teacher targets with the even tail. Ours: :func:`bort.search.trainer.candidate_step`.
+
+Columns: median step time and interquartile range of each side, tokens (real, unpadded) per
+second at the median, the ratio torch / ours (above 1: ours faster), and the row process's
+peak RSS (after our side's warm-up alone, and at the end with both sides).
+
+    PYTHONPATH=. python benchmarks/bench_train_step.py --repeats 10 --warmup 3 --threads 2
+
+PyTorch and transformers are the ``[hf]`` extra: the reference only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+VOCAB = 30522
+
+ROWS = {
+    'kd': dict(kind='kd', student=(4, 4, 128, 512), teacher=(6, 12, 384, 1536), batch=16,
+               seq=64, masked=11),
+    'kd_bort': dict(kind='kd', student=(4, 8, 1024, 768), teacher=(12, 12, 768, 3072), batch=8,
+                    seq=128, masked=20),
+    'mlm': dict(kind='mlm', student=(4, 4, 128, 512), batch=16, seq=64, masked=11),
+    'finetune': dict(kind='finetune', student=(6, 12, 384, 1536), batch=8, seq=128, classes=3),
+    'search': dict(kind='search', student=(4, 4, 128, 512), batch=16, seq=64, masked=11,
+                   topk=1024),
+}
+
+
+# -- data ----------------------------------------------------------------------------------------
+def synthetic(row, seed=0):
+    """Arrays of one batch (numpy): ids, types, valid lengths, positions, labels, weights."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    rng = np.random.RandomState(seed)
+    b, length = row['batch'], row['seq']
+    ids = rng.randint(5, VOCAB, size=(b, length)).astype(np.int32)
+    valid = rng.randint(length // 2, length + 1, size=b).astype(np.int32)
+    valid[0] = length
+    types = np.zeros((b, length), np.int32)
+    for i in range(b):
+        types[i, valid[i] // 2:valid[i]] = 1
+    m = row.get('masked', 1)
+    positions = np.stack([np.sort(rng.choice(np.arange(1, valid[i]), m, replace=False))
+                          for i in range(b)]).astype(np.int32)
+    labels = rng.randint(5, VOCAB, size=(b, m)).astype(np.int32)
+    weights = np.ones((b, m), np.float32)
+    return dict(ids=ids, types=types, valid=valid, positions=positions, labels=labels,
+                weights=weights, classes=rng.randint(0, row.get('classes', 2), size=b))
+
+
+def _arch(shape, dropout=0.1):
+    from bort.arch import Architecture  # pylint: disable=import-outside-toplevel
+    layers, heads, units, hidden = shape
+    return Architecture(num_layers=layers, num_heads=heads, units=units, hidden_size=hidden,
+                        vocab_size=VOCAB, max_length=512, dropout=dropout,
+                        layer_norm_eps=1e-12, token_type_vocab_size=2, use_pooler=False)
+
+
+# -- ours ----------------------------------------------------------------------------------------
+def ours_step(row, data):
+    """A zero-argument function running one of our training steps (synchronised)."""
+    # pylint: disable=import-outside-toplevel
+    import mxnet as mx
+    import numpy as np
+    from types import SimpleNamespace
+    from bort.distributed import Comm
+    from bort.model import build_model
+    from bort.optim import make_trainer
+    from bort.pretrain.stream import MLMBatch
+    comm = Comm(ctx=mx.cpu())
+    mx.random.seed(0)
+    batch = MLMBatch(data['ids'], data['types'], data['valid'], data['positions'],
+                     data['labels'], data['weights'])
+    kind = row['kind']
+    if kind in ('kd', 'mlm'):
+        from bort.pretrain import loop
+        from bort.pretrain.teacher import Teacher
+        student = build_model(_arch(row['student']))
+        student.hybridize(static_alloc=True)
+        teacher = None
+        config = SimpleNamespace(mlm_weight=1.0, kd_weight=0.0, temperature=2.0,
+                                 released_quirks=False, max_grad_norm=1.0)
+        if kind == 'kd':
+            teacher = Teacher(build_model(_arch(row['teacher'])))
+            config.mlm_weight, config.kd_weight = 0.1, 0.5
+        trainer = make_trainer(student.collect_params(), comm, 'bertadam', lr=1e-4)
+        params = [p for p in student.collect_params().values() if p.grad_req != 'null']
+        for p in params:
+            p.grad_req = 'add'
+
+        def step():
+            loop.pretrain_step(student, teacher, [batch], config, comm, trainer, params)
+            mx.nd.waitall()
+        return step
+    if kind == 'finetune':
+        from bort.finetune.classifier import HeadConfig, TaskClassifier, task_loss
+        from bort.finetune.loop import train_step
+        model = TaskClassifier(build_model(_arch(row['student']), use_decoder=False),
+                               HeadConfig(task='CB', num_classes=row['classes'], kind='linear'))
+        model.head.initialize(mx.init.Uniform(0.5))
+        model.hybridize(static_alloc=True)
+        trainer = make_trainer(model.collect_params(), comm, 'bertadam', lr=5e-5)
+        params = [p for p in model.collect_params().values() if p.grad_req != 'null']
+        inputs = (mx.nd.array(data['ids'], dtype='int32'), mx.nd.array(data['types'], dtype='int32'),
+                  mx.nd.array(data['valid'], dtype='float32'))
+        target = mx.nd.array(data['classes'], dtype='float32')
+        loss_fn = task_loss('CB')
+
+        def step():
+            train_step(model, trainer, params, loss_fn, inputs, target, 1.0 / len(target), 1.0)
+            mx.nd.waitall()
+        return step
+    # search: cached top-k targets, as TeacherTargets.build loads them
+    from bort.search.targets import TeacherTargets, _Target, real_rows
+    from bort.search.trainer import candidate_step
+    model = build_model(_arch(row['student']))
+    model.hybridize(static_alloc=True)
+    trainer = make_trainer(model.collect_params(), comm, 'sgd', lr=0.3, weight_decay=0.0,
+                           momentum=0.9)
+    params = [p for p in model.collect_params().values() if p.grad_req != 'null']
+    rows = real_rows(batch)
+    rng = np.random.RandomState(1)
+    k = row['topk']
+    ids = np.stack([rng.choice(VOCAB, k, replace=False) for _ in rows]).astype(np.int32)
+    values = -np.sort(-rng.randn(len(rows), k) * 2, axis=1)
+    lse = (values.max(1) + np.log(np.exp(values - values.max(1, keepdims=True)).sum(1)) + 0.5)
+    targets = TeacherTargets(None, SimpleNamespace(train=[batch], heldout=[]), mx.cpu(),
+                             folder='(synthetic)', topk=k, tail=True, temperature=1.0)
+    targets._train = [_Target(rows, topk_logits=values.astype(np.float16), topk_ids=ids,  # pylint: disable=protected-access
+                              logsumexp=lse.astype(np.float32))]
+    nd = batch.as_nd()
+
+    def step():
+        candidate_step(model, trainer, params, targets, 0, nd, 1.0)
+        mx.nd.waitall()
+    return step
+
+
+# -- torch ---------------------------------------------------------------------------------------
+def torch_step(row, data):
+    """The same step written plainly with transformers' BERT in PyTorch (eager)."""
+    # pylint: disable=import-outside-toplevel
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+    torch.manual_seed(0)
+
+    def config(shape, dropout=0.1):
+        layers, heads, units, hidden = shape
+        return BertConfig(vocab_size=VOCAB, hidden_size=units, num_hidden_layers=layers,
+                          num_attention_heads=heads, intermediate_size=hidden,
+                          max_position_embeddings=512, type_vocab_size=2,
+                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                          attn_implementation='eager')
+
+    ids = torch.tensor(data['ids'], dtype=torch.long)
+    types = torch.tensor(data['types'], dtype=torch.long)
+    mask = (torch.arange(row['seq'])[None, :] < torch.tensor(data['valid'])[:, None]).long()
+    kind = row['kind']
+    if kind == 'finetune':
+        encoder = BertModel(config(row['student']), add_pooling_layer=False)
+        head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(row['student'][2],
+                                                                          row['classes']))
+        params = list(encoder.parameters()) + list(head.parameters())
+        opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, eps=1e-6)
+        target = torch.tensor(data['classes'], dtype=torch.long)
+        encoder.train()
+        head.train()
+
+        def step():
+            out = encoder(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            loss = F.cross_entropy(head(out.last_hidden_state[:, 0]), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        return step
+    student = BertForMaskedLM(config(row['student']))
+    student.train()
+    rows = torch.arange(row['batch'])[:, None]
+    positions = torch.tensor(data['positions'], dtype=torch.long)
+    labels = torch.tensor(data['labels'], dtype=torch.long)
+    weights = torch.tensor(data['weights'])
+    if kind == 'search':
+        opt = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
+        k = row['topk']
+        flat = torch.tensor(data['weights'].reshape(-1) > 0)
+        import numpy as np
+        rng = np.random.RandomState(1)
+        n = int(flat.sum())
+        top_ids = torch.tensor(np.stack([rng.choice(VOCAB, k, replace=False) for _ in range(n)]),
+                               dtype=torch.long)
+        top_vals = torch.sort(torch.randn(n, k) * 2, dim=1, descending=True).values
+        lse = torch.logsumexp(top_vals, dim=1) + 0.5
+
+        def step():
+            logits = student(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+            s = logits[rows, positions].reshape(-1, VOCAB)[flat]
+            logp = F.log_softmax(s, dim=-1)
+            picked = logp.gather(1, top_ids)
+            q = torch.exp(top_vals - lse[:, None])
+            rest = torch.relu(1 - q.sum(-1))
+            per = -(q * picked).sum(-1) - rest / (VOCAB - k) * (logp.sum(-1) - picked.sum(-1))
+            loss = per.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+        return step
+    teacher = BertForMaskedLM(config(row['teacher'])) if kind == 'kd' else None
+    if teacher is not None:
+        teacher.eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+    temperature = 2.0
+
+    def step():
+        s = student(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        s = s[rows, positions]                                      # (B, M, V)
+        nll = F.cross_entropy(s.reshape(-1, VOCAB), labels.reshape(-1), reduction='none')
+        mlm = (nll * weights.reshape(-1)).sum() / weights.sum()
+        if teacher is None:
+            loss = mlm
+        else:
+            with torch.no_grad():
+                t = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+                q = F.softmax(t[rows, positions] / temperature, dim=-1)
+            ce = -(q * F.log_softmax(s / temperature, dim=-1)).sum(-1)
+            kd = (ce * weights).sum() / weights.sum()
+            loss = 0.1 * mlm + 0.5 * temperature ** 2 * kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+    return step
+
+
+# -- one row -------------------------------------------------------------------------------------
+def _rss_mb():
+    import resource  # pylint: disable=import-outside-toplevel
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_row(name, repeats, warmup, threads):
+    """Time one row in this process; returns a dict of its figures."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import mxnet as mx  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(threads)
+    row = ROWS[name]
+    data = synthetic(row)
+    ours = ours_step(row, data)
+    for _ in range(warmup):
+        ours()
+    rss_ours = _rss_mb()
+    ref = torch_step(row, data)
+    for _ in range(warmup):
+        ref()
+    times = {'ours': [], 'torch': []}
+    for r in range(repeats):
+        order = (('ours', ours), ('torch', ref)) if r % 2 == 0 else (('torch', ref), ('ours', ours))
+        for side, fn in order:
+            start = time.perf_counter()
+            fn()
+            times[side].append(time.perf_counter() - start)
+    tokens = int(data['valid'].sum())
+    out = dict(row=name, tokens=tokens, rss_ours_mb=rss_ours, rss_row_mb=_rss_mb())
+    for side, values in times.items():
+        q25, q50, q75 = np.percentile(values, [25, 50, 75])
+        out[side] = dict(median_ms=1000 * q50, iqr_ms=1000 * (q75 - q25),
+                         tokens_per_s=tokens / q50, all_ms=[round(1000 * v, 1) for v in values])
+    out['ratio'] = out['torch']['median_ms'] / out['ours']['median_ms']
+    return out
+
+
+def table(results):
+    lines = ['| row | ours ms (median, IQR) | torch ms (median, IQR) | ours tokens/s | '
+             'torch tokens/s | torch/ours | peak RSS MB (ours warm, row) |',
+             '|---|---|---|---|---|---|---|']
+    for r in results:
+        o, t = r['ours'], r['torch']
+        lines.append(f"| {r['row']} | {o['median_ms']:.0f} ± {o['iqr_ms']:.0f} | "
+                     f"{t['median_ms']:.0f} ± {t['iqr_ms']:.0f} | {o['tokens_per_s']:.0f} | "
+                     f"{t['tokens_per_s']:.0f} | {r['ratio']:.2f}x | "
+                     f"{r['rss_ours_mb']:.0f}, {r['rss_row_mb']:.0f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--rows', default=','.join(ROWS), help=f'comma-separated, of {list(ROWS)}')
+    parser.add_argument('--repeats', type=int, default=10, help='timed steps per side')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed steps per side first')
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 2)
+    parser.add_argument('--json', default='', help='also write the figures here')
+    parser.add_argument('--child', default='', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        sys.path.insert(0, REPO)
+        print('RESULT ' + json.dumps(run_row(args.child, args.repeats, args.warmup,
+                                             args.threads)), flush=True)
+        return None
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY='PASSIVE',
+               PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    results = []
+    for name in args.rows.split(','):
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', name,
+                               '--repeats', str(args.repeats), '--warmup', str(args.warmup),
+                               '--threads', str(args.threads)], env=env, capture_output=True,
+                              text=True, check=False)
+        line = [x for x in done.stdout.splitlines() if x.startswith('RESULT ')]
+        if done.returncode or not line:
+            raise RuntimeError(f'row {name} failed:\n{done.stderr[-3000:]}')
+        results.append(json.loads(line[0][7:]))
+        print(f"{name}: ours {results[-1]['ours']['median_ms']:.0f} ms, torch "
+              f"{results[-1]['torch']['median_ms']:.0f} ms", file=sys.stderr, flush=True)
+    print(f'{args.threads} threads, {args.repeats} timed steps per side after {args.warmup} '
+          f'warm-up steps, interleaved')
+    print(table(results))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(results=results, args=vars(args)), f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main()
