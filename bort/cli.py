@@ -143,9 +143,14 @@ def option_names(name: str) -> List[str]:
 
 def make_parser(prog: Optional[str] = None, description: Optional[str] = None,
                 epilog: Optional[str] = None) -> argparse.ArgumentParser:
-    """An argument parser whose help shows every flag's default."""
+    """An argument parser whose help shows every flag's default.
+
+    Abbreviated flags are refused (``--total_step`` is not taken for ``--total_steps``): a typo
+    must not silently set another setting.
+    """
     return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   allow_abbrev=False)
 
 
 def _default(field: dataclasses.Field):
@@ -246,7 +251,7 @@ def parse_with_config(parser: argparse.ArgumentParser,
                             help='JSON object of flag values (keys are flag names); flags given '
                                  'on the command line win')
     # The file is read before the real parse, so that it can also supply required flags.
-    first = argparse.ArgumentParser(add_help=False)
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument('--config')
     known, _ = first.parse_known_args(argv)
     if known.config:
@@ -288,7 +293,7 @@ def add_subcommands(parser: argparse.ArgumentParser, commands: Mapping[str, type
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for name, cls in commands.items():
         summary = (cls.__doc__ or name).strip().split('\n')[0]
-        child = sub.add_parser(name, help=summary, description=summary,
+        child = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_dataclass_flags(child, cls)
 

@@ -297,3 +297,11 @@ def test_a_command_prints_one_line_and_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    parser = cli.make_parser(prog='prog')
+    cli.add_dataclass_flags(parser, _Checked)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_configs(parser, [_Checked], ['--interv', '5'])
+    assert exit_info.value.code == 2 and 'unrecognized arguments: --interv' in capsys.readouterr().err
