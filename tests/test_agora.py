@@ -180,6 +180,7 @@ def test_mlm_transform_in_the_loop(teacher, tmp_path):
     assert result.points_added == 2 * result.history[0]['mistakes'] > 0
 
 
+@pytest.mark.horovod
 @pytest.mark.skipif(toy_glue.horovodrun() is None, reason='horovodrun is not installed')
 def test_two_workers_run_the_same_agora(teacher, tmp_path):
     """run_finetune.py --agora under horovodrun: collectives line up and the run matches one

@@ -129,6 +129,7 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.horovod
 @pytest.mark.skipif(toy_glue.horovodrun() is None, reason='horovodrun is not installed')
 def test_two_workers_stay_synchronised_and_match_one_process(tmp_path):
     # Clipping at 0.5 is active on most steps: it must see the averaged gradient.

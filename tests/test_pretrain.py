@@ -213,6 +213,7 @@ def _env(threads='2'):
                 OMP_NUM_THREADS=threads, OMP_WAIT_POLICY='PASSIVE')
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, data):
     """SIGKILL after a checkpoint, --resume: the final weights equal an uninterrupted run's."""
     config = _config(tmp_path, data, total_steps=30, checkpoint_interval=4,
@@ -274,6 +275,7 @@ def _horovodrun():
     return path
 
 
+@pytest.mark.horovod
 def test_two_horovod_workers_match_one_process(tmp_path, data):
     horovodrun = _horovodrun()
     # A small clipping norm clips every step: the workers must clip the averaged gradient.

@@ -175,6 +175,7 @@ def _space_params(tiny_inputs):
             if h % a == 0}
 
 
+@pytest.mark.slow
 def test_constraints_never_trained(tiny_inputs, tmp_path, monkeypatch):
     counter = CountingTrainer(monkeypatch)
     space_p = _space_params(tiny_inputs)
@@ -225,6 +226,7 @@ def _study_rows(out):
     return [(t['number'], t['status'], t['tuple']) for t in _trials(out)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['training', 'tell'])
 def test_resume_continues_the_same_study(tiny_inputs, tmp_path, monkeypatch, where):
     """Interrupted during the 4th training, or after it (stored) but before Optuna heard of
@@ -273,6 +275,7 @@ def test_resume_continues_the_same_study(tiny_inputs, tmp_path, monkeypatch, whe
         run_search(bo_config(tiny_inputs, out, bo_objectives='error,latency,params'))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tiny_inputs, tmp_path):
     """Killed (SIGKILL) mid-study, restarted: the budget in all, no finished trial retrained."""
     import time
@@ -308,6 +311,7 @@ def test_resume_after_sigkill(tiny_inputs, tmp_path):
 @pytest.mark.parametrize('changes', [dict(bo_sampler='nsga2'), dict(bo_sampler='random'),
                                      dict(bo_sampler='gp', max_candidates=4),
                                      dict(bo_objectives='error,latency,params')])
+@pytest.mark.slow
 def test_samplers_and_three_objectives(tiny_inputs, tmp_path, monkeypatch, changes):
     counter = CountingTrainer(monkeypatch)
     out = tmp_path / 'bo'
@@ -326,6 +330,7 @@ def test_samplers_and_three_objectives(tiny_inputs, tmp_path, monkeypatch, chang
         brute_hypervolume(points, pareto['reference_point']['point']))
 
 
+@pytest.mark.slow
 def test_compare_mode_equal_budget(tiny_inputs, tmp_path):
     out = tmp_path / 'compare'
     config = tiny_config(tiny_inputs, out, strategy='compare', reference=())
@@ -359,6 +364,7 @@ def test_compare_mode_equal_budget(tiny_inputs, tmp_path):
     assert small['comparison']['setup']['epsilon'] == 6
 
 
+@pytest.mark.horovod
 @pytest.mark.skipif(_horovodrun() is None, reason='horovodrun is not installed')
 def test_two_workers_ask_in_pairs(tiny_inputs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)

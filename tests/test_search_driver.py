@@ -158,6 +158,7 @@ def _script(config_path, env, cwd, workers=1):
     return command
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tiny_inputs, tmp_path):
     """A search killed (SIGKILL) between candidates ends, once restarted, with the same table."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
@@ -223,6 +224,7 @@ def _horovodrun():
     return local if os.path.exists(local) else shutil.which('horovodrun')
 
 
+@pytest.mark.horovod
 @pytest.mark.skipif(_horovodrun() is None, reason='horovodrun is not installed')
 def test_two_workers_same_table_as_one(tiny_inputs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)

@@ -76,6 +76,7 @@ def test_minilm_teacher_is_built_once(tmp_path, minilm):
     assert os.path.getmtime(os.path.join(folder, 'model.params')) == stamp
 
 
+@pytest.mark.slow
 def test_adapted_teacher_trains_every_weight_and_is_cached(tmp_path, minilm):
     head = HeadFitConfig(steps=3, max_sequences=12, batch_size=32, encode_batch=6, seq_len=32)
     folder = adapted_minilm_teacher(str(tmp_path), steps=2, batch_size=2, seq_len=32,
