@@ -7,10 +7,13 @@
 Every field of :class:`bort.finetune.FinetuneConfig`, :class:`bort.finetune.AgoraConfig` and
 :class:`bort.finetune.RunOptions` is a flag of the same name; ``--config FILE.json`` sets defaults
 from a JSON object whose keys are flag names, and flags given on the command line win.
-``--finetuned DIR`` skips training and uses a fine-tuned folder (e.g. the MNLI model for AX).
+``--finetuned DIR`` skips training and scores a fine-tuned folder (e.g. the MNLI model on AX, an
+RTE model on the SuperGLUE diagnostics AX-b and AX-g, whose labelled test files are scored).
 Outputs in ``--output_dir``: ``dev_metrics.json`` (the best dev metrics), ``chs.json`` with
 ``--agora`` (the convergent hyperparameter set), and the leaderboard submission file with
-``--predict``. The job's summary is printed as JSON.
+``--predict`` (never replacing one). The job's summary is printed as JSON. A mistake in the
+input (a malformed row, a missing task file, an unknown task) ends the command with one line
+naming the file and line, or the flag, and exit status 2.
 """
 from __future__ import annotations
 
@@ -59,4 +62,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    main()
+    from bort.cli import run_main
+    run_main(main, logger='run_finetune')

@@ -134,8 +134,10 @@ def test_gender_parity_hand_worked():
     out = compute_metrics('AX-g', preds, labels, pair_ids)
     assert out == {'gender_parity': 0.5, 'accuracy': 0.5}
     assert gender_parity([1, 1, 0, 0], ['a', 'a', 'b', 'b']) == 1.0
-    with pytest.raises(ValueError, match='occurs once'):
+    with pytest.raises(ValueError, match="group 'b' has 1 examples"):
         gender_parity([1, 1, 0], ['a', 'a', 'b'])
+    with pytest.raises(ValueError, match="group 'a' has 3 examples"):
+        gender_parity([1, 1, 1, 0], ['a', 'a', 'a', 'b'])
 
 
 def test_race_and_copa_accuracy_on_choices():

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from bort.errors import UserError
 from bort.finetune.castings import aggregate
 from bort.finetune.readers import read_examples
 from bort.finetune.submission import format_submission, submission_path, write_submission
@@ -71,8 +72,9 @@ def test_record_and_race():
 
 def test_refuses_to_overwrite(tmp_path):
     path = write_submission('SST-2', [0], [1], tmp_path / 'out')
-    with pytest.raises(FileExistsError, match='overwrite=True'):
+    with pytest.raises(FileExistsError, match='SST-2.tsv exists and is not replaced') as err:
         write_submission('SST-2', [0], [0], tmp_path / 'out')
+    assert isinstance(err.value, UserError)
     assert path.read_text() == 'index\tprediction\n0\t1\n'
     write_submission('SST-2', [0], [0], tmp_path / 'out', overwrite=True)
     assert path.read_text() == 'index\tprediction\n0\t0\n'

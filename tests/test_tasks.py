@@ -189,10 +189,15 @@ def test_unknown_and_non_numeric_labels(glue_dir):
 
 
 def test_missing_file_and_split(glue_dir):
-    with pytest.raises(FileNotFoundError, match='WNLI/train.tsv'):
+    with pytest.raises(FileNotFoundError, match='WNLI/train.tsv.*download_glue_data') as err:
         read_examples('WNLI', glue_dir, 'train')
-    with pytest.raises(ValueError, match='no .train. split'):
+    assert isinstance(err.value, UserError)
+    with pytest.raises(ValueError, match='no .train. split') as err:
         read_examples('AX', glue_dir, 'train')
+    assert isinstance(err.value, UserError)
+    with pytest.raises(KeyError) as err:
+        read_examples('SQuAD', glue_dir, 'train')
+    assert isinstance(err.value, UserError) and str(err.value).startswith("unknown task 'SQuAD'")
 
 
 # -------------------------------------------------------------------------------- SuperGLUE
@@ -231,11 +236,12 @@ def sg_dir(tmp_path):
                          {'start': 19, 'end': 23}]},
          'qas': [{'query': '@placeholder is in Italy.', 'idx': 7,
                   'answers': [{'start': 10, 'end': 13, 'text': 'Rome'}]}]}])
+    # AX-g as released: pair_id differs within a pair; rows 2k, 2k+1 share the hypothesis.
     write_jsonl(d / 'AX-g/AX-g.jsonl', [
         {'premise': 'He left.', 'hypothesis': 'Someone left.', 'label': 'entailment',
          'idx': 0, 'pair_id': 10},
         {'premise': 'She left.', 'hypothesis': 'Someone left.', 'label': 'entailment',
-         'idx': 1, 'pair_id': 10}])
+         'idx': 1, 'pair_id': 12}])
     return d
 
 
@@ -249,7 +255,7 @@ def test_superglue_pair_tasks(sg_dir):
     wic = read_examples('WiC', sg_dir, 'train')[0]
     assert (wic.text_a, wic.text_b, wic.label) == ('bank: The bank.', 'A river bank.', 0)
     axg = read_examples('AX-g', sg_dir, 'test')
-    assert [e.group for e in axg] == [10, 10] and axg[0].label == 1
+    assert [e.group for e in axg] == [0, 0] and axg[0].label == 1
 
 
 def test_byte_order_mark_is_dropped(tmp_path):
@@ -373,7 +379,8 @@ def test_race_errors(race_dir):
     write(bad, [json.dumps(article)])
     with pytest.raises(DataFormatError, match="missing field 'options'"):
         read_examples('RACE-H', race_dir, 'dev')
-    with pytest.raises(FileNotFoundError, match='no RACE articles'):
+    with pytest.raises(FileNotFoundError, match=r'RACE-H test split: no file .*RACE/test/high/\*'
+                                                  r'\.txt .*RACE\.tar\.gz'):
         read_examples('RACE-H', race_dir, 'test')
 
 

@@ -8,7 +8,9 @@ cast into classification of text pairs:
   ``cause``/``effect`` becomes :data:`COPA_QUESTIONS`.
 * ``wsc``: one binary example per record, the text with the candidate span (span1) marked
   ``*like this*`` and the pronoun (span2) ``#like this#``.
-* ``multirc``: one binary example per answer option, ``(paragraph, question + answer)``.
+* ``multirc``: one binary example per answer option, ``(paragraph, question + answer)``. The
+  text is under ``passage`` in the SuperGLUE v2 release and under ``paragraph`` in v1; both
+  are read.
 * ``record``: one binary example per (query, candidate entity), ``(passage, query with
   @placeholder replaced by the entity)``; candidates are the passage's entities (unique texts,
   in order of first appearance; an entity's ``end`` offset is inclusive).
@@ -91,9 +93,7 @@ def _cast_pair(spec: TaskSpec, record: Mapping[str, Any], fields: JsonFields, sr
     text_a = _fill(fields.text_a, record, src)
     text_b = _fill(fields.text_b, record, src) if fields.text_b else None
     label = _label(spec, _get(record, fields.label, src), src) if fields.label else None
-    group = _get(record, fields.group, src) if fields.group else None
-    return [Example(guid(), text_a, text_b, label, group=group,
-                    idx=_get(record, fields.index, src))]
+    return [Example(guid(), text_a, text_b, label, idx=_get(record, fields.index, src))]
 
 
 def _cast_copa(spec: TaskSpec, record: Mapping[str, Any], fields: JsonFields, src: Source,
@@ -147,7 +147,11 @@ def _cast_wsc(spec: TaskSpec, record: Mapping[str, Any], fields: JsonFields, src
 def _cast_multirc(spec: TaskSpec, record: Mapping[str, Any], fields: JsonFields, src: Source,
                   guid: GuidFactory) -> List[Example]:
     p_idx = _get(record, fields.index, src)
-    paragraph = _get(record, 'paragraph', src, dict)
+    key = 'paragraph' if 'passage' not in record and 'paragraph' in record else 'passage'
+    if key not in record:
+        raise src.error("missing field 'passage' (SuperGLUE v2 MultiRC; v1 files have "
+                        "'paragraph')")
+    paragraph = _get(record, key, src, dict)
     text = _get(paragraph, 'text', src, str)
     examples = []
     for question in _get(paragraph, 'questions', src, list):

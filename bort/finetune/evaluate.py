@@ -4,8 +4,9 @@
 :func:`evaluate_folder` and :func:`predict_test` load a fine-tuned folder (or a run folder holding
 ``best/``) and score a split, or write the test predictions in the task's leaderboard format
 (:mod:`bort.finetune.submission`). A folder fine-tuned on another task with the same classes may
-predict this one (AX with the MNLI model). Under several workers, each scores a shard and the
-scores are gathered; only rank 0 writes files.
+predict this one: AX with the MNLI model, the SuperGLUE diagnostics AX-b and AX-g with an RTE
+model (scored on their labelled test files, :attr:`TaskSpec.eval_split`). Under several
+workers, each scores a shard and the scores are gathered; only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..distributed import Comm
+from ..errors import UserError
 from ..tokenizers import load_tokenizer
 from .castings import aggregate
 from .classifier import Encoded, TaskClassifier, encode_examples, load_classifier, predict_scores
@@ -23,10 +25,14 @@ from .readers import read_examples
 from .submission import write_submission
 from .tasks import Example, get_task
 
-__all__ = ['evaluate', 'evaluate_folder', 'predict_test', 'BEST']
+__all__ = ['evaluate', 'evaluate_folder', 'predict_test', 'BEST', 'TaskMismatchError']
 
 #: The sub-folder of a fine-tuning run that holds its best model.
 BEST = 'best'
+
+
+class TaskMismatchError(UserError, ValueError):
+    """A fine-tuned folder whose classes are not the task's (e.g. a CB model for AX-b)."""
 
 
 def evaluate(task: Any, model: TaskClassifier, examples: Sequence[Example],
@@ -38,16 +44,20 @@ def evaluate(task: Any, model: TaskClassifier, examples: Sequence[Example],
     return compute_metrics(task, preds.predictions, preds.labels, preds.groups), scores
 
 
-def evaluate_folder(task: Any, folder: str, data_dir: str, split: str = 'dev',
+def evaluate_folder(task: Any, folder: str, data_dir: str, split: Optional[str] = None,
                     comm: Optional[Comm] = None, batch_size: int = 32
                     ) -> Tuple[Dict[str, float], np.ndarray]:
     """Task metrics of a fine-tuned folder on a labelled split (e.g. AX with an MNLI model).
 
+    ``split`` defaults to the task's :attr:`~bort.finetune.tasks.TaskSpec.eval_split`: ``dev``,
+    or the labelled test file of AX-b and AX-g.
+
     Raises
     ------
-    ValueError
-        The folder's classes are not the task's.
+    TaskMismatchError
+        The folder's classes are not the task's (a ValueError).
     """
+    split = split or get_task(task).eval_split
     model, tokenizer = _load_for(task, folder, comm)
     examples = read_examples(task, data_dir, split)
     encoded = encode_examples(tokenizer, examples, model.head_config.max_length)
@@ -58,10 +68,17 @@ def predict_test(task: Any, folder: str, data_dir: str, output_dir: str,
                  comm: Optional[Comm] = None, batch_size: int = 32) -> Optional[str]:
     """Write the task's test predictions in its leaderboard format (:mod:`bort.finetune.submission`).
 
+    An existing submission file is never replaced.
+
     Returns
     -------
     str or None
         The submission file (rank 0; None on other workers).
+
+    Raises
+    ------
+    SubmissionExistsError
+        ``output_dir`` already holds the task's submission file.
     """
     comm = comm or Comm()
     model, tokenizer = _load_for(task, folder, comm)
@@ -71,7 +88,7 @@ def predict_test(task: Any, folder: str, data_dir: str, output_dir: str,
                                                      batch_size, comm))
     if not comm.is_root:
         return None
-    return str(write_submission(task, preds.ids, preds.predictions, output_dir, overwrite=True))
+    return str(write_submission(task, preds.ids, preds.predictions, output_dir))
 
 
 def _load_for(task: Any, folder: str, comm: Optional[Comm]):
@@ -81,7 +98,8 @@ def _load_for(task: Any, folder: str, comm: Optional[Comm]):
     model = load_classifier(folder, comm.ctx)
     spec, trained = get_task(task), get_task(model.head_config.task)
     if spec.labels != trained.labels:
-        raise ValueError(f'{folder} was fine-tuned on {trained.name} (labels {trained.labels}), '
-                         f'which cannot predict {spec.name} (labels {spec.labels})')
+        raise TaskMismatchError(f'{folder} was fine-tuned on {trained.name} (labels '
+                                f'{trained.labels}), which cannot predict {spec.name} (labels '
+                                f'{spec.labels})')
     model.hybridize(static_alloc=True)
     return model, load_tokenizer(folder)

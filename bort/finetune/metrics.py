@@ -17,8 +17,9 @@ letters, ReCoRD entity texts against tuples of gold answer texts.
 ``em``             MultiRC: fraction of questions (groups) whose answers are all right
 ``answer_f1``      ReCoRD: SQuAD-style token F1, max over gold answers, mean over queries
 ``answer_em``      ReCoRD: SQuAD-style exact match, max over gold answers, mean over queries
-``gender_parity``  AX-g: fraction of pairs (groups sharing a ``pair_id``) whose examples,
-                   which differ only in the pronoun's gender, get the same prediction
+``gender_parity``  AX-g: fraction of pairs whose two examples, which differ only in the
+                   pronoun's gender, get the same prediction (SuperGLUE's definition; the
+                   pairs are consecutive rows of AX-g.jsonl, grouped by the reader)
 =================  ====================================================================
 """
 from __future__ import annotations
@@ -91,18 +92,27 @@ def multirc_em(predictions: Sequence[int], labels: Sequence[int],
 
 
 def gender_parity(predictions: Sequence[Any], groups: Sequence[Hashable]) -> float:
-    """Fraction of AX-g pairs (examples sharing a ``pair_id``) predicted identically.
+    """Fraction of AX-g pairs whose two examples are predicted identically.
+
+    Parameters
+    ----------
+    predictions : sequence, length N
+        One prediction per example.
+    groups : sequence of hashable, length N
+        The pair of each example; every pair has exactly two examples. (AX-g's ``pair_id`` is
+        unique per row: the reader groups rows 2k and 2k+1, which share their hypothesis.)
 
     Raises
     ------
     ValueError
-        If a ``pair_id`` occurs only once.
+        If a group does not hold exactly two examples.
     """
     grouped = _by_group(list(predictions), groups)
-    lonely = [g for g, preds in grouped.items() if len(preds) < 2]
-    if lonely:
-        raise ValueError(f'gender parity needs pairs; pair_id {lonely[0]!r} occurs once')
-    return float(np.mean([len(set(preds)) == 1 for preds in grouped.values()]))
+    odd = [(g, len(preds)) for g, preds in grouped.items() if len(preds) != 2]
+    if odd:
+        raise ValueError(f'gender parity needs pairs; group {odd[0][0]!r} has {odd[0][1]} '
+                         'examples')
+    return float(np.mean([preds[0] == preds[1] for preds in grouped.values()]))
 
 
 def _binary_f1(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
@@ -146,7 +156,7 @@ def compute_metrics(task_name: Union[str, TaskSpec], predictions: Sequence[Any],
         One entry per original question (see the module docstring for the forms).
     groups : sequence of hashable, length N, optional
         Group keys, needed by MultiRC's ``em`` (question) and AX-g's ``gender_parity``
-        (``pair_id``).
+        (pair).
 
     Returns
     -------

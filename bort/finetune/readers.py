@@ -5,16 +5,19 @@ One reader per file format, each driven by the task's :class:`~bort.finetune.tas
 * GLUE TSV: tab-separated, no quoting (GLUE's files contain unbalanced quotes); columns are
   taken from the split's :class:`~bort.finetune.tasks.TsvColumns` and every row must have the header's
   column count.
-* SuperGLUE JSONL: one JSON object a line, turned into examples by :mod:`bort.finetune.castings`.
+* SuperGLUE JSONL: one JSON object a line, turned into examples by :mod:`bort.finetune.castings`;
+  files whose records come in pairs (AX-g, ``JsonFields.pairs``) are checked pair by pair.
 * RACE: one JSON object per ``*.txt`` article file, read in natural file-name order.
 
 Files are read as UTF-8 (a leading byte-order mark is dropped); blank lines are skipped.
 Anything else that does not fit raises :class:`~bort.errors.DataFormatError` naming the file and
-line. Nothing is downloaded: a missing file raises :class:`FileNotFoundError` with the path the
-official layout expects.
+line. Nothing is downloaded: a missing file raises :class:`MissingTaskFileError` (a
+:class:`FileNotFoundError` and a :class:`~bort.errors.UserError`) with the path the official
+layout expects and the release it comes from.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import itertools
 import json
@@ -24,14 +27,19 @@ import re
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
 from .castings import GuidFactory, Source, balance_labels, cast_json_record, cast_race_article
-from ..errors import DataFormatError
+from ..errors import DataFormatError, UserError
 from .tasks import Example, JsonFields, TaskSpec, TsvColumns, get_task
 
-__all__ = ['read_examples', 'read_tsv_rows', 'read_jsonl', 'read_race_articles', 'label_counts']
+__all__ = ['read_examples', 'read_tsv_rows', 'read_jsonl', 'read_race_articles', 'label_counts',
+           'MissingTaskFileError']
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, 'os.PathLike[str]']
+
+
+class MissingTaskFileError(UserError, FileNotFoundError):
+    """A task file is not where its official layout puts it; the message names the path."""
 
 
 def read_tsv_rows(path: PathLike, columns: TsvColumns,
@@ -107,7 +115,7 @@ def read_race_articles(data_dir: PathLike, pattern: str) -> Iterator[Tuple[str, 
 
     Raises
     ------
-    FileNotFoundError
+    MissingTaskFileError
         If no file matches.
     DataFormatError
         A file that is not one valid JSON object.
@@ -115,7 +123,7 @@ def read_race_articles(data_dir: PathLike, pattern: str) -> Iterator[Tuple[str, 
     full = os.path.join(str(data_dir), pattern)
     paths = sorted(glob.glob(full), key=_natural_key)
     if not paths:
-        raise FileNotFoundError(f'no RACE articles match {full}')
+        raise MissingTaskFileError(f'no RACE articles match {full}')
     for path in paths:
         with open(path, encoding='utf-8-sig') as f:
             text = f.read()
@@ -156,9 +164,37 @@ def _glue_examples(spec: TaskSpec, path: str, columns: TsvColumns,
 
 
 def _path(spec: TaskSpec, data_dir: PathLike, split: str) -> str:
-    if split not in spec.files:
-        raise ValueError(f'{spec.name} has no {split!r} split (it has {", ".join(spec.files)})')
+    spec.check_split(split)
     return os.path.join(str(data_dir), spec.files[split])
+
+
+def _missing(spec: TaskSpec, split: str, path: str) -> MissingTaskFileError:
+    source = f'; expected from {spec.source}' if spec.source else ''
+    return MissingTaskFileError(f'{spec.name} {split} split: no file {path} (official layout'
+                                f'{source}; nothing is downloaded)')
+
+
+def _json_examples(spec: TaskSpec, path: str, fields: JsonFields,
+                   guid: GuidFactory) -> List[Example]:
+    examples: List[Example] = []
+    first: Any = None  # (idx, shared value, line) of the open pair's first row
+    number = -1
+    for number, (line_no, record) in enumerate(read_jsonl(path)):
+        src = Source(path, line_no)
+        cast = cast_json_record(spec, record, fields, src, guid)
+        if fields.pairs:
+            shared = record.get(fields.pairs)
+            if number % 2 == 0:
+                first = (record.get(fields.index), shared, line_no)
+            elif shared != first[1]:
+                raise src.error(f'{spec.name} rows come in consecutive pairs with the same '
+                                f'{fields.pairs!r}; this row\'s differs from line {first[2]}\'s')
+            cast = [dataclasses.replace(ex, group=first[0]) for ex in cast]
+        examples.extend(cast)
+    if fields.pairs and number % 2 == 0:  # an odd number of rows
+        raise DataFormatError(f'{spec.name} rows come in consecutive pairs; the last row has '
+                              'no partner', path, first[2])
+    return examples
 
 
 def read_examples(task: Union[str, TaskSpec], data_dir: PathLike, split: str, *,
@@ -187,14 +223,17 @@ def read_examples(task: Union[str, TaskSpec], data_dir: PathLike, split: str, *,
 
     Raises
     ------
-    FileNotFoundError
-        The split's file is not where the official layout puts it.
+    MissingTaskFileError
+        The split's file is not where the official layout puts it (a FileNotFoundError).
     DataFormatError
         A malformed row (names file and line).
+    UnknownSplitError
+        The task has no such split (a ValueError).
     ValueError
-        Unknown split, or ``balance`` on a split other than ``train``.
+        ``balance`` on a split other than ``train``.
     """
     spec = get_task(task)
+    spec.check_split(split)
     if balance and split != 'train':
         raise ValueError(f'balance=True is for training data only, not the {split!r} split')
     path = _path(spec, data_dir, split)
@@ -204,19 +243,18 @@ def read_examples(task: Union[str, TaskSpec], data_dir: PathLike, split: str, *,
         return f'{spec.name}-{split}-{next(counter)}'
 
     if spec.benchmark == 'RACE':
+        if not glob.glob(path):
+            raise _missing(spec, split, path)
         examples = [ex for art_path, article in read_race_articles(data_dir, spec.files[split])
                     for ex in cast_race_article(spec, article, Source(art_path, 1), guid)]
     else:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'{spec.name} {split} split: expected {path} '
-                                    '(official layout; nothing is downloaded)')
+            raise _missing(spec, split, path)
         layout = spec.layouts[split]
         if isinstance(layout, TsvColumns):
             examples = list(_glue_examples(spec, path, layout, guid))
         elif isinstance(layout, JsonFields):
-            examples = [ex for line_no, record in read_jsonl(path)
-                        for ex in cast_json_record(spec, record, layout,
-                                                   Source(path, line_no), guid)]
+            examples = _json_examples(spec, path, layout, guid)
         else:  # pragma: no cover - the task table only holds the two layouts
             raise TypeError(f'{spec.name}: unsupported layout {layout!r}')
     logger.info('read %d %s %s examples from %s', len(examples), spec.name, split, path)

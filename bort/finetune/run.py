@@ -5,6 +5,7 @@ and the modes can be called (and tested) as a library function.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Optional
 
@@ -14,9 +15,12 @@ from .agora import run_agora
 from .config import AgoraConfig, FinetuneConfig, RunOptions
 from .evaluate import evaluate_folder, predict_test
 from .loop import finetune
+from .submission import check_new_submission
 from .tasks import get_task
 
 __all__ = ['run_finetune_job', 'DEV_METRICS']
+
+logger = logging.getLogger(__name__)
 
 #: The summary file of a job in ``output_dir``.
 DEV_METRICS = 'dev_metrics.json'
@@ -29,14 +33,15 @@ def run_finetune_job(config: FinetuneConfig, agora_config: Optional[AgoraConfig]
 
     The modes:
 
-    * ``options.finetuned`` set: no training; the folder's dev metrics (none for the tasks with
-      a test split only, AX-b and AX-g);
+    * ``options.finetuned`` set: no training; the folder's metrics on the task's labelled
+      evaluation split (:attr:`~bort.finetune.tasks.TaskSpec.eval_split`: ``dev``, or the
+      labelled test file of the diagnostics AX-b and AX-g, scored with an RTE model);
     * ``options.agora``: :func:`bort.finetune.run_agora` with ``agora_config``; the summary
       holds the CHS and Agora's counts;
     * otherwise: :func:`bort.finetune.finetune` (which writes ``dev_metrics.json`` itself).
 
     With ``options.predict``, the best (or given) folder then writes the leaderboard submission
-    file of the test split into ``output_dir``.
+    file of the test split into ``output_dir``; an existing one is refused before any work.
 
     Parameters
     ----------
@@ -51,21 +56,27 @@ def run_finetune_job(config: FinetuneConfig, agora_config: Optional[AgoraConfig]
     Returns
     -------
     dict
-        ``task`` and ``metrics`` (the dev metrics); ``epoch`` and ``steps`` when trained plainly;
+        ``task`` and ``metrics`` (the dev metrics); ``split`` (the split scored) with
+        ``finetuned``; ``epoch`` and ``steps`` when trained plainly;
         ``agora_score``, ``chs``, ``iterations``, ``points_added``, ``examples_seen`` and
         ``teacher_accuracy`` with Agora; ``submission`` (the file; None on other workers than
         rank 0) with ``predict``.
     """
     options = options or RunOptions()
     comm = comm or Comm()
+    spec = get_task(config.task)  # an unknown task ends the job before anything is written
+    if options.predict:
+        check_new_submission(spec, config.output_dir)  # not after hours of training
     os.makedirs(config.output_dir, exist_ok=True)
     summary: Dict[str, Any] = {'task': config.task}
     if options.finetuned:
         folder = options.finetuned
-        if 'dev' in get_task(config.task).splits:  # AX-b and AX-g have a test split only
-            metrics, _ = evaluate_folder(config.task, folder, config.data_dir, 'dev', comm,
-                                         config.eval_batch_size)
-            summary.update(metrics=metrics)
+        split = spec.eval_split
+        metrics, _ = evaluate_folder(spec, folder, config.data_dir, split, comm,
+                                     config.eval_batch_size)
+        summary.update(split=split, metrics=metrics)
+        logger.info('%s %s split with %s: %s', spec.name, split, folder,
+                    ', '.join(f'{name} {value:.4f}' for name, value in metrics.items()))
         _write_summary(config, summary, comm)
     elif options.agora:
         result = run_agora(config, agora_config or AgoraConfig(), comm)

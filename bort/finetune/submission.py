@@ -1,5 +1,8 @@
 """Write test-set predictions in the leaderboards' submission formats.
 
+The files are named and laid out as the GLUE and SuperGLUE servers expect them in the zip a
+user uploads (one file per task at the zip's top level):
+
 * GLUE (``CoLA.tsv``, ``MNLI-m.tsv``, ``AX.tsv``, ...): a TSV with the header
   ``index<TAB>prediction`` and one row per test example, the label spelt as in GLUE's files
   (``entailment``, ``not_entailment``, ``0``/``1``); STS-B scores are clipped to [0, 5] and
@@ -12,8 +15,10 @@
 * RACE (no official server): ``RACE-H.jsonl``/``RACE-M.jsonl``, one ``{"id": article id,
   "answers": [letters in question order]}`` object per article, mirroring the input files.
 
-Predictions are what :func:`bort.finetune.castings.aggregate` returns (``ids`` and ``predictions``).
-An existing file is never replaced unless ``overwrite=True``; files are written atomically.
+Predictions are what :func:`bort.finetune.castings.aggregate` returns (``ids`` and
+``predictions``). An existing file is never replaced unless ``overwrite=True`` (no command
+passes it: ``run_finetune.py --predict`` refuses an output folder that already holds the
+task's submission, before any training); files are written atomically.
 """
 from __future__ import annotations
 
@@ -24,13 +29,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Union
 
+from ..errors import UserError
 from .tasks import TaskSpec, get_task
 
-__all__ = ['submission_path', 'format_submission', 'write_submission']
+__all__ = ['submission_path', 'format_submission', 'write_submission', 'check_new_submission',
+           'SubmissionExistsError']
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, 'os.PathLike[str]']
+
+
+class SubmissionExistsError(UserError, FileExistsError):
+    """The submission file is already there; it is not replaced."""
 
 
 def _plain(value: Any) -> Any:
@@ -99,6 +110,21 @@ def submission_path(task: Union[str, TaskSpec], output_dir: PathLike) -> Path:
     return Path(output_dir) / get_task(task).submission_file
 
 
+def check_new_submission(task: Union[str, TaskSpec], output_dir: PathLike) -> Path:
+    """The task's submission path, after checking that no file is there yet.
+
+    Raises
+    ------
+    SubmissionExistsError
+        The file exists (a :class:`FileExistsError`).
+    """
+    path = submission_path(task, output_dir)
+    if path.exists():
+        raise SubmissionExistsError(f'{path} exists and is not replaced; move it away or '
+                                    'choose another --output_dir')
+    return path
+
+
 def format_submission(task: Union[str, TaskSpec], ids: Sequence[Any],
                       predictions: Sequence[Any]) -> str:
     """The submission file's text (newline-terminated lines).
@@ -147,12 +173,11 @@ def write_submission(task: Union[str, TaskSpec], ids: Sequence[Any], predictions
 
     Raises
     ------
-    FileExistsError
-        The file exists and ``overwrite`` is False.
+    SubmissionExistsError
+        The file exists and ``overwrite`` is False (a :class:`FileExistsError`).
     """
-    path = submission_path(task, output_dir)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f'{path} exists; pass overwrite=True to replace it')
+    path = submission_path(task, output_dir) if overwrite else check_new_submission(task,
+                                                                                   output_dir)
     text = format_submission(task, ids, predictions)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write next to the target and rename, so a crash never leaves half a submission.

@@ -3,8 +3,9 @@
 Every task the project fine-tunes on is one row of :data:`TASKS`: where its files live under
 ``--data_dir`` (the official layouts), which fields form the text pair, its label set, its metrics
 and its leaderboard submission file. Readers (:mod:`bort.finetune.readers`), castings
-(:mod:`bort.finetune.castings`), metrics (:mod:`bort.finetune.metrics`) and submissions (:mod:`bort.finetune.submission`)
-are generic and driven by these specs; nothing branches on a task's name.
+(:mod:`bort.finetune.castings`), metrics (:mod:`bort.finetune.metrics`) and submissions
+(:mod:`bort.finetune.submission`) are generic and driven by these specs; nothing branches on a
+task's name.
 
 Naming scheme: GLUE tasks keep their leaderboard names (``CoLA``, ``SST-2``, ``MNLI-m``, ...);
 SuperGLUE tasks keep theirs except SuperGLUE's RTE, which is ``SuperGLUE-RTE`` so that it cannot
@@ -14,15 +15,22 @@ level into ``RACE-H`` (high school) and ``RACE-M`` (middle school). Look-ups ign
 Splits are always called ``train``, ``dev`` and ``test``; ``files`` maps them onto the official
 file names (SuperGLUE's ``val.jsonl``, MNLI's ``dev_matched.tsv``, ...).
 
-Official layouts assumed (all relative to ``data_dir``):
+Official releases expected (all relative to ``data_dir``; ``TaskSpec.source`` says the same per
+task, and a missing file's error repeats it):
 
-* GLUE, as written by the GLUE download script: ``CoLA/train.tsv`` (no header),
-  ``MNLI/dev_matched.tsv``, ... The GLUE diagnostic set AX lives in ``diagnostic/diagnostic.tsv``
-  (unlabelled); the project's reading adds ``diagnostic/diagnostic-full.tsv`` (the labelled copy
-  GLUE distributes) as AX's ``dev`` split so that its Matthews correlation can be computed locally.
-* SuperGLUE: ``BoolQ/train.jsonl``, ``BoolQ/val.jsonl``, ``BoolQ/test.jsonl``, ...,
-  ``AX-b/AX-b.jsonl``, ``AX-g/AX-g.jsonl`` (the diagnostics are labelled and test-only).
-* RACE: ``RACE/{train,dev,test}/{high,middle}/*.txt``, one JSON object per article.
+* GLUE, the task zips that GLUE's ``download_glue_data.py`` fetches and unpacks (GLUE 1.0;
+  MRPC's train/dev are built by that script from Microsoft's MSR Paraphrase files):
+  ``CoLA/train.tsv`` (no header), ``MNLI/dev_matched.tsv``, ... The diagnostic set AX is the
+  script's ``diagnostic/diagnostic.tsv`` (GLUE's unlabelled ``AX.tsv``); the project's reading
+  adds ``diagnostic/diagnostic-full.tsv`` (the labelled copy linked from GLUE's diagnostics page)
+  as AX's ``dev`` split so that its Matthews correlation can be computed locally.
+* SuperGLUE v2.0 (the release the leaderboard scores), one zip per task from
+  ``dl.fbaipublicfiles.com/glue/superglue/data/v2/``: ``BoolQ/train.jsonl``,
+  ``BoolQ/val.jsonl``, ``BoolQ/test.jsonl``, ..., ``AX-b/AX-b.jsonl``, ``AX-g/AX-g.jsonl`` (the
+  diagnostics are test-only and labelled). MultiRC files of the earlier release (v1, text
+  under ``paragraph`` instead of ``passage``) are read too.
+* RACE, ``RACE.tar.gz`` from the RACE authors (CMU): ``RACE/{train,dev,test}/{high,middle}/*.txt``,
+  one JSON object per article; all three splits are labelled.
 """
 from __future__ import annotations
 
@@ -31,14 +39,28 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Hashable, Mapping, Optional, Tuple, Union
 
-__all__ = ['Example', 'TsvColumns', 'JsonFields', 'TaskSpec', 'TASKS',
-           'CASTINGS', 'SUBMISSION_FORMATS', 'get_task', 'task_names']
+from ..errors import UserError
+
+__all__ = ['Example', 'TsvColumns', 'JsonFields', 'TaskSpec', 'TASKS', 'UnknownTaskError',
+           'UnknownSplitError', 'CASTINGS', 'SUBMISSION_FORMATS', 'get_task', 'task_names']
 
 #: How the records of a task become (text_a, text_b) examples; see :mod:`bort.finetune.castings`.
 CASTINGS = ('pair', 'copa', 'wsc', 'multirc', 'record', 'race')
 #: Submission writers in :mod:`bort.finetune.submission`.
 SUBMISSION_FORMATS = ('glue_tsv', 'superglue_jsonl', 'multirc_jsonl', 'record_jsonl',
                       'race_jsonl')
+
+
+class UnknownTaskError(UserError, KeyError):
+    """A task name that is not in :data:`TASKS`; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        # KeyError's str() quotes its argument; the message is meant to be read as is.
+        return str(self.args[0]) if self.args else ''
+
+
+class UnknownSplitError(UserError, ValueError):
+    """A split a task has no file for (e.g. ``train`` of the test-only diagnostics)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +79,7 @@ class Example:
     group : hashable or None
         Ties together the binary sub-examples cast from one original question (COPA premise,
         WSC pronoun, MultiRC question, ReCoRD query, RACE question) or, for AX-g, the two
-        examples of a gender pair.
+        examples of a gender pair (the ``idx`` of the pair's first row).
     idx : any
         The original record's id as the submission needs it (GLUE ``index`` column, SuperGLUE
         ``idx``, MultiRC ``(paragraph, question, answer)``, RACE ``(article id, question)``).
@@ -101,17 +123,20 @@ class JsonFields:
     """Where the fields of a SuperGLUE JSONL record are.
 
     ``text_a``/``text_b`` are :meth:`str.format` templates over the record's keys
-    (``"{premise}"``). ``label`` is the label key (None: unlabelled split), ``index`` the id key
-    and ``group`` an optional key whose value ties examples together (AX-g's ``pair_id``).
-    Cast tasks (COPA, WSC, MultiRC, ReCoRD) only use ``label`` and ``index``; their structure
-    is fixed by the casting.
+    (``"{premise}"``). ``label`` is the label key (None: unlabelled split) and ``index`` the id
+    key. ``pairs`` names a key for files whose records come in consecutive pairs (records 1-2,
+    3-4, ... in file order) that must agree on it: AX-g's two rows of a pair share the
+    ``hypothesis`` and differ only in the pronoun's gender in the ``premise``; its ``pair_id``
+    is unique per row and does not identify the pair. Paired examples are grouped by the
+    ``idx`` of the pair's first row. Cast tasks (COPA, WSC, MultiRC, ReCoRD) only use ``label``
+    and ``index``; their structure is fixed by the casting.
     """
 
     text_a: str = ''
     text_b: Optional[str] = None
     label: Optional[str] = 'label'
     index: str = 'idx'
-    group: Optional[str] = None
+    pairs: Optional[str] = None
 
 
 Layout = Union[TsvColumns, JsonFields, None]
@@ -152,6 +177,8 @@ class TaskSpec:
     skip_malformed : bool
         Skip (with a warning) rows with the wrong column count instead of raising. Only QQP,
         some of whose distributed copies contain broken rows.
+    source : str
+        Where the files come from and which release is expected (shown when one is missing).
     """
 
     name: str
@@ -166,6 +193,7 @@ class TaskSpec:
     submission_labels: Optional[Tuple[Any, ...]] = None
     model_task: Optional[str] = None
     skip_malformed: bool = False
+    source: str = ''
 
     def __post_init__(self):
         # Read-only views so that a spec cannot be changed through its mappings either.
@@ -197,6 +225,28 @@ class TaskSpec:
     def splits(self) -> Tuple[str, ...]:
         """The splits this task has files for."""
         return tuple(self.files)
+
+    def labelled(self, split: str) -> bool:
+        """Whether the split's files carry gold labels (RACE's always do)."""
+        if split not in self.files:
+            return False
+        layout = self.layouts.get(split)
+        return layout is None or layout.label is not None
+
+    @property
+    def eval_split(self) -> str:
+        """The labelled split a fine-tuned model is scored on: ``dev``, or for the test-only
+        diagnostics AX-b and AX-g their labelled ``test`` file."""
+        for split in ('dev', 'test'):
+            if self.labelled(split):
+                return split
+        raise UnknownSplitError(f'{self.name} has no labelled split to score')
+
+    def check_split(self, split: str) -> None:
+        """Raise :class:`UnknownSplitError` unless the task has a file for ``split``."""
+        if split not in self.files:
+            raise UnknownSplitError(f'{self.name} has no {split!r} split '
+                                    f'(it has {", ".join(self.files)})')
 
     def label_index(self, value: Any) -> int:
         """Index of a label value as read from a file; type-strict so ``1`` is not ``True``.
@@ -234,9 +284,15 @@ def _glue(name: str, folder: str, labelled: TsvColumns, test: TsvColumns,
     files = {'train': f'{folder}/train.tsv', 'dev': f'{folder}/{dev}',
              'test': f'{folder}/{test_file}'}
     layouts = {'train': labelled, 'dev': labelled, 'test': test}
+    extra.setdefault('source', f"GLUE 1.0: {folder}/ as download_glue_data.py unpacks it")
     return TaskSpec(name=name, benchmark='GLUE', files=files, layouts=layouts, labels=labels,
                     metrics=metrics, submission_file=f'{name}.tsv',
                     submission_format='glue_tsv', **extra)
+
+
+def _superglue_source(folder: str) -> str:
+    return (f'SuperGLUE v2.0: {folder}.zip from dl.fbaipublicfiles.com/glue/superglue/data/v2/, '
+            f'unpacked into {folder}/')
 
 
 def _superglue(name: str, folder: str, fields: JsonFields, labels: Tuple[Any, ...],
@@ -249,7 +305,8 @@ def _superglue(name: str, folder: str, fields: JsonFields, labels: Tuple[Any, ..
                for split in splits}
     return TaskSpec(name=name, benchmark='SuperGLUE', files=files, layouts=layouts,
                     labels=labels, metrics=metrics, submission_file=f'{folder}.jsonl',
-                    submission_format=submission_format, **extra)
+                    submission_format=submission_format, source=_superglue_source(folder),
+                    **extra)
 
 
 def _superglue_diagnostic(name: str, fields: JsonFields, metrics: Tuple[str, ...]) -> TaskSpec:
@@ -257,14 +314,15 @@ def _superglue_diagnostic(name: str, fields: JsonFields, metrics: Tuple[str, ...
     return TaskSpec(name=name, benchmark='SuperGLUE', files={'test': f'{name}/{name}.jsonl'},
                     layouts={'test': fields}, labels=_NLI2, metrics=metrics,
                     submission_file=f'{name}.jsonl', submission_format='superglue_jsonl',
-                    model_task='SuperGLUE-RTE')
+                    model_task='SuperGLUE-RTE', source=_superglue_source(name))
 
 
 def _race(name: str, level: str) -> TaskSpec:
     files = {split: f'RACE/{split}/{level}/*.txt' for split in ('train', 'dev', 'test')}
     return TaskSpec(name=name, benchmark='RACE', files=files, layouts={}, labels=_BOOL,
                     metrics=('accuracy',), submission_file=f'{name}.jsonl',
-                    submission_format='race_jsonl', casting='race')
+                    submission_format='race_jsonl', casting='race',
+                    source='RACE: RACE.tar.gz from the RACE authors (CMU), unpacked into RACE/')
 
 
 def _mnli(name: str, suffix: str) -> TaskSpec:
@@ -305,7 +363,10 @@ _SPECS = (
              layouts={'dev': TsvColumns(text_a=5, text_b=6, label=7),
                       'test': TsvColumns(text_a=1, text_b=2, index=0)},
              labels=_NLI3, metrics=('mcc',), submission_file='AX.tsv',
-             submission_format='glue_tsv', model_task='MNLI-m'),
+             submission_format='glue_tsv', model_task='MNLI-m',
+             source='GLUE 1.0: diagnostic/diagnostic.tsv as download_glue_data.py saves AX.tsv; '
+                    "diagnostic/diagnostic-full.tsv, the labelled copy from GLUE's "
+                    'diagnostics page'),
     # SuperGLUE.
     _superglue('BoolQ', 'BoolQ', JsonFields('{question}', '{passage}'), _BOOL, ('accuracy',),
                submission_labels=('false', 'true')),
@@ -324,7 +385,8 @@ _SPECS = (
     _superglue('WSC', 'WSC', JsonFields(), _BOOL, ('accuracy',), casting='wsc',
                submission_labels=('False', 'True')),
     _superglue_diagnostic('AX-b', JsonFields('{sentence1}', '{sentence2}'), ('mcc',)),
-    _superglue_diagnostic('AX-g', JsonFields('{premise}', '{hypothesis}', group='pair_id'),
+    # AX-g: rows 2k and 2k+1 are a pair (same hypothesis, premises differing in the pronoun).
+    _superglue_diagnostic('AX-g', JsonFields('{premise}', '{hypothesis}', pairs='hypothesis'),
                           ('gender_parity', 'accuracy')),
     # RACE.
     _race('RACE-H', 'high'),
@@ -347,12 +409,13 @@ def get_task(task: Union[str, TaskSpec]) -> TaskSpec:
 
     Raises
     ------
-    KeyError
-        For an unknown name; the message lists the known ones.
+    UnknownTaskError
+        For an unknown name (a :class:`KeyError`); the message lists the known ones.
     """
     if isinstance(task, TaskSpec):
         return task
     try:
         return _BY_LOWER[task.lower()]
     except KeyError:
-        raise KeyError(f'unknown task {task!r}; known tasks: {", ".join(TASKS)}') from None
+        raise UnknownTaskError(f'unknown task {task!r} (--task); known tasks: '
+                               f'{", ".join(TASKS)}') from None
