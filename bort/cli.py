@@ -30,7 +30,7 @@ from .errors import ConfigError, UserError
 __all__ = ['opt', 'option_names', 'make_parser', 'add_dataclass_flags', 'parse_with_config',
            'parse_configs', 'add_subcommands', 'parse_subcommand', 'emit', 'run_main', 'Range',
            'positive', 'non_negative', 'probability', 'unit_interval', 'at_least',
-           'check_fields', 'DEBUG_ENV']
+           'check_fields', 'DEBUG_ENV', 'setup_command_logging']
 
 #: Metadata keys :func:`add_dataclass_flags` reads (anything else in ``opt(**kwargs)`` is a typo).
 META_KEYS = frozenset({'help', 'choices', 'nargs', 'type', 'required', 'positional', 'metavar',
@@ -102,7 +102,7 @@ def check_fields(config: Any) -> None:
         value, flag = getattr(config, field.name), option_names(field.name)[0]
         if check is not None and not check.accepts(value):
             raise ConfigError(f'{flag} must be {check.describe()}, got {value!r}')
-        if choices is not None:
+        if choices is not None and value is not None:  # None: an optional left unset
             allowed = tuple(choices()) if callable(choices) else tuple(choices)
             items = value if isinstance(value, (list, tuple)) else [value]
             if any(v not in allowed for v in items):
@@ -357,18 +357,30 @@ def run_main(main: Callable[[], object], expected: Tuple[Type[BaseException], ..
     ``BORT_DEBUG=1`` every error keeps its traceback.
     """
     log = logging.getLogger(logger)
-    if not logging.getLogger().handlers:  # the command failed before it set up logging
-        logging.basicConfig(format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     try:
         main()
     except KeyboardInterrupt:
         if os.environ.get(DEBUG_ENV) == '1':
             raise
+        _ensure_logging()
         log.error('interrupted')
         sys.exit(130)
     except Exception as err:  # pylint: disable=broad-except
         message = str(err) if isinstance(err, expected) else _one_line(err)
         if message is None or os.environ.get(DEBUG_ENV) == '1':
             raise
+        _ensure_logging()
         log.error('%s', message)
         sys.exit(2)
+
+
+def _ensure_logging() -> None:
+    """Log records reach stderr even when the command failed before it set up logging."""
+    if not logging.getLogger().handlers:
+        setup_command_logging()
+
+
+def setup_command_logging(level: int = logging.INFO) -> None:
+    """The one log format on stderr, for single-process commands (``python -m bort.…``);
+    training scripts use :func:`bort.log.setup_logging`, which adds rank-0 filtering."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATEFMT)

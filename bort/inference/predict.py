@@ -30,7 +30,8 @@ import mxnet as mx  # noqa: E402
 import numpy as np
 
 from ..batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
-from ..cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
+from ..cli import (add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main,
+                   setup_command_logging)
 from ..finetune.castings import aggregate
 from ..finetune.classifier import Encoded, encode_examples, encode_pair, load_classifier, read_head_config
 from ..finetune.evaluate import BEST
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``python -m bort.inference.predict``: predict a file; throughput to stdout."""
     args = parse_configs(build_parser(), [PredictCommand], argv)[0]
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    setup_command_logging()
     if not os.environ.get('OMP_NUM_THREADS'):
         log.warning('OMP_NUM_THREADS is not set: MXNet may run single-threaded; set it to the '
                     'number of cores (python -m bort.inference.predict does it for you)')

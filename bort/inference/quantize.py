@@ -55,7 +55,8 @@ from mxnet.base import NDArrayHandle, py_str
 from mxnet.contrib.quantization import quantize_net_v2
 from mxnet.ndarray import NDArray
 
-from ..cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
+from ..cli import (add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main,
+                   setup_command_logging)
 from ..arch import Architecture, load_arch, save_arch
 from .fast import FastEncoder, FastModel, _as_output, fast_weights, load_weights
 from .kernels import load_fused_ops
@@ -429,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """``python -m bort.inference.quantize``: quantize a model folder, calibrated on a text file."""
     from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
     args = parse_configs(build_parser(), [QuantizeCommand], argv)[0]
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    setup_command_logging()
     if os.path.exists(os.path.join(args.out, SYMBOL_FILE)) and not args.overwrite:
         raise FileExistsError(f'{args.out} already holds a quantized model; pass --overwrite '
                               'to replace it')

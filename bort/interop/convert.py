@@ -29,7 +29,8 @@ from typing import Dict, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-from ..cli import add_subcommands, emit, make_parser, opt, parse_subcommand, run_main
+from ..cli import (add_subcommands, emit, make_parser, opt, parse_subcommand, run_main,
+                   setup_command_logging)
 from ..errors import UserError
 from ..arch import Architecture, save_arch
 from .hf import (UnsupportedCheckpointError, arch_from_config, check_tied, config_from_arch,
@@ -318,5 +319,5 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 
 if __name__ == '__main__':
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    setup_command_logging()
     run_main(main, (UserError, FileNotFoundError), 'bort.interop.convert')

@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
+from ..cli import (add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main,
+                   setup_command_logging)
 from ..errors import UserError
 from ..model import BortModel, build_model, load_model, param_dict, save_model
 from ..tokenizers import Tokenizer, load_tokenizer
@@ -307,5 +308,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    setup_command_logging()
     run_main(main, (UserError, FileNotFoundError), 'bort.pretrain.mlm_head')
