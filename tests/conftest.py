@@ -5,6 +5,8 @@ and ``horovod`` (launch ``horovodrun -np 2``); ``--all`` runs every tier (what C
 explicit ``-m`` expression selects by marker instead (``-m slow``, ``-m horovod``).
 """
 import os
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +27,16 @@ def pytest_addoption(parser):
                      help='run every tier: also the tests marked slow and horovod')
 
 
+def _horovodrun_missing():
+    local = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
+    return not os.path.exists(local) and shutil.which('horovodrun') is None
+
+
 def pytest_collection_modifyitems(config, items):
+    if _horovodrun_missing():
+        for item in items:
+            if item.get_closest_marker('horovod'):
+                item.add_marker(pytest.mark.skip(reason='horovodrun is not installed'))
     if config.getoption('--all') or config.option.markexpr:
         return
     for item in items:

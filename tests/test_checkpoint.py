@@ -9,7 +9,7 @@ import pytest
 
 from bort import checkpoint as checkpoint_module
 from bort.arch import load_arch
-from bort.checkpoint import CheckpointManager, step_seed, write_json_atomic
+from bort.checkpoint import CheckpointFormatError, CheckpointManager, step_seed, write_json_atomic
 from bort.distributed import Comm
 from bort.model import build_model
 from bort.optim import make_trainer
@@ -102,9 +102,6 @@ def test_half_written_checkpoint_is_ignored(tiny_arch, tmp_path, monkeypatch):
     assert manager.list() == [first]
     assert manager.load(manager.latest(), model)['n'] == 1
 
-    # a pointer naming a folder that is not there (deleted by hand) means no checkpoint
-    (tmp_path / 'latest').write_text('step-0000009\n')
-    assert manager.latest() is None
     # writing step 2 again replaces the debris and moves the pointer
     second = manager.save(2, model, None, {}, {'n': 2})
     assert manager.latest() == second and manager.list() == [first, second]
@@ -115,6 +112,29 @@ def test_half_written_checkpoint_is_ignored(tiny_arch, tmp_path, monkeypatch):
 def test_empty_folder_has_no_checkpoint(tmp_path):
     manager = CheckpointManager(str(tmp_path / 'new'))
     assert manager.latest() is None and manager.list() == []
+
+
+def test_a_broken_pointer_is_an_error_not_a_fresh_start(tiny_arch, tmp_path):
+    """A pointer naming a missing folder, or checkpoints without a pointer, must not read as
+    "no checkpoint": a fresh run would then overwrite them."""
+    model = build_model(tiny_arch, use_decoder=False)
+    manager = CheckpointManager(str(tmp_path))
+    manager.save(1, model, None, {}, {})
+    (tmp_path / 'latest').write_text('step-0000009\n')  # its folder deleted by hand
+    with pytest.raises(FileNotFoundError, match='step-0000009'):
+        manager.latest()
+    (tmp_path / 'latest').unlink()
+    with pytest.raises(FileNotFoundError, match='step-0000001'):
+        manager.latest()
+
+
+def test_pickled_checkpoints_are_refused(tiny_arch, tmp_path):
+    model = build_model(tiny_arch, use_decoder=False)
+    path = CheckpointManager(str(tmp_path)).save(1, model, None, {}, {})
+    with open(os.path.join(path, 'rng.pkl'), 'wb') as f:  # the earlier layout
+        f.write(b'not to be unpickled')
+    with pytest.raises(CheckpointFormatError, match='pickled'):
+        CheckpointManager(str(tmp_path)).load(path, model)
 
 
 @pytest.mark.parametrize('keep,kept', [(2, [30, 400]), (None, [5, 12, 30, 400])])

@@ -35,7 +35,8 @@ def test_single_process_collectives_are_identities():
     comm.broadcast_parameters(net.collect_params())
     np.testing.assert_array_equal(net.weight.data().asnumpy(), before)
     trainer = comm.trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
-    assert isinstance(trainer, mx.gluon.Trainer) and trainer._kvstore is None  # pylint: disable=protected-access
+    assert isinstance(trainer, mx.gluon.Trainer)
+    assert trainer._kvstore is None  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('rank,size,expected', [(0, 1, list(range(7))), (0, 3, [0, 3, 6]),
@@ -56,7 +57,8 @@ def test_launch_detection_and_default_comm(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     assert not launched_by_horovod()
     comm = init_comm()
-    assert comm.size == 1 and comm.ctx == mx.cpu() and comm._hvd is None  # pylint: disable=protected-access
+    assert comm.size == 1 and comm.ctx == mx.cpu()
+    assert comm._hvd is None  # pylint: disable=protected-access
     assert init_comm(use_horovod=False, gpu=True).ctx == mx.gpu(0)
     for var in ('HOROVOD_RANK', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK'):
         monkeypatch.setenv(var, '0')
