@@ -13,7 +13,13 @@ A run folder holds ``step-NNNNNNN/`` folders and a ``latest`` pointer to the las
         rng.json                # Python and NumPy random states of rank 0
 
 A folder is written under a temporary name and renamed once complete, and the pointer is
-replaced atomically, so a crash while writing never damages the last good checkpoint.
+replaced atomically, so a crash while writing never damages the last good checkpoint. The
+pointer is read strictly (:meth:`CheckpointManager.latest`): one naming a folder that is not
+there, or checkpoints without a pointer, is an error, never a fresh start that would overwrite
+them.
+
+A resumed run must be the run that wrote the checkpoint: :func:`check_resume` compares every
+setting that changes results (paths resolved) and names each one that differs.
 
 Nothing in a checkpoint is unpickled: MXNet's own ``Trainer.save_states`` pickles the optimizer
 (and loading a crafted file would run its code), so the optimizer's state arrays are written
@@ -29,17 +35,21 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import mxnet as mx
 import numpy as np
 
 from .distributed import Comm
+from .errors import ConfigError, UserError
 from .model import BortModel, load_params, save_model, PARAMS_FILE
+from .runlock import replace_folder
 
 __all__ = ['CheckpointManager', 'step_seed', 'write_json_atomic', 'save_trainer_state',
-           'load_trainer_state', 'CheckpointFormatError']
+           'load_trainer_state', 'CheckpointFormatError', 'MissingCheckpointError',
+           'ResumeMismatchError', 'resume_differences', 'check_resume', 'settings_record']
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +59,93 @@ TRAINER_FORMAT = 'bort-trainer-state'
 _PICKLED = ('rng.pkl', '.states')
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """A checkpoint folder that this version does not load (e.g. the old pickled layout)."""
+
+
+class MissingCheckpointError(UserError, FileNotFoundError):
+    """The ``latest`` pointer names a folder that is not there (or checkpoints lack a pointer)."""
+
+
+class ResumeMismatchError(ConfigError):
+    """A resumed run's settings differ from the checkpoint's in a way that changes results."""
+
+
+#: Key of :func:`settings_record` under which the resolved paths are saved.
+RESOLVED_KEY = 'resolved_paths'
+
+
+def _resolve(value: Any) -> Any:
+    # realpath: ./runs/x, runs/x/ and a symlink to it are one folder.
+    if isinstance(value, str) and value:
+        return os.path.realpath(os.path.expanduser(value))
+    return value
+
+
+def settings_record(settings: Mapping[str, Any], paths: Iterable[str] = ()) -> Dict[str, Any]:
+    """What a checkpoint saves as ``config.json``: the settings, plus the fields named in
+    ``paths`` resolved to absolute real paths (under :data:`RESOLVED_KEY`), so that a resume
+    from another working folder still compares the same folders."""
+    record = json.loads(json.dumps(dict(settings), default=str))
+    record[RESOLVED_KEY] = {k: _resolve(settings.get(k)) for k in paths}
+    return record
+
+
+def resume_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       paths: Iterable[str] = (), ignore: Iterable[str] = ()) -> List[str]:
+    """The settings in which ``current`` differs from ``saved``, as ``'--flag: old -> new'``.
+
+    Parameters
+    ----------
+    saved : mapping
+        The checkpoint's ``config.json`` (:func:`settings_record`).
+    current : mapping
+        This run's settings (``dataclasses.asdict(config)``).
+    paths : iterable of str
+        Fields holding file or folder paths: compared resolved (:func:`os.path.realpath`), so
+        ``./runs/x/`` equals ``runs/x``.
+    ignore : iterable of str
+        Fields that do not change results (logging, evaluation cadence, ``resume`` itself).
+    """
+    paths, ignore = set(paths), set(ignore)
+    current = json.loads(json.dumps(dict(current), default=str))  # tuples -> lists, as saved
+    resolved = saved.get(RESOLVED_KEY) or {}
+    out = []
+    for key in sorted(current):
+        if key in ignore:
+            continue
+        old, new = saved.get(key), current[key]
+        if key in paths:
+            same = (resolved.get(key, _resolve(old)) == _resolve(new)) if old != new else True
+        else:
+            same = old == new
+        if not same:
+            out.append(f'--{key}: {old!r} -> {new!r}' if key in saved
+                       else f'--{key}: not in the checkpoint -> {new!r}')
+    return out
+
+
+def check_resume(checkpoint: str, current: Mapping[str, Any], paths: Iterable[str] = (),
+                 ignore: Iterable[str] = ()) -> None:
+    """Refuse to resume ``checkpoint`` under settings that change results.
+
+    Raises
+    ------
+    ResumeMismatchError
+        Naming every differing setting with its saved and its new value.
+    """
+    source = os.path.join(checkpoint, 'config.json')
+    try:
+        with open(source, encoding='utf-8') as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointFormatError(f'{source}: not valid JSON ({err.msg})') from None
+    changed = resume_differences(saved, current, paths, ignore)
+    if changed:
+        raise ResumeMismatchError(
+            f'cannot resume {checkpoint} with other settings ({"; ".join(changed)}): the run '
+            f'would not repeat an uninterrupted one. Resume with the same settings, or choose '
+            f'another output folder')
 
 
 def _flatten_state(state, key: str, arrays: Dict[str, mx.nd.NDArray]):
@@ -198,20 +293,44 @@ class CheckpointManager:
         return f'step-{step:07d}'
 
     def latest(self) -> Optional[str]:
-        """Path of the last complete checkpoint, or None."""
+        """Path of the last complete checkpoint, or None when the folder holds none.
+
+        Raises
+        ------
+        MissingCheckpointError
+            The pointer names a folder that is not a checkpoint here, or checkpoint folders
+            exist without a pointer: a fresh start would overwrite them, so the user decides.
+        """
         pointer = os.path.join(self.folder, POINTER)
+        found = [os.path.basename(p) for p in self.list()]
         if not os.path.exists(pointer):
+            if found:
+                raise MissingCheckpointError(
+                    f'{self.folder} holds checkpoints ({", ".join(found)}) but no {POINTER} '
+                    f'pointer; nothing was changed. Write the name of the one to resume into '
+                    f'{pointer}, or choose another output folder')
             return None
-        with open(pointer) as f:
-            path = os.path.join(self.folder, f.read().strip())
-        return path if os.path.isdir(path) else None
+        with open(pointer, encoding='utf-8') as f:
+            name = f.read().strip()
+        path = os.path.join(self.folder, name)
+        if (not name.startswith('step-') or os.path.basename(name) != name
+                or not os.path.isdir(path)):
+            raise MissingCheckpointError(
+                f'{pointer} names {name!r}, which is not a checkpoint folder in {self.folder} '
+                f'(complete checkpoints: {", ".join(found) or "none"}); nothing was changed. '
+                f'Write the name of the one to resume into {pointer}, or choose another '
+                f'output folder')
+        return path
 
     def list(self) -> List[str]:
         """Complete checkpoints, oldest first."""
         if not os.path.isdir(self.folder):
             return []
+        # Only exact names: step-N.tmp (being written) and step-N.old-PID (being replaced)
+        # are not checkpoints.
         names = sorted(n for n in os.listdir(self.folder)
-                       if n.startswith('step-') and '.tmp' not in n)
+                       if re.fullmatch(r'step-\d+', n)
+                       and os.path.isdir(os.path.join(self.folder, n)))
         return [os.path.join(self.folder, n) for n in names]
 
     def save(self, step: int, model: BortModel, trainer: Optional[mx.gluon.Trainer],
@@ -231,12 +350,11 @@ class CheckpointManager:
             write_json_atomic(os.path.join(tmp, 'config.json'), config)
             write_json_atomic(os.path.join(tmp, 'state.json'), dict(state, step=step))
             write_json_atomic(os.path.join(tmp, RNG_FILE), _rng_state())
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            with open(os.path.join(self.folder, POINTER + '.tmp'), 'w') as f:
+            replace_folder(tmp, final)  # an earlier step-N stays until this one is whole
+            pointer_tmp = os.path.join(self.folder, f'{POINTER}.tmp{os.getpid()}')
+            with open(pointer_tmp, 'w') as f:
                 f.write(self.name(step) + '\n')
-            os.replace(os.path.join(self.folder, POINTER + '.tmp'),
-                       os.path.join(self.folder, POINTER))
+            os.replace(pointer_tmp, os.path.join(self.folder, POINTER))
             self._prune()
             log.info('checkpoint %s written', final)
         self.comm.barrier()

@@ -4,13 +4,19 @@ The lock is an advisory ``fcntl.flock`` on ``<folder>/.bort.lock``, so the kerne
 when the holding process ends in any way (``kill -9`` included) and a killed run can be resumed
 straight away; the file itself stays and says who held it last. Under ``horovodrun`` only rank 0
 takes it (the workers of one run share the folder by design).
+
+A command that replaces a whole folder (data preparation, a quantized artefact, a copied best
+model) builds the new content in a sibling (:func:`building_folder`) and swaps it in with
+:func:`replace_folder` only once it is complete, so a failure leaves the old content as it was.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -18,7 +24,7 @@ from typing import Iterator, Optional
 
 from .errors import UserError
 
-__all__ = ['FolderInUseError', 'hold_folder', 'LOCK_FILE']
+__all__ = ['FolderInUseError', 'hold_folder', 'building_folder', 'replace_folder', 'LOCK_FILE']
 
 LOCK_FILE = '.bort.lock'
 
@@ -79,3 +85,42 @@ def hold_folder(folder: str, is_root: bool = True, what: Optional[str] = None) -
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _sibling(folder: str, kind: str, pid: Optional[int] = None) -> str:
+    base = os.path.normpath(folder)
+    return f'{base}.{kind}-{os.getpid() if pid is None else pid}'
+
+
+def building_folder(folder: str) -> str:
+    """A fresh, empty sibling of ``folder`` to build its replacement in (``folder.new-PID``).
+
+    Siblings left by earlier processes that died while building are removed first; call it
+    while holding ``folder`` (:func:`hold_folder`), so that none of them belongs to a live run.
+    """
+    for stale in glob.glob(glob.escape(os.path.normpath(folder)) + '.new-*'):
+        shutil.rmtree(stale, ignore_errors=True)
+    path = _sibling(folder, 'new')
+    os.makedirs(path)
+    return path
+
+
+def replace_folder(new: str, folder: str) -> str:
+    """Put the complete folder ``new`` in the place of ``folder`` (which may not exist).
+
+    The old folder is renamed aside before ``new`` is renamed into place and removed only after,
+    so at every moment one complete version exists (the old one under ``folder.old-PID`` in the
+    instant between the two renames). Both must be on the same file system (siblings are).
+
+    Returns
+    -------
+    str
+        ``folder``.
+    """
+    aside = _sibling(folder, 'old')
+    shutil.rmtree(aside, ignore_errors=True)
+    if os.path.lexists(folder):
+        os.replace(folder, aside)
+    os.replace(new, folder)
+    shutil.rmtree(aside, ignore_errors=True)
+    return folder

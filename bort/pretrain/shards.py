@@ -12,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict
+import zipfile
+import zlib
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import DataFormatError
 from .masking import MaskingConfig, mask_tokens
 
-__all__ = ['SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard',
-           'read_shard', 'original_tokens', 'read_meta', 'vocab_fingerprint']
+__all__ = ['SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard', 'check_shard',
+           'check_shards', 'read_shard', 'original_tokens', 'read_meta', 'vocab_fingerprint']
 
 SHARD_KEYS = ('input_ids', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
               'masked_lm_weights', 'next_sentence_labels', 'valid_lengths')
@@ -80,8 +82,9 @@ def read_shard(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
             raise DataFormatError(f'{path}: stores ragged object arrays (GluonNLP\'s writer); '
                                   f'read it with allow_pickle=True if you trust the file') from None
         raise DataFormatError(f'{path}: unreadable shard ({err})') from None
-    except (OSError, EOFError) as err:
-        raise DataFormatError(f'{path}: unreadable shard ({err})') from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataFormatError(f'{path}: unreadable shard, truncated or damaged ({err})') \
+            from None
     for key, value in arrays.items():
         if value.dtype == object:
             arrays[key] = _pad_ragged(value, np.float32 if key.endswith('weights') else np.int32)
@@ -89,6 +92,67 @@ def read_shard(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
     if any(len(v) != rows for v in arrays.values()):
         raise DataFormatError(f'{path}: arrays disagree on the number of rows')
     return arrays
+
+
+def _array_header(archive: zipfile.ZipFile, member: str) -> Tuple[Tuple[int, ...], np.dtype]:
+    """Shape and dtype of one ``.npy`` member, from its header (the data is not decompressed)."""
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    return tuple(shape), dtype
+
+
+def check_shard(path: str) -> int:
+    """Check that a shard can be read, without reading its data: the archive opens (a truncated
+    file loses its index), every key is there, and the shapes agree.
+
+    Returns
+    -------
+    int
+        The number of rows.
+
+    Raises
+    ------
+    DataFormatError
+        Naming the file and what is wrong.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {n[:-len('.npy')]: n for n in archive.namelist() if n.endswith('.npy')}
+            missing = [k for k in SHARD_KEYS if k not in members]
+            if missing:
+                raise DataFormatError(f'not a pretraining shard, keys {missing} missing', path)
+            headers = {k: _array_header(archive, members[k]) for k in SHARD_KEYS}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+        if isinstance(err, DataFormatError):
+            raise
+        if isinstance(err, FileNotFoundError):
+            raise DataFormatError('shard file not found', path) from None
+        raise DataFormatError(f'unreadable shard, truncated or damaged ({err})', path) from None
+    rows = {k: shape[0] if shape else -1 for k, (shape, _) in headers.items()}
+    if len(set(rows.values())) != 1:
+        raise DataFormatError(f'arrays disagree on the number of rows ({rows})', path)
+    ragged = any(dtype == object for _, dtype in headers.values())
+    if not ragged:  # GluonNLP's ragged object arrays are 1-D; this project's are 2-D
+        two_d = ('input_ids', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
+                 'masked_lm_weights')
+        flat = [k for k in two_d if len(headers[k][0]) != 2]
+        if flat or headers['input_ids'][0] != headers['segment_ids'][0]:
+            raise DataFormatError('array shapes do not form a shard (input_ids and segment_ids '
+                                  f'(rows, length), masked_lm_* (rows, width)): '
+                                  f'{ {k: s for k, (s, _) in headers.items()} }', path)
+    count = rows['valid_lengths']
+    if count == 0:
+        raise DataFormatError('empty shard (no sequence)', path)
+    return count
+
+
+def check_shards(paths: Sequence[str]) -> int:
+    """:func:`check_shard` on every file (before training starts, so that a damaged shard is
+    found at once rather than when the stream reaches it); the total number of rows."""
+    return sum(check_shard(p) for p in paths)
 
 
 def original_tokens(arrays: Dict[str, np.ndarray]) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-from ..errors import DataFormatError
+from ..errors import ConfigError, DataFormatError
 from .masking import MaskingConfig, mask_tokens
 from .shards import original_tokens, read_shard
 
@@ -244,12 +244,12 @@ class BatchStream:
                  positions: Optional[Dict] = None, pad_id: int = 0):
         num_parts = num_parts or size
         if num_parts % size:
-            raise ValueError(f'data parts ({num_parts}) must be a multiple of the number of '
-                             f'workers ({size})')
+            raise ConfigError(f'--data_parts ({num_parts}) must be a multiple of the number of '
+                              f'workers ({size})')
         per_worker = num_parts // size
         if batch_size % per_worker:
-            raise ValueError(f'batch size {batch_size} does not split over the {per_worker} '
-                             f'data parts of each worker')
+            raise ConfigError(f'--batch_size {batch_size} does not split over the {per_worker} '
+                              f'data parts of each worker (--data_parts {num_parts})')
         if len(files) < num_parts:
             raise DataFormatError(f'{len(files)} shard files for {num_parts} data parts: '
                                   f'prepare the data with at least {num_parts} shards (more '
