@@ -1,52 +1,36 @@
 """A fast inference path for the Bort family on CPU (and GPU): same weights, same outputs.
 
-What makes MXNet 1.9.1 slow on GluonNLP's ``BERTModel``, found with the operator profiler
-(``MXNET_EXEC_BULK_EXEC_INFERENCE=0``, batch 1, sequence 512, ``bort_4_8_768_1024``):
+:class:`FastEncoder` is its own graph over the weights of a :class:`~bort.model.BortModel`,
+built around what makes MXNet 1.9's run of GluonNLP's ``BERTModel`` slow (profiled with the
+operator profiler; README.md "Fast inference on CPU" has the measured figures):
 
-1. **The masked softmax.** ``softmax(scores, length=valid_len, use_length=True)`` has no oneDNN
-   kernel; it runs mshadow's generic loop: 9.7 ms a call, 190 of 640 ms (30 %) of the forward
-   pass. The plain softmax over the last axis is a oneDNN JIT kernel (0.34 ms on that tensor).
-   :class:`FastEncoder` therefore masks padded keys with an additive bias (0 or ``-1e9``) and
-   calls the plain softmax; when no row is padded (every ``valid_length`` equals the padded
-   length, always the case in a length bucket of equal lengths) it leaves the mask out altogether
-   (a second cached graph, same weights).
-2. **Per-call weight preparation.** GluonNLP interleaves the query/key/value weights (reshape,
-   concat, stack) on every forward pass. Here the interleaved ``(3H, H)`` weight is computed once,
-   when the weights are copied in.
-3. **oneDNN graph fusion.** Hybridizing with ``backend='MKLDNN'`` rewrites ``FullyConnected`` into
-   ``_sg_mkldnn_fully_connected`` with the GELU fused in as a post-op, and the two
-   ``interleaved_matmul_selfatt`` operators into oneDNN batched matmuls (2.5 -> 1.3 ms a call).
-   ``static_alloc``/``static_shape`` keep memory planned once per input shape.
-4. **Zero-padded 1024-wide inputs.** oneDNN 2.4's float32 GEMM did not use the second thread
-   when the input width K of a dense layer is a multiple of 1024 (measured on 2 cores, 128 rows:
-   ~180 GFLOP/s at K = 1024 against 280-330 at K = 1040 or 768; still 300 vs 360-400 at 512
-   rows; even at 4096). With ``pad_inputs`` (the default on the oneDNN backend) such layers get
-   ``PAD_CHANNELS`` extra input channels with zero weights: ``bort_4_8_768_1024``'s query/key/
-   value, output and first feed-forward layers (K = H = 1024), BERT-base's second feed-forward
-   layer (K = I = 3072). The first feed-forward layer's extra output units (zero weights and
-   bias, GELU(0) = 0) are the second one's zero inputs for free; the other padded inputs are
-   the activations with one shared (rows, 16) zero block concatenated in 2-D (a 3-D concat or
-   ``pad`` cost 4-6x more). Measured at 2 threads: ``bort_4_8_768_1024`` 1.29x faster at
-   batch 1 x 128, 1.11x at 1 x 512, 0.97x at 32 x 128 (where the GEMMs gain nothing and the
-   copies remain); BERT-base 1.19x / 1.06x / 1.00x. ``benchmarks/bench_inference.py``'s
-   ``fast-unpadded`` engine shows it side by side.
-5. **Fused residual addition + LayerNorm.** MXNet 1.9's LayerNorm runs at ~1.5 ns per element
-   per core; ``bort_add_layer_norm`` (:mod:`bort.inference.kernels`, C++ built on first use) adds the
-   residual, normalises and writes the zero channels of the next dense layer's input in one
-   pass, so the padded graph widens only the attention context. With the embeddings it also
-   takes the position rows as the residual. Measured (2 threads, ``OMP_WAIT_POLICY=ACTIVE``):
-   ``bort_4_8_768_1024`` 24.3 -> 22.7 ms at 1 x 128, 87.7 -> 80.8 ms at 1 x 512, 538 -> 506
-   ms at 32 x 128; BERT-base 81.0 -> 78.7, 282 -> 273, 1871 -> 1823 ms. In the padded graph
-   ``bort_masked_softmax`` reads ``valid_length`` and normalises each row over its valid keys,
-   in place of the additive mask's ``broadcast_add`` and the softmax (all-MiniLM-L6-v2 INT8,
-   batch 32 x 32 with padding: 26.3 -> 24.4 ms). Without a compiler (or with
+1. **The masked softmax.** ``softmax(..., use_length=True)`` has no oneDNN kernel and runs a
+   generic loop. Padded keys are masked here with an additive bias (0 or :data:`MASK_VALUE`)
+   before oneDNN's plain softmax, and when no row is padded (a length bucket of equal lengths)
+   a second cached graph leaves the mask out altogether.
+2. **Per-call weight preparation.** GluonNLP interleaves the query/key/value weights on every
+   forward pass; here the interleaved ``(3H, H)`` weight is computed once, when the weights are
+   copied in.
+3. **oneDNN graph fusion.** Hybridizing with ``backend='MKLDNN'`` fuses GELU into the dense
+   layers and turns the two ``interleaved_matmul_selfatt`` operators into oneDNN batched
+   matmuls; ``static_alloc``/``static_shape`` plan memory once per input shape.
+4. **Zero-padded 1024-wide inputs.** oneDNN 2.4's float32 GEMM left the second thread idle when a
+   dense layer's input width K is a multiple of 1024. With ``pad_inputs`` (default on the oneDNN
+   backend) such layers get :data:`PAD_CHANNELS` extra input channels with zero weights. The
+   first feed-forward layer's extra output units (zero weights and bias, GELU(0) = 0) are the
+   second one's zero inputs for free; the other padded inputs are the activations with one
+   shared (rows, 16) zero block concatenated in 2-D (a 3-D concat or ``pad`` was far slower).
+   ``benchmarks/bench_inference.py``'s ``fast-unpadded`` engine shows the effect side by side.
+5. **Fused residual addition + LayerNorm, and a masked softmax.** ``bort_add_layer_norm``
+   (:mod:`bort.inference.kernels`, C++ built on first use) adds the residual, normalises and
+   writes the zero channels of the next dense layer's input in one pass (with the embeddings it
+   takes the position rows as the residual); in the padded graph ``bort_masked_softmax`` reads
+   ``valid_length`` and normalises each row over its valid keys. Without a compiler (or with
    ``BORT_FUSED_OPS=0``) the graph keeps MXNet's operators.
 
-What remains is the dense layers: ~90 % of the forward pass at batch 1 x 128, each layer shape
-at 279-299 GFLOP/s on 2 threads (oneDNN verbose timings; 60-65 % of the 2-thread GEMM peak), for
-Bort's shapes as for BERT-base's. The graph keeps GluonNLP's (length, batch, units) order,
-which the interleaved attention operators need, with the rows flattened to 2-D between them,
-and transposes once at the end. It is inference only: no dropout, no MLM head. A GPU context is
+What remains is the dense layers. The graph keeps GluonNLP's (length, batch, units) order, which
+the interleaved attention operators need, with the rows flattened to 2-D between them, and
+transposes once at the end. It is inference only: no dropout, no MLM head. A GPU context is
 accepted (``backend`` and the padding are then off; the oneDNN rewrites are CPU-only) but
 untested: this project's machines have the CPU wheel.
 
