@@ -15,14 +15,12 @@ range from the float32 activations seen on a few calibration batches:
 - ``none``: no calibration; ranges are computed at run time (slower inference). The attention
   value matmul then stays float32: its INT8 kernel needs a calibrated unsigned softmax input.
 
-What to keep in float32 was measured on a real pretrained encoder (all-MiniLM-L6-v2, SST-2 dev,
-``benchmarks/int8_accuracy.py``): with everything quantized, tensor-wise, the INT8 sentence
-features had cosine 0.56 to float32 and the task lost 5.5 points. The residual additions carry
-the residual stream's outlier dimensions onto one INT8 grid; keeping them float32
-(``exclude=('_plus',)``, the default) and using per-channel weight scales (the default with
-calibration) gave cosine 0.98 and no accuracy loss. The next largest error is the input of the
-second feed-forward layer (GELU outputs, long-tailed): ``exclude=('_plus', 'ffn_2')`` gives
-cosine 0.99 for about 15 % of the INT8 speed-up.
+What to keep in float32 was chosen by measurement on a real pretrained encoder
+(``benchmarks/int8_accuracy.py``; the figures are in README.md): the residual additions carry the
+residual stream's outlier dimensions onto one INT8 grid, so they stay float32
+(``exclude=('_plus',)``, the default) and weight scales are per channel (the default with
+calibration). The next largest error is the input of the second feed-forward layer (GELU
+outputs, long-tailed): ``exclude=('_plus', 'ffn_2')`` trades part of the speed-up for it.
 
 LayerNorm and softmax stay in float32 (there is no INT8 kernel for them in MXNet 1.9). With the
 fused operator (``fused_ops``, :mod:`bort.inference.kernels`) the residual additions are inside the
@@ -106,8 +104,7 @@ class QuantizeConfig:
     calib_batch_size : int
     fused_ops : bool, optional
         Residual addition + LayerNorm, and the masked attention softmax, as float32 operators
-        of :mod:`bort.inference.kernels` (MiniLM at batch 32 x 32, add + LayerNorm alone: 29.4 -> 26.0
-        ms); default: when they can be loaded. An artefact made with
+        of :mod:`bort.inference.kernels`; default: when they can be loaded. An artefact made with
         it needs the operator library where it is loaded (built there on first use).
     """
 
