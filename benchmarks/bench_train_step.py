@@ -16,6 +16,9 @@ Rows (``(num_layers, num_heads, units, hidden_size)``, vocabulary 30,522 everywh
 - ``kd_bort``: the same with the Bort student <4, 8, 1024, 768> and a BERT-base teacher
   <12, 12, 768, 3072>, 8 × 128 tokens, 20 masked positions a row.
 - ``mlm``: ``kd``'s student alone, MLM loss only.
+- ``adapt``: the default teacher's MLM adaptation (:mod:`bort.pretrain.default_teacher`):
+  MLM-only pretraining of an all-MiniLM-L6-v2-shaped model <6, 12, 384, 1536> at 16 x 128,
+  20 masked positions a row.
 - ``finetune``: a MiniLM-shaped encoder <6, 12, 384, 1536> with a linear 3-class head on the
   first token, 8 × 128, softmax cross-entropy. Ours: :func:`bort.finetune.loop.train_step`.
 - ``search``: ``kd``'s student trained as a search candidate, SGD (momentum 0.9) against cached
@@ -48,6 +51,7 @@ ROWS = {
     'kd_bort': dict(kind='kd', student=(4, 8, 1024, 768), teacher=(12, 12, 768, 3072), batch=8,
                     seq=128, masked=20),
     'mlm': dict(kind='mlm', student=(4, 4, 128, 512), batch=16, seq=64, masked=11),
+    'adapt': dict(kind='mlm', student=(6, 12, 384, 1536), batch=16, seq=128, masked=20),
     'finetune': dict(kind='finetune', student=(6, 12, 384, 1536), batch=8, seq=128, classes=3),
     'search': dict(kind='search', student=(4, 4, 128, 512), batch=16, seq=64, masked=11,
                    topk=1024),
