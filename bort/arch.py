@@ -96,12 +96,27 @@ class Architecture:
         if self.embed_size is not None and self.embed_size != self.units:
             raise ArchitectureError(f'embed_size={self.embed_size} differs from units='
                                     f'{self.units}: the encoder has no embedding projection')
+        if self.embed_size is not None and (isinstance(self.embed_size, bool)
+                                            or not isinstance(self.embed_size, int)):
+            raise ArchitectureError(f'embed_size must be an integer or null, got '
+                                    f'{self.embed_size!r}')
+        for key in ('dropout', 'layer_norm_eps'):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ArchitectureError(f'{key} must be a number, got {value!r}')
         if not 0.0 <= self.dropout < 1.0:
             raise ArchitectureError(f'dropout must be in [0, 1), got {self.dropout}')
         if self.layer_norm_eps <= 0:
             raise ArchitectureError(f'layer_norm_eps must be positive, got {self.layer_norm_eps}')
-        if self.token_type_vocab_size < 0:
-            raise ArchitectureError('token_type_vocab_size must be >= 0')
+        if (isinstance(self.token_type_vocab_size, bool)
+                or not isinstance(self.token_type_vocab_size, int)
+                or self.token_type_vocab_size < 0):
+            raise ArchitectureError(f'token_type_vocab_size must be an integer >= 0, got '
+                                    f'{self.token_type_vocab_size!r}')
+        if not isinstance(self.use_pooler, bool):
+            raise ArchitectureError(f'use_pooler must be true or false, got {self.use_pooler!r}')
+        if not isinstance(self.name, str):
+            raise ArchitectureError(f'name must be a string, got {self.name!r}')
 
     @property
     def tuple(self) -> Tuple[int, int, int, int]:
@@ -123,10 +138,16 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, values: Dict) -> 'Architecture':
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ArchitectureError(f'unknown architecture fields {unknown}; known: {sorted(known)}')
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING
+                   and f.name not in values]
+        if missing:
+            raise ArchitectureError(f'architecture fields {missing} missing (required: '
+                                    f'num_layers, num_heads, units, hidden_size)')
         return cls(**values)
 
 
@@ -190,7 +211,11 @@ def _arch_from_json(text: str, source: str) -> Architecture:
     for key in ('arch', 'architecture'):
         if isinstance(values.get(key), dict):
             values = values[key]
-    return Architecture.from_dict(values)
+    try:
+        return Architecture.from_dict(values)
+    except ArchitectureError as err:
+        # Name the file (or say the text was inline) so the user knows what to fix.
+        raise ArchitectureError(f'{source}: {err}') from None
 
 
 def save_arch(arch: Architecture, path: str) -> str:

@@ -228,6 +228,17 @@ def _shapes_fit(found: Tuple[int, ...], expected: Tuple[int, ...]) -> bool:
     return len(found) == len(expected) and all(e in (0, f) for f, e in zip(found, expected))
 
 
+def _read_params(path: str):
+    """``mx.nd.load(path)``, a damaged file reported as such, naming it."""
+    try:
+        return mx.nd.load(path)
+    except mx.base.MXNetError:
+        # MXNet's message is a C++ stack trace; what the user needs is which file is broken.
+        raise CheckpointMismatchError(
+            f'{path}: not a readable MXNet weights file (truncated or damaged, e.g. by an '
+            f'interrupted copy or a full disk); copy or write it again') from None
+
+
 def load_params(model: mx.gluon.Block, path: str, ctx=None,
                 ignore_extra: Tuple[str, ...] = ()) -> None:
     """Load a weights file strictly: every parameter present, every shape equal, nothing extra.
@@ -250,7 +261,7 @@ def load_params(model: mx.gluon.Block, path: str, ctx=None,
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f'no weights file at {path}')
-    loaded = mx.nd.load(path)
+    loaded = _read_params(path)
     if not isinstance(loaded, dict):
         raise CheckpointMismatchError(f'{path}: holds an unnamed list of arrays, not a '
                                       f'name -> array mapping')
@@ -319,7 +330,7 @@ def load_model(folder: str, use_decoder: Optional[bool] = None, ctx=None) -> Bor
     path = os.path.join(folder, PARAMS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f'no weights file {PARAMS_FILE} in {folder}')
-    has_decoder = any(name.startswith('decoder.') for name in mx.nd.load(path))
+    has_decoder = any(name.startswith('decoder.') for name in _read_params(path))
     if use_decoder is None:
         use_decoder = has_decoder
     model = build_model(arch, use_decoder=use_decoder, ctx=ctx, initialize=False)

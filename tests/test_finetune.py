@@ -55,9 +55,70 @@ def test_regression_task_learns_with_squared_error(tmp_path):
 
 
 def test_resume_refuses_other_settings(tmp_path):
+    from bort.errors import ConfigError
     finetune(toy_glue.finetune_config(tmp_path, epochs=1), show_progress=False)
-    with pytest.raises(ValueError, match='lr differ'):
-        finetune(toy_glue.finetune_config(tmp_path, epochs=1, lr=2e-3), show_progress=False)
+    with pytest.raises(ConfigError, match=r'--epsilon: 1e-06 -> 1e-05; --lr: 0\.001 -> 0\.002'):
+        finetune(toy_glue.finetune_config(tmp_path, epochs=1, lr=2e-3, epsilon=1e-5),
+                 show_progress=False)
+
+
+def test_resume_compares_resolved_paths(tmp_path, monkeypatch):
+    """./data/ and data, runs/x and ./runs/x/ are the same folders: the run resumes."""
+    toy_glue.finetune_config(tmp_path)  # writes the data and the pretrained model
+    monkeypatch.chdir(tmp_path)
+    first = finetune(toy_glue.finetune_config(tmp_path, epochs=1, data_dir='data',
+                                              output_dir='runs/x'), show_progress=False)
+    again = finetune(toy_glue.finetune_config(tmp_path, epochs=1, data_dir='./data/',
+                                              output_dir='./runs/x/', eval_batch_size=7),
+                     show_progress=False)
+    assert again.steps == first.steps and again.metrics == first.metrics
+
+
+@pytest.mark.parametrize('field,value,flag', [
+    ('lr', 0.0, '--lr'), ('lr', -1e-3, '--lr'), ('epsilon', 0.0, '--epsilon'),
+    ('weight_decay', -1.0, '--weight_decay'), ('batch_size', -4, '--batch_size'),
+    ('epochs', 0, '--epochs'), ('warmup_ratio', 1.5, '--warmup_ratio'),
+    ('head_dropout', 1.0, '--head_dropout'), ('eval_batch_size', 0, '--eval_batch_size')])
+def test_settings_that_cannot_run_are_refused_before_the_folder_is_made(tmp_path, field, value,
+                                                                       flag):
+    from bort.errors import ConfigError
+    config = toy_glue.finetune_config(tmp_path, output_dir=str(tmp_path / 'never'),
+                                      **{field: value})
+    with pytest.raises(ConfigError, match=f'^{flag} must be'):
+        finetune(config, show_progress=False)
+    assert not os.path.exists(str(tmp_path / 'never'))
+
+
+def test_empty_training_file_is_named(tmp_path):
+    from bort.errors import DataFormatError
+    config = toy_glue.finetune_config(tmp_path)
+    train = os.path.join(config.data_dir, 'RTE', 'train.tsv')
+    with open(train) as f:
+        header = f.readline()
+    with open(train, 'w') as f:
+        f.write(header)
+    with pytest.raises(DataFormatError, match='train.tsv: no RTE training example'):
+        finetune(config, show_progress=False)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    from bort.runlock import FolderInUseError
+    holder = subprocess.Popen(
+        [sys.executable, '-c', textwrap.dedent('''
+            import sys, time
+            from bort.runlock import hold_folder
+            with hold_folder(sys.argv[1], what='the first fine-tuning run'):
+                print('held', flush=True)
+                time.sleep(60)
+        '''), str(tmp_path / 'run')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with pytest.raises(FolderInUseError, match='the first fine-tuning run'):
+            finetune(toy_glue.finetune_config(tmp_path, epochs=1), show_progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not os.path.exists(str(tmp_path / 'run' / 'best'))
 
 
 def test_epoch_batches_cover_every_example_once():
@@ -81,7 +142,8 @@ def test_epoch_batches_cover_every_example_once():
 
 
 def test_early_stopping(tmp_path):
-    config = toy_glue.finetune_config(tmp_path, lr=0.0, epochs=6, early_stop=2)
+    # A rate too small to change a prediction (0 is refused): no epoch improves on the first.
+    config = toy_glue.finetune_config(tmp_path, lr=1e-12, epochs=6, early_stop=2)
     result = finetune(config, show_progress=False)
     assert len(result.history) == 3  # epoch 0 is the best; 1 and 2 do not improve
     assert result.epoch == 0

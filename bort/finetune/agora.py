@@ -47,11 +47,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..checkpoint import step_seed, write_json_atomic
+from ..checkpoint import (ResumeMismatchError, resume_differences, settings_record, step_seed,
+                          write_json_atomic)
 from .classifier import encode_examples, load_classifier, predict_scores
 from ..distributed import Comm
 from ..errors import UserError
-from .config import AgoraConfig, FinetuneConfig
+from ..runlock import hold_folder, replace_folder
+from .config import PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig
 from .loop import BEST, finetune, load_split, remove_checkpoints
 from ..log import MetricsLog
 from .tasks import Example, TaskSpec, get_task
@@ -228,8 +230,7 @@ def _copy_folder(src: str, dst: str) -> None:
     tmp = dst.rstrip('/') + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    replace_folder(tmp, dst)  # the previous best stays until the copy is whole
 
 
 def _train_students(base: FinetuneConfig, state: Dict[str, Any], spec: TaskSpec,
@@ -305,8 +306,46 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
     Returns
     -------
     AgoraResult
+
+    Raises
+    ------
+    ConfigError
+        A setting out of range (checked before the output folder is touched), or, on resume,
+        settings that differ from the saved state's (each one named).
+    FolderInUseError
+        Another run holds ``base.output_dir`` (rank 0 holds it for the run).
     """
     comm = comm or Comm()
+    base.validate(comm.size)
+    config.validate()
+    with hold_folder(base.output_dir, comm.is_root):
+        return _run_agora(base, config, comm)
+
+
+def _settings(base: FinetuneConfig, config: AgoraConfig) -> Dict[str, Any]:
+    """Every setting of an Agora run (the two configs' field names do not overlap)."""
+    return settings_record(dict(dataclasses.asdict(base), **dataclasses.asdict(config)),
+                           PATH_FIELDS + ('teacher', 'mlm_model'))
+
+
+def _check_same_agora(state_path: str, saved: Dict[str, Any], base: FinetuneConfig,
+                      config: AgoraConfig) -> None:
+    """Refuse to resume an Agora state written under other settings (naming them)."""
+    if 'settings' not in saved:  # a state file of an earlier version: nothing to compare
+        return
+    # θ sets seed, lr, weight decay, warm-up and batch size: the base's values are unused.
+    changed = resume_differences(saved['settings'], _settings(base, config),
+                                 PATH_FIELDS + ('teacher', 'mlm_model'),
+                                 RESUME_FREE_FIELDS + THETA_KEYS + ('resolved_paths',))
+    if changed:
+        raise ResumeMismatchError(
+            f'cannot resume the Agora run in {state_path} with other settings '
+            f'({"; ".join(changed)}). Resume with the same settings, or choose another '
+            f'output folder')
+
+
+def _run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Comm) -> AgoraResult:
+    """:func:`run_agora` once the settings are checked and the output folder is held."""
     spec = get_task(base.task)
     if config.prune not in PRUNE_RULES:
         raise KeyError(f'unknown pruning rule {config.prune!r}; known: {sorted(PRUNE_RULES)}')
@@ -322,10 +361,11 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
     if os.path.exists(state_path):
         with open(state_path) as f:
             state = json.load(f)
+        _check_same_agora(state_path, state, base, config)
         log.info('resuming Agora at iteration %d (%d θ left)', state['iteration'],
                  len(state['thetas']))
     else:
-        state = _new_state(theta_grid(config), config)
+        state = dict(_new_state(theta_grid(config), config), settings=_settings(base, config))
     os.makedirs(base.output_dir, exist_ok=True)
     metrics_log = MetricsLog(os.path.join(base.output_dir, 'metrics.jsonl'), comm)
 

@@ -9,14 +9,25 @@ Each field's help text is its flag's (:func:`bort.cli.opt`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import List
 
-from ..cli import opt
+from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
+                   unit_interval)
+from ..errors import ConfigError
 from .classifier import HEADS, HeadConfig
 from .transforms import TRANSFORMS
 
-__all__ = ['FinetuneConfig', 'AgoraConfig', 'RunOptions']
+__all__ = ['FinetuneConfig', 'AgoraConfig', 'RunOptions', 'PATH_FIELDS', 'RESUME_FREE_FIELDS',
+           'prune_rules']
+
+#: FinetuneConfig fields naming files or folders: a resume compares them resolved.
+PATH_FIELDS = ('data_dir', 'model')
+#: FinetuneConfig fields a resume may change (they do not change the trained weights).
+RESUME_FREE_FIELDS = ('output_dir', 'eval_batch_size')
+#: A dropout or fraction that may be 0 but not 1.
+_FRACTION = Range(low=0, high=1, high_open=True)
 
 
 @dataclass
@@ -38,31 +49,59 @@ class FinetuneConfig:
                           'dev_metrics.json')
     head: str = opt('auto', 'classification head (bort.finetune.classifier); auto adds the '
                     "paper's extra layer on the tasks that had it", choices=HEADS)
-    head_dropout: float = opt(0.1, 'dropout of the head')
-    init_range: float = opt(0.5, "r of the head's U(-r, r) initialisation (released 0.5)")
-    max_length: int = opt(512, 'tokens per encoded pair, special tokens included')
-    batch_size: int = opt(8, 'global batch, split over the workers')
-    lr: float = opt(5e-5, 'peak learning rate (BERT-Adam, linear warm-up then linear decay)')
+    head_dropout: float = opt(0.1, 'dropout of the head', check=_FRACTION)
+    init_range: float = opt(0.5, "r of the head's U(-r, r) initialisation (released 0.5)",
+                            check=positive)
+    max_length: int = opt(512, 'tokens per encoded pair, special tokens included',
+                          check=at_least(3))
+    batch_size: int = opt(8, 'global batch, split over the workers', check=at_least(1))
+    lr: float = opt(5e-5, 'peak learning rate (BERT-Adam, linear warm-up then linear decay)',
+                    check=positive)
     weight_decay: float = opt(110.0, "BERT-Adam's decoupled weight decay (lr · wd per step; "
-                              'released 110, use e.g. 0.01 for ordinary fine-tuning)')
-    warmup_ratio: float = opt(0.45, 'warm-up proportion of the training steps')
-    epsilon: float = opt(1e-6, "Adam's epsilon")
-    clip_norm: float = opt(1.0, 'global gradient-norm clip (0: none)')
+                              'released 110, use e.g. 0.01 for ordinary fine-tuning)',
+                              check=non_negative)
+    warmup_ratio: float = opt(0.45, 'warm-up proportion of the training steps',
+                              check=unit_interval)
+    epsilon: float = opt(1e-6, "Adam's epsilon", check=positive)
+    clip_norm: float = opt(1.0, 'global gradient-norm clip (0: none)', check=non_negative)
     epochs: int = opt(3, 'training epochs (the budget; the paper found Bort needs 50-100 on '
-                      'small tasks)')
+                      'small tasks)', check=at_least(1))
     early_stop: int = opt(0, 'stop after this many epochs without improvement of the primary '
-                          'metric (0: never)')
+                          'metric (0: never)', check=non_negative)
     seed: int = opt(2, 'seed of the head, the data order and the dropout masks')
-    eval_batch_size: int = opt(32, 'per-worker batch of dev and test predictions')
+    eval_batch_size: int = opt(32, 'per-worker batch of dev and test predictions',
+                               check=at_least(1))
     balance: bool = opt(False, 'balance the training labels (for the MultiRC/ReCoRD/RACE '
                         'castings)')
     max_train_examples: int = opt(0, 'keep a random subset of this many training examples '
-                                  '(0: all)')
+                                  '(0: all)', check=non_negative)
+
+    def validate(self, workers: int = 1) -> None:
+        """Raise :class:`~bort.errors.ConfigError` (naming the flag) on settings that cannot
+        run: each field's range (also checked when flags are parsed), then their combinations.
+
+        Parameters
+        ----------
+        workers : int
+            The number of workers: each global batch is split over them.
+        """
+        check_fields(self)
+        if not self.model:
+            raise ConfigError('no pretrained model: pass --model (a project model folder)')
+        if self.batch_size < workers:
+            raise ConfigError(f'--batch_size {self.batch_size} is smaller than the number of '
+                              f'workers ({workers}): every batch is split over the workers')
 
     def head_config(self) -> HeadConfig:
         """The head these settings build for the task (``head='auto'`` resolved)."""
         return HeadConfig.resolve(self.task, self.head, dropout=self.head_dropout,
                                   init_range=self.init_range, max_length=self.max_length)
+
+
+def prune_rules() -> List[str]:
+    """The names of Agora's pruning rules (read from the registry when a parser is built)."""
+    from .agora import PRUNE_RULES  # pylint: disable=import-outside-toplevel  (it imports us)
+    return sorted(PRUNE_RULES)
 
 
 @dataclass
@@ -75,26 +114,56 @@ class AgoraConfig:
     teacher: str = opt('', 'fine-tuned folder of the task teacher (or a fine-tuning run folder '
                        'holding best/)')
     min_teacher_accuracy: float = opt(2 / 3, "the teacher's dev accuracy must exceed this "
-                                      "(2/3, the method's requirement)")
+                                      "(2/3, the method's requirement)", check=unit_interval)
     seeds: List[int] = opt([0, 1, 2, 3, 4], 'seeds of the grid Θ')
-    lrs: List[float] = opt([1e-4, 1e-5, 9e-6], 'learning rates of the grid Θ')
-    weight_decays: List[float] = opt([0.0, 10.0, 100.0, 350.0], 'weight decays of the grid Θ')
-    warmup_ratios: List[float] = opt([0.35, 0.40, 0.45, 0.50], 'warm-up ratios of the grid Θ')
-    batch_sizes: List[int] = opt([8, 16], 'batch sizes of the grid Θ')
+    lrs: List[float] = opt([1e-4, 1e-5, 9e-6], 'learning rates of the grid Θ', check=positive)
+    weight_decays: List[float] = opt([0.0, 10.0, 100.0, 350.0], 'weight decays of the grid Θ',
+                                     check=non_negative)
+    warmup_ratios: List[float] = opt([0.35, 0.40, 0.45, 0.50], 'warm-up ratios of the grid Θ',
+                                     check=unit_interval)
+    batch_sizes: List[int] = opt([8, 16], 'batch sizes of the grid Θ', check=at_least(1))
     transform: str = opt('mlm', 'transformation of the dev mistakes '
                          '(bort.finetune.transforms.TRANSFORMS)',
                          choices=lambda: sorted(TRANSFORMS))
-    transform_fraction: float = opt(0.15, 'share of words/tokens a transformation changes')
-    copies: int = opt(1, 'new points per dev mistake')
+    transform_fraction: float = opt(0.15, 'share of words/tokens a transformation changes',
+                                    check=probability)
+    copies: int = opt(1, 'new points per dev mistake', check=at_least(1))
     mlm_model: str = opt('', "masked-LM folder for --transform mlm (empty: the student's "
                          'pretrained folder)')
-    mlm_temperature: float = opt(1.0, 'temperature of the masked-LM draws')
+    mlm_temperature: float = opt(1.0, 'temperature of the masked-LM draws', check=positive)
     prune: str = opt('worst_ties', 'rule that prunes Θ after each iteration '
-                     '(bort.finetune.agora.PRUNE_RULES: worst_ties, worst_one)')
-    replay: int = opt(0, 're-run the last k iterations once Θ is empty (0: no replay)')
+                     '(bort.finetune.agora.PRUNE_RULES: worst_ties, worst_one)',
+                     choices=prune_rules)
+    replay: int = opt(0, 're-run the last k iterations once Θ is empty (0: no replay)',
+                      check=non_negative)
     chs: str = opt('', 'JSON object of one θ (keys seed, lr, weight_decay, warmup_ratio, '
                    'batch_size): run over that set only')
-    chs_iterations: int = opt(3, 'iterations in CHS mode (--chs)')
+    chs_iterations: int = opt(3, 'iterations in CHS mode (--chs)', check=at_least(1))
+
+    def validate(self) -> None:
+        """Raise :class:`~bort.errors.ConfigError` naming the flag: ranges and choices, an
+        empty grid, a --chs that is not a JSON object of one θ."""
+        check_fields(self)
+        if not self.teacher:
+            raise ConfigError('Agora needs --teacher (a fine-tuned folder of the task teacher)')
+        if not self.chs:
+            for name in ('seeds', 'lrs', 'weight_decays', 'warmup_ratios', 'batch_sizes'):
+                if not getattr(self, name):
+                    raise ConfigError(f'--{name} is empty: the grid Θ would be empty')
+            return
+        try:
+            theta = self.chs if isinstance(self.chs, dict) else json.loads(self.chs)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f'--chs is not valid JSON ({err.msg})') from None
+        keys = ('seed', 'lr', 'weight_decay', 'warmup_ratio', 'batch_size')
+        if not isinstance(theta, dict) or sorted(theta) != sorted(keys):
+            raise ConfigError(f'--chs must be a JSON object with exactly the keys '
+                              f'{", ".join(keys)}; got {self.chs}')
+        checks = {'lr': positive, 'weight_decay': non_negative, 'warmup_ratio': unit_interval,
+                  'batch_size': at_least(1)}
+        for key, check in checks.items():
+            if not check.accepts(theta[key]):
+                raise ConfigError(f'--chs {key} must be {check.describe()}, got {theta[key]!r}')
 
 
 @dataclass

@@ -26,7 +26,6 @@ value; pass a small one (``--weight_decay 0.01``) for ordinary fine-tuning.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -38,15 +37,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..checkpoint import CheckpointManager, step_seed, write_json_atomic
+from ..checkpoint import (CheckpointManager, check_resume, settings_record, step_seed,
+                          write_json_atomic)
 from .classifier import (Encoded, TaskClassifier, build_classifier, encode_examples,
                          load_classifier, make_batch, predict_scores, save_classifier, task_loss)
 from ..distributed import Comm
+from ..errors import DataFormatError
 from ..batching import bucket_batches
 from ..log import MetricsLog, progress
 from .metrics import primary_metric
 from ..optim import learning_rate, make_trainer, optimizer_step
-from .config import FinetuneConfig
+from ..runlock import hold_folder
+from .config import PATH_FIELDS, RESUME_FREE_FIELDS, FinetuneConfig
 from .evaluate import BEST, evaluate
 from .readers import read_examples
 from .tasks import Example, get_task
@@ -192,15 +194,9 @@ def _train_epoch(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List,
 
 
 def _check_same_run(checkpoint: str, config: FinetuneConfig) -> None:
-    """Resuming under other settings would silently mix two runs: refuse it."""
-    with open(os.path.join(checkpoint, 'config.json')) as f:
-        saved = json.load(f)
-    current = json.loads(json.dumps(dataclasses.asdict(config)))
-    changed = sorted(k for k in current if saved.get(k) != current[k])
-    if changed:
-        raise ValueError(f'{config.output_dir} holds a run with other settings '
-                         f'({", ".join(changed)} differ); resume with the same flags or use a '
-                         'new --output_dir')
+    """Resuming under other settings would silently mix two runs: refuse it, naming each
+    setting that differs (paths compared resolved; the same rule as pretraining's)."""
+    check_resume(checkpoint, dataclasses.asdict(config), PATH_FIELDS, RESUME_FREE_FIELDS)
 
 
 def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
@@ -223,11 +219,33 @@ def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
     Returns
     -------
     FinetuneResult
+
+    Raises
+    ------
+    ConfigError
+        A setting out of range (checked before the output folder is touched), or, on resume,
+        settings that differ from the checkpoint's (each one named).
+    FolderInUseError
+        Another run holds ``output_dir`` (rank 0 holds it for the run).
+    DataFormatError
+        No training example.
     """
     comm = comm or Comm()
+    config.validate(comm.size)
+    with hold_folder(config.output_dir, comm.is_root):
+        return _finetune(config, comm, train, dev, tokenizer, show_progress)
+
+
+def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Example]],
+              dev: Optional[Sequence[Example]], tokenizer, show_progress: bool
+              ) -> FinetuneResult:
+    """:func:`finetune` once the settings are checked and the output folder is held."""
     spec = get_task(config.task)
     tokenizer = tokenizer or load_tokenizer(config.model)
     train = list(train) if train is not None else load_split(config, 'train')
+    if not train:
+        raise DataFormatError(f'no {spec.name} training example: nothing to fine-tune on',
+                              os.path.join(config.data_dir, spec.files.get('train', '')))
     dev = list(dev) if dev is not None else load_split(config, 'dev')
     train_enc = encode_examples(tokenizer, train, config.max_length)
     dev_enc = encode_examples(tokenizer, dev, config.max_length)
@@ -293,7 +311,8 @@ def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
             log.info('epoch %d: loss %.4f, dev %s %.4f (best %.4f at epoch %d)', epoch,
                      train_loss, primary_metric(spec), score, state['score'],
                      state['best_epoch'])
-        checkpoints.save(step, model, trainer, dataclasses.asdict(config), state)
+        checkpoints.save(step, model, trainer,
+                         settings_record(dataclasses.asdict(config), PATH_FIELDS), state)
     bar.close()
     comm.barrier()
     if best_scores is None:  # resumed after the best epoch: score the saved best model again

@@ -30,8 +30,8 @@ import mxnet as mx  # noqa: E402
 import numpy as np
 
 from ..batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
-from ..cli import (add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main,
-                   setup_command_logging)
+from ..cli import (add_dataclass_flags, at_least, emit, make_parser, opt, parse_configs,
+                   run_main, setup_command_logging)
 from ..finetune.castings import aggregate
 from ..finetune.classifier import Encoded, encode_examples, encode_pair, load_classifier, read_head_config
 from ..finetune.evaluate import BEST
@@ -301,8 +301,9 @@ class PredictCommand:
     engine: str = opt('fast', 'inference engine: fast (bort.inference.fast, float32), int8 '
                       '(bort.inference.quantize) or plain (the Gluon model)', choices=ENGINES)
     int8_model: Optional[str] = opt(None, 'a saved INT8 encoder folder')
-    calib_rows: int = opt(64, 'int8 without --int8_model: calibrate on this many inputs')
-    batch_size: int = opt(32, 'sentences per batch')
+    calib_rows: int = opt(64, 'int8 without --int8_model: calibrate on this many inputs',
+                          check=at_least(1))
+    batch_size: int = opt(32, 'sentences per batch', check=at_least(1))
     progress: bool = opt(True, 'a progress bar over the batches')
     overwrite: bool = opt(False, 'replace an existing --output')
 

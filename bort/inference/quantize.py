@@ -39,6 +39,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -53,8 +54,10 @@ from mxnet.base import NDArrayHandle, py_str
 from mxnet.contrib.quantization import quantize_net_v2
 from mxnet.ndarray import NDArray
 
-from ..cli import (add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main,
-                   setup_command_logging)
+from ..cli import (Range, add_dataclass_flags, at_least, emit, make_parser, non_negative, opt,
+                   parse_configs, run_main, setup_command_logging)
+from ..errors import ConfigError, DataFormatError
+from ..runlock import building_folder, hold_folder, replace_folder
 from ..arch import Architecture, load_arch, save_arch
 from .fast import FastEncoder, FastModel, _as_output, fast_weights, load_weights
 from .kernels import load_fused_ops
@@ -119,18 +122,19 @@ class QuantizeConfig:
 
     def __post_init__(self):
         if self.calib_mode not in CALIB_MODES:
-            raise ValueError(f'calib_mode must be one of {CALIB_MODES}, got {self.calib_mode!r}')
+            raise ConfigError(f'--calib_mode must be one of {", ".join(CALIB_MODES)}, got '
+                              f'{self.calib_mode!r}')
         if self.granularity is None:
             self.granularity = 'tensor-wise' if self.calib_mode == 'none' else 'channel-wise'
         if self.granularity not in ('tensor-wise', 'channel-wise'):
-            raise ValueError(f'granularity must be tensor-wise or channel-wise, '
-                             f'got {self.granularity!r}')
+            raise ConfigError(f'--granularity must be tensor-wise or channel-wise, '
+                              f'got {self.granularity!r}')
         if self.granularity == 'channel-wise' and self.calib_mode == 'none':
-            raise ValueError('channel-wise quantization needs calibration: use '
-                             "calib_mode='naive', 'entropy' or 'percentile', or "
-                             "granularity='tensor-wise'")
+            raise ConfigError('--granularity channel-wise needs calibration: use '
+                              '--calib_mode naive, entropy or percentile, or '
+                              '--granularity tensor-wise')
         if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f'percentile must be in (50, 100], got {self.percentile}')
+            raise ConfigError(f'--percentile must be in (50, 100], got {self.percentile}')
         self.exclude = tuple(self.exclude)
 
 
@@ -386,7 +390,7 @@ def _read_lines(path: str, tokenizer, rows: int, max_length: int):
             if len(encoded) == rows:
                 break
     if not encoded:
-        raise ValueError(f'{path}: no text lines')
+        raise DataFormatError('no text lines', path)
     length = max(len(ids) for ids, _ in encoded)
     tokens, valid = pad_batch([ids for ids, _ in encoded], length, tokenizer.pad_id)
     return tokens, valid, pad_batch([t for _, t in encoded], length, 0)[0]
@@ -402,12 +406,14 @@ class QuantizeCommand:
                           '--calib_rows lines calibrate, the next --eval_rows are compared',
                           required=True)
     out: str = opt('', 'artefact folder to write', required=True)
-    calib_rows: int = opt(64, 'calibration lines')
-    eval_rows: int = opt(128, 'held-out lines on which INT8 and float32 outputs are compared')
-    max_length: int = opt(128, 'tokens per line at most')
+    calib_rows: int = opt(64, 'calibration lines', check=at_least(1))
+    eval_rows: int = opt(128, 'held-out lines on which INT8 and float32 outputs are compared',
+                         check=non_negative)
+    max_length: int = opt(128, 'tokens per line at most', check=at_least(3))
     calib_mode: str = opt('naive', 'calibration of the activation ranges (QuantizeConfig)',
                           choices=CALIB_MODES)
-    percentile: float = opt(99.99, '--calib_mode percentile: the upper percentile kept')
+    percentile: float = opt(99.99, '--calib_mode percentile: the upper percentile kept',
+                            check=Range(low=50, high=100, low_open=True))
     granularity: Optional[str] = opt(None, 'weight scales per tensor or per channel (none: '
                                      'channel-wise with calibration, tensor-wise without)',
                                      choices=('tensor-wise', 'channel-wise'))
@@ -425,17 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """``python -m bort.inference.quantize``: quantize a model folder, calibrated on a text file."""
-    from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
     args = parse_configs(build_parser(), [QuantizeCommand], argv)[0]
     setup_command_logging()
+    config = QuantizeConfig(calib_mode=args.calib_mode, percentile=args.percentile,
+                            granularity=args.granularity, exclude=tuple(args.exclude))
+    with hold_folder(args.out, what='python -m bort.inference.quantize'):
+        return _quantize_command(args, config)
+
+
+def _quantize_command(args: 'QuantizeCommand', config: QuantizeConfig) -> Dict:
+    """:func:`main` once the settings are checked and ``args.out`` is held: the artefact is
+    written aside and swapped in whole, so a failure keeps an earlier one intact."""
+    from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
     if os.path.exists(os.path.join(args.out, SYMBOL_FILE)) and not args.overwrite:
         raise FileExistsError(f'{args.out} already holds a quantized model; pass --overwrite '
                               'to replace it')
     model, tokenizer = load_float_encoder(args.model), load_tokenizer(args.model)
     rows = args.calib_rows + args.eval_rows
     tokens, valid, types = _read_lines(args.calib_text, tokenizer, rows, args.max_length)
-    config = QuantizeConfig(calib_mode=args.calib_mode, percentile=args.percentile,
-                            granularity=args.granularity, exclude=tuple(args.exclude))
     n = min(args.calib_rows, len(tokens))
     qmodel = quantize_encoder(model, tokens[:n], valid[:n], types[:n], config=config)
     if len(tokens) > n:
@@ -446,7 +459,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         agreement = compare_outputs(first(ref), first(got), valid[n:])
         qmodel.info['agreement_on_held_out_lines'] = dict(agreement, rows=int(len(tokens) - n))
         log.info('INT8 vs float32 on %d held-out lines: %s', len(tokens) - n, agreement)
-    qmodel.save(args.out)
+    building = building_folder(args.out)
+    try:
+        qmodel.save(building)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    # The lock file stays with the folder that is swapped out; the new one needs none after.
+    replace_folder(building, args.out)
     emit(json.dumps(qmodel.info, indent=2, sort_keys=True))
     return qmodel.info
 

@@ -29,8 +29,8 @@ from typing import Dict, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-from ..cli import (add_subcommands, emit, make_parser, opt, parse_subcommand, run_main,
-                   setup_command_logging)
+from ..cli import (add_subcommands, at_least, emit, make_parser, opt, parse_subcommand,
+                   positive, run_main, setup_command_logging)
 from ..errors import UserError
 from ..arch import Architecture, save_arch
 from .hf import (UnsupportedCheckpointError, arch_from_config, check_tied, config_from_arch,
@@ -270,8 +270,9 @@ class ImportCommand:
                    positional=True)
     out: str = opt('', 'project model folder to write', positional=True)
     arch: Optional[str] = opt(None, 'GluonNLP: a registered architecture name or arch.json')
-    num_heads: Optional[int] = opt(None, 'GluonNLP: heads (not in the weights)')
-    layer_norm_eps: Optional[float] = opt(None, 'GluonNLP: LayerNorm epsilon')
+    num_heads: Optional[int] = opt(None, 'GluonNLP: heads (not in the weights)',
+                                   check=at_least(1))
+    layer_norm_eps: Optional[float] = opt(None, 'GluonNLP: LayerNorm epsilon', check=positive)
     vocab: Optional[str] = opt(None, 'GluonNLP: vocabulary JSON (.vocab)')
     bpe_ranks: Optional[str] = opt(None, 'GluonNLP: BPE ranks / merges file (byte-level BPE)')
     cased: bool = opt(False, 'GluonNLP WordPiece: keep case')

@@ -11,12 +11,19 @@ from ..cli import at_least, check_fields, non_negative, opt, positive, probabili
 from ..errors import ConfigError
 from ..optim import SCHEDULES
 
-__all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES']
+__all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES', 'PATH_FIELDS', 'RESUME_FREE_FIELDS']
 
 #: Optimizers :func:`bort.optim.make_trainer` builds.
 OPTIMIZERS = ('bertadam', 'adam', 'sgd')
 #: Training precisions; float16 is the one mixed-precision path (GPU only).
 DTYPES = ('float32', 'float16')
+#: Settings that name files or folders: a resume compares them resolved (``./x/`` is ``x``).
+PATH_FIELDS = ('data', 'eval_data', 'teacher', 'init_from', 'tokenizer')
+#: Settings a resume may change: they do not change the trained weights (logging, evaluation,
+#: checkpoint cadence, where the run folder is, the device). Every other one must match.
+RESUME_FREE_FIELDS = ('resume', 'output_dir', 'log_interval', 'eval_interval', 'eval_batches',
+                      'eval_data', 'checkpoint_interval', 'keep_checkpoints', 'plot',
+                      'hybridize', 'gpu')
 
 
 @dataclass

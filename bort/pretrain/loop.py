@@ -23,7 +23,6 @@ The project's readings, visible as config fields:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -34,15 +33,16 @@ import mxnet as mx
 import numpy as np
 
 from ..arch import ArchitectureError, get_arch, load_arch
-from ..checkpoint import CheckpointManager, step_seed
+from ..checkpoint import CheckpointManager, check_resume, settings_record, step_seed
 from .losses import kd_loss, masked_accuracy
-from ..distributed import Comm, init_comm
+from ..distributed import Comm
 from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
 from ..log import MetricsLog, progress
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
-from .shards import read_meta, vocab_fingerprint
-from .config import PretrainConfig
+from ..runlock import building_folder, hold_folder, replace_folder
+from .shards import check_shards, read_meta, vocab_fingerprint
+from .config import PATH_FIELDS, RESUME_FREE_FIELDS, PretrainConfig
 from .evaluate import evaluate, params_digest, plot_curves, window_record
 from .masking import masking_for
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards
@@ -199,8 +199,24 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
     ``metrics.jsonl`` (training log lines and evaluations), ``model/`` (final weights with the
     tokenizer), ``curves.png``.
 
+    Parameters
+    ----------
+    config : PretrainConfig
+    comm : Comm, optional
+        The workers of this run; default: this process alone. Horovod is never started here
+        (``run_pretraining.py`` calls :func:`bort.distributed.init_comm`), so library code that
+        pretrains a model (e.g. the default teacher's build on rank 0) stays single-process.
+
+    The settings are validated before the output folder is touched; rank 0 then holds the
+    folder (:func:`bort.runlock.hold_folder`) until the run ends, so a second run on it stops
+    at once.
+
     Raises
     ------
+    ConfigError
+        A setting out of range, or (on resume) settings differing from the checkpoint's.
+    FolderInUseError
+        Another run holds ``output_dir``.
     NonFiniteLossError
         The loss or gradient became inf/NaN (float32); the last checkpoint is kept.
     VocabularyMismatchError
@@ -208,7 +224,10 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
     FileExistsError
         ``output_dir`` holds checkpoints and ``resume`` is off.
     """
-    return _Run(config, comm or init_comm(gpu=config.gpu)).train()
+    comm = comm or Comm(ctx=mx.gpu(0) if config.gpu else mx.cpu())
+    config.validate()
+    with hold_folder(config.output_dir, comm.is_root):
+        return _Run(config, comm).train()
 
 
 class _Run:
@@ -236,12 +255,15 @@ class _Run:
         self.step = state.get('step', 0)
         self.loss_scale = state.get('loss_scale', config.loss_scale if fp16 else 1.0)
         masking = masking_for(self.meta, config.mask_ratio, config.max_predictions)
-        self.stream = BatchStream(list_shards(config.data), comm.rank, comm.size,
+        train_files = list_shards(config.data)
+        check_shards(train_files)  # a damaged shard is named now, not when the stream gets there
+        self.stream = BatchStream(train_files, comm.rank, comm.size,
                                   config.batch_size, config.data_parts, masking, config.seed,
                                   state.get('data_positions'), self.meta['pad_id'])
         self.eval_set: List[MLMBatch] = []
         eval_files = _eval_files(config) if comm.is_root else []
         if eval_files:
+            check_shards(eval_files)
             self.eval_set = fixed_batches(eval_files, config.batch_size, masking,
                                           config.eval_batches, pad_id=self.meta['pad_id'])
         if config.hybridize:
@@ -258,14 +280,9 @@ class _Run:
             raise FileExistsError(f'{self.config.output_dir} already holds checkpoints (latest '
                                   f'{latest}): pass --resume to continue it, or choose another '
                                   f'output_dir')
+        # Settings that change results must be the checkpoint's (paths compared resolved).
+        check_resume(latest, dataclasses.asdict(self.config), PATH_FIELDS, RESUME_FREE_FIELDS)
         state = self.manager.load(latest, self.student, self.trainer)
-        with open(os.path.join(latest, 'config.json')) as f:
-            saved = json.load(f)
-        changed = sorted(k for k, v in dataclasses.asdict(self.config).items()
-                         if k != 'resume' and saved.get(k) != v)
-        if changed:
-            log.warning('resuming with changed settings %s: the run will not repeat an '
-                        'uninterrupted one', changed)
         log.info('resumed from %s at step %d', latest, state['step'])
         return state
 
@@ -333,7 +350,8 @@ class _Run:
         positions = {}
         for part in self.comm.allgather_object(self.stream.positions):
             positions.update(part)
-        self.manager.save(self.step, self.student, self.trainer, dataclasses.asdict(self.config),
+        self.manager.save(self.step, self.student, self.trainer,
+                          settings_record(dataclasses.asdict(self.config), PATH_FIELDS),
                           {'data_positions': positions, 'loss_scale': self.loss_scale})
 
     def _finish(self, last: Dict) -> Dict:
@@ -345,11 +363,14 @@ class _Run:
         result = dict(last, step=self.step, weights_sha1=digests[0],
                       ranks_in_sync=len(set(digests)) == 1)
         if comm.is_root:
+            # Built aside and swapped in whole: a failure keeps the previous model/ intact.
             folder = os.path.join(config.output_dir, 'model')
-            save_model(self.student, folder)
+            new = building_folder(folder)
+            save_model(self.student, new)
             if os.path.isdir(self.meta.get('tokenizer', '')):
                 from ..tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-                load_tokenizer(self.meta['tokenizer']).save(folder)
+                load_tokenizer(self.meta['tokenizer']).save(new)
+            replace_folder(new, folder)
             self.metrics.write(dict(result, final=True))
             if config.plot:
                 result['plot'] = plot_curves(self.metrics.path,

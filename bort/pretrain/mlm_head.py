@@ -29,9 +29,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..cli import (add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main,
-                   setup_command_logging)
-from ..errors import UserError
+from ..cli import (Range, add_dataclass_flags, at_least, check_fields, emit, make_parser, opt,
+                   parse_configs, positive, probability, run_main, setup_command_logging)
+from ..errors import DataFormatError, UserError
 from ..model import BortModel, build_model, load_model, param_dict, save_model
 from ..tokenizers import Tokenizer, load_tokenizer
 from .masking import mask_tokens, masking_for
@@ -49,15 +49,22 @@ class HeadFitConfig:
     """Settings of :func:`fit_mlm_head`; the budget is ``max_sequences`` (encoder passes) and
     ``steps`` (head updates of ``batch_size`` masked tokens)."""
 
-    steps: int = 400
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    seq_len: int = 128
-    max_sequences: int = 1500
-    heldout_fraction: float = 0.1
-    mask_ratio: float = 0.15
-    encode_batch: int = 16
-    seed: int = 0
+    steps: int = opt(400, 'head updates', check=at_least(1))
+    batch_size: int = opt(256, 'masked tokens per head update', check=at_least(1))
+    learning_rate: float = opt(1e-3, "Adam's learning rate", check=positive)
+    seq_len: int = opt(128, 'tokens per packed sequence, CLS and SEP included',
+                       check=at_least(3))
+    max_sequences: int = opt(1500, 'sequences encoded at most (encoder passes: the budget)',
+                             check=at_least(2))
+    heldout_fraction: float = opt(0.1, 'share of the documents held out to score the head',
+                                  check=Range(low=0, high=1, low_open=True, high_open=True))
+    mask_ratio: float = opt(0.15, 'fraction of tokens masked', check=probability)
+    encode_batch: int = opt(16, 'sequences per encoder pass', check=at_least(1))
+    seed: int = opt(0, 'seed of the split, the masking and the head')
+
+    def validate(self) -> None:
+        """Raise :class:`~bort.errors.ConfigError` naming the flag of a setting out of range."""
+        check_fields(self)
 
 
 def read_documents(files: Sequence[str]) -> List[List[str]]:
@@ -200,6 +207,7 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
         ``random``, ``kept``), ``initial_heldout_accuracy``,
         ``unigram_baseline_accuracy``, ``train_accuracy``, masked-token counts, timings, config.
     """
+    config.validate()
     rng = np.random.RandomState(config.seed)
     tokenizer = load_tokenizer(model_dir)
     encoder = load_model(model_dir, use_decoder=False)
@@ -219,8 +227,8 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
                                                  n_held_seq), tokenizer, config, rng)
     encode_seconds = time.time() - start
     if not len(train[1]) or not len(held[1]):
-        raise ValueError(f'the corpus {list(corpus)} gave no masked tokens for training or '
-                         f'held-out evaluation')
+        raise DataFormatError(f'the corpus {", ".join(corpus)} gave no masked tokens for '
+                              f'training or held-out evaluation (too little text)')
     counts = np.bincount(train[1], minlength=model.arch.vocab_size).astype(np.float64)
     model.decoder[3].bias.set_data(mx.nd.array(np.log((counts + 0.1) / (counts.sum() + 0.1 *
                                                                           len(counts)))))
@@ -276,15 +284,18 @@ class HeadFitCommand:
     corpus: List[str] = opt([], 'text files, one sentence a line, blank line between documents',
                             required=True, nargs='+')
     out: str = opt('', 'model folder to write', required=True)
-    steps: int = opt(HeadFitConfig.steps, 'head updates')
-    batch_size: int = opt(HeadFitConfig.batch_size, 'masked tokens per head update')
-    learning_rate: float = opt(HeadFitConfig.learning_rate, "Adam's learning rate")
+    steps: int = opt(HeadFitConfig.steps, 'head updates', check=at_least(1))
+    batch_size: int = opt(HeadFitConfig.batch_size, 'masked tokens per head update',
+                          check=at_least(1))
+    learning_rate: float = opt(HeadFitConfig.learning_rate, "Adam's learning rate",
+                               check=positive)
     seq_len: int = opt(HeadFitConfig.seq_len, 'tokens per packed sequence, CLS and SEP '
-                       'included')
+                       'included', check=at_least(3))
     max_sequences: int = opt(HeadFitConfig.max_sequences, 'sequences encoded at most (encoder '
-                             'passes: the budget)')
+                             'passes: the budget)', check=at_least(2))
     heldout_fraction: float = opt(HeadFitConfig.heldout_fraction, 'share of the documents '
-                                  'held out to score the head')
+                                  'held out to score the head',
+                                  check=Range(low=0, high=1, low_open=True, high_open=True))
     seed: int = opt(HeadFitConfig.seed, 'seed of the split, the masking and the head')
 
 

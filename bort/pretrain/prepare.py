@@ -40,16 +40,20 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..cli import add_dataclass_flags, make_parser, opt, parse_configs, run_main
+from ..cli import (Range, add_dataclass_flags, at_least, check_fields, make_parser, opt,
+                   parse_configs, probability, run_main, unit_interval)
 from ..errors import UserError
+from ..runlock import LOCK_FILE, building_folder, hold_folder, replace_folder
 from .masking import MaskingConfig, masking_for
-from .shards import (META_FILE, META_FORMAT, SHARD_KEYS, DataFormatError, original_tokens,
-                     read_meta, read_shard, vocab_fingerprint, write_shard)
+from .shards import (META_FILE, META_FORMAT, SHARD_KEYS, DataFormatError, check_shard,
+                     original_tokens, read_meta, read_shard, vocab_fingerprint, write_shard)
 
 # The shard layout lives in bort.pretrain.shards; its names are re-exported here for convenience.
 __all__ = ['PrepConfig', 'prepare_pretraining_data', 'iter_documents', 'document_sequences',
@@ -63,20 +67,29 @@ log = logging.getLogger(__name__)
 class PrepConfig:
     """Settings of the data preparation (flags of ``python -m bort.pretrain.prepare``)."""
 
-    max_seq_length: int = opt(512, 'tokens per sequence, CLS and SEP included (RoBERTa: 512)')
+    max_seq_length: int = opt(512, 'tokens per sequence, CLS and SEP included (RoBERTa: 512)',
+                              check=at_least(3))
     short_seq_prob: float = opt(0.1, 'probability that a sequence aims at a random shorter '
-                                'length')
+                                'length', check=unit_interval)
     num_workers: int = opt(1, 'preparation processes; each writes its own shards, so there '
-                           'are at least this many')
+                           'are at least this many', check=at_least(1))
     shard_rows: int = opt(50000, 'sequences per shard file at most (a worker starts a new file '
-                          'beyond it)')
+                          'beyond it)', check=at_least(1))
     eval_fraction: float = opt(0.0, 'fraction of documents written to held-out eval-* shards '
                                'instead (by a hash of the document index, so the split does '
-                               'not depend on --num_workers)')
-    max_predictions: int = opt(76, 'width of the stored static masking (masked_lm_* arrays)')
-    mask_ratio: float = opt(0.15, 'fraction of tokens in the stored static masking')
-    max_unk_ratio: float = opt(0.01, 'above this unknown-token ratio, a warning')
+                               'not depend on --num_workers)',
+                               check=Range(low=0, high=1, high_open=True))
+    max_predictions: int = opt(76, 'width of the stored static masking (masked_lm_* arrays)',
+                               check=at_least(1))
+    mask_ratio: float = opt(0.15, 'fraction of tokens in the stored static masking',
+                            check=probability)
+    max_unk_ratio: float = opt(0.01, 'above this unknown-token ratio, a warning',
+                               check=unit_interval)
     seed: int = opt(0, 'seed of the sequence lengths, the static masking and the held-out split')
+
+    def validate(self) -> None:
+        """Raise :class:`~bort.errors.ConfigError` naming the flag of a setting out of range."""
+        check_fields(self)
 
 
 @dataclass
@@ -254,9 +267,42 @@ def _prepare_worker(args: Tuple) -> Dict:
     return stats
 
 
+#: What a data folder holds: anything else in an existing --output is refused, not deleted.
+_OWN_NAMES = re.compile(r'(train|eval)-\d{3}-\d{4}\.npz|' + re.escape(META_FILE)
+                        + r'|tokenizer|' + re.escape(LOCK_FILE))
+
+
+def _check_replaceable(output: str) -> None:
+    """Refuse an --output that holds files this command did not write (they would be lost)."""
+    if not os.path.isdir(output):
+        if os.path.exists(output):
+            raise DataFormatError('--output exists and is not a folder', output)
+        return
+    foreign = sorted(n for n in os.listdir(output) if not _OWN_NAMES.fullmatch(n))
+    if foreign:
+        shown = ', '.join(foreign[:5]) + (', ...' if len(foreign) > 5 else '')
+        raise DataFormatError(f'holds files that are not prepared data ({shown}); they would be '
+                              f'replaced with it: choose a new or empty --output folder', output)
+
+
+def _check_built(folder: str, meta: Dict) -> None:
+    """Every shard meta.json lists is there, opens and has the rows it says."""
+    for split, files in meta['shards'].items():
+        for entry in files:
+            rows = check_shard(os.path.join(folder, entry['file']))
+            if rows != entry['rows']:
+                raise DataFormatError(f'{split} shard has {rows} rows, meta.json says '
+                                      f'{entry["rows"]}', os.path.join(folder, entry['file']))
+
+
 def prepare_pretraining_data(inputs: Sequence[str], tokenizer: TokenizerSource, output: str,
                              config: Optional[PrepConfig] = None) -> Dict:
     """Tokenize text files into shards with ``config.num_workers`` processes.
+
+    The data is built in a sibling folder (``output.new-PID``) and swapped in only once every
+    shard is written and checked: a failure (bad input, full disk, Ctrl-C) leaves an existing
+    ``output`` as it was. The folder is held for the duration (:func:`bort.runlock.hold_folder`):
+    a second preparation into it stops at once.
 
     Parameters
     ----------
@@ -266,7 +312,7 @@ def prepare_pretraining_data(inputs: Sequence[str], tokenizer: TokenizerSource, 
         A tokenizer folder (see :func:`bort.tokenizers.load.load_tokenizer`) or object; with several
         workers a folder is loaded in each, an object is pickled to them.
     output : str
-        The output folder (created).
+        The output folder (created, or replaced when it holds earlier prepared data only).
     config : PrepConfig, optional
 
     Returns
@@ -276,18 +322,43 @@ def prepare_pretraining_data(inputs: Sequence[str], tokenizer: TokenizerSource, 
 
     Raises
     ------
+    ConfigError
+        A setting out of range, naming the flag.
     DataFormatError
-        Naming the file, for a missing, empty, binary or non-UTF-8 input, or when no sequence
-        results at all.
+        Naming the file, for a missing, empty, binary or non-UTF-8 input, when no sequence
+        results at all, or when ``output`` holds files that are not prepared data.
+    FolderInUseError
+        Another command holds ``output``.
     """
     config = config or PrepConfig()
-    if config.max_seq_length < 3:
-        raise ValueError('max_seq_length must leave room for CLS, SEP and one token')
+    config.validate()
     files = _expand_inputs(inputs)
     tok = _load(tokenizer)
-    os.makedirs(output, exist_ok=True)
-    for stale in glob.glob(os.path.join(output, '*-[0-9][0-9][0-9]-[0-9][0-9][0-9][0-9].npz')):
-        os.remove(stale)
+    _check_replaceable(output)
+    with hold_folder(output, what='python -m bort.pretrain.prepare'):
+        building = building_folder(output)
+        try:
+            meta = _prepare_into(building, files, tokenizer, tok, config)
+            _check_built(building, meta)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        replace_folder(building, output)
+    log.info('%d documents, %d sentences, %d tokens, %d unknown (%.3f%%) -> %d train / %d eval '
+             'sequences in %d + %d shards in %s', meta['documents'], meta['sentences'],
+             meta['tokens'], meta['unknown'], 100 * meta['unk_ratio'],
+             meta['sequences']['train'], meta['sequences']['eval'], len(meta['shards']['train']),
+             len(meta['shards']['eval']), output)
+    if meta['unk_ratio'] > config.max_unk_ratio:
+        log.warning('%.2f%% of the tokens are unknown (threshold %.2f%%): the tokenizer does not '
+                    'fit this text (a double vocabulary look-up, as in the released script, '
+                    'gives this symptom)', 100 * meta['unk_ratio'], 100 * config.max_unk_ratio)
+    return meta
+
+
+def _prepare_into(output: str, files: List[str], tokenizer: TokenizerSource, tok,
+                  config: PrepConfig) -> Dict:
+    """Write shards, the tokenizer and meta.json into the empty folder ``output``."""
     jobs = [(w, files, tokenizer, output, asdict(config)) for w in range(config.num_workers)]
     if config.num_workers == 1:
         results = [_prepare_worker(jobs[0])]
@@ -311,14 +382,6 @@ def prepare_pretraining_data(inputs: Sequence[str], tokenizer: TokenizerSource, 
                 shards=shards)
     with open(os.path.join(output, META_FILE), 'w') as f:
         json.dump(meta, f, indent=2)
-    log.info('%d documents, %d sentences, %d tokens, %d unknown (%.3f%%) -> %d train / %d eval '
-             'sequences in %d + %d shards in %s', totals['documents'], totals['sentences'],
-             totals['tokens'], totals['unknown'], 100 * ratio, meta['sequences']['train'],
-             meta['sequences']['eval'], len(shards['train']), len(shards['eval']), output)
-    if ratio > config.max_unk_ratio:
-        log.warning('%.2f%% of the tokens are unknown (threshold %.2f%%): the tokenizer does not '
-                    'fit this text (a double vocabulary look-up, as in the released script, '
-                    'gives this symptom)', 100 * ratio, 100 * config.max_unk_ratio)
     return meta
 
 
