@@ -5,6 +5,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from bort.errors import ConfigError
+
 from bort.arch import Architecture
 from bort.pretrain.losses import soft_cross_entropy, topk_soft_cross_entropy
 from bort.search import (SearchConfig, build_space, epsilon_select, non_dominated, order_space,
@@ -41,7 +43,7 @@ def test_invalid_tuples_skipped_and_counted():
     assert {a.tuple for a in space.valid} == set(grid) - set(invalid)
     assert space.summary()['skipped'] == len(invalid)
     assert all(not a.use_pooler for a in space.valid)
-    with pytest.raises(ValueError, match='no valid tuple'):
+    with pytest.raises(ConfigError, match='no tuple of the grid .* divisible by num_heads'):
         build_space({'num_layers': (1,), 'num_heads': (3,), 'units': (8,), 'hidden_size': (8,)},
                     Architecture(1, 1, 8, 8))
 

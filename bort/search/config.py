@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from ..arch import PAPER_SEARCH_SPACE
-from ..cli import opt
+from ..cli import Range, at_least, check_fields, non_negative, opt, positive, probability, unit_interval
+from ..errors import ConfigError
 
-__all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'OBJECTIVES', 'SAMPLERS', 'resolve_grid', 'default_cache_dir',
-           'parse_objectives', 'validate_bo']
+__all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'OBJECTIVES', 'SAMPLERS', 'resolve_grid',
+           'default_cache_dir', 'parse_objectives', 'validate_bo', 'run_fingerprint']
 
 #: The four knobs of the architecture family, in the paper's <D, A, H, I> order.
 KNOBS = ('num_layers', 'num_heads', 'units', 'hidden_size')
@@ -35,6 +36,14 @@ GRIDS: Dict[str, Dict[str, Tuple[int, ...]]] = {
                 'units': (128, 256, 384), 'hidden_size': (256, 512, 1536)},
     'paper': {k: tuple(v) for k, v in PAPER_SEARCH_SPACE.items()},
 }
+
+
+def strategy_names() -> Tuple[str, ...]:
+    """The registered strategies (bort.search.strategies.STRATEGIES) and ``compare``."""
+    # pylint: disable=import-outside-toplevel  (strategies import this module)
+    from . import bo  # noqa: F401  registers 'bo'
+    from .strategies import STRATEGIES
+    return tuple(sorted(STRATEGIES)) + ('compare',)
 
 
 def default_cache_dir() -> str:
@@ -54,51 +63,64 @@ class SearchConfig:
     corpus: Tuple[str, ...] = opt((), 'text files, one sentence a line, blank line between '
                                   "documents; empty: the installed Python's docstrings",
                                   nargs='*')
-    corpus_bytes: int = opt(4_000_000, 'size of the docstring corpus when --corpus is empty')
+    corpus_bytes: int = opt(4_000_000, 'size of the docstring corpus when --corpus is empty', check=at_least(1))
     cache_dir: str = opt('', 'where the default teacher and corpus are cached '
                          '($BORT_CACHE or ~/.cache/bort when empty)')
     out: str = opt('runs/search', 'output folder; a rerun with the same folder resumes')
     # -- the search space ----------------------------------------------------------------------
     space: str = opt('default', "grid: a name in bort.search.config.GRIDS ('default' around "
                      "the MiniLM teacher, 'paper') or a JSON file of the four knob lists")
-    num_layers: Tuple[int, ...] = opt((), 'D values (replace the grid\'s)', nargs='*', type=int)
-    num_heads: Tuple[int, ...] = opt((), "A values (replace the grid's)", nargs='*', type=int)
-    units: Tuple[int, ...] = opt((), "H values (replace the grid's)", nargs='*', type=int)
-    hidden_size: Tuple[int, ...] = opt((), "I values (replace the grid's)", nargs='*', type=int)
-    strategy: str = opt('fptas', 'how candidates are chosen (bort.search.strategies.STRATEGIES)')
+    num_layers: Tuple[int, ...] = opt((), 'D values (replace the grid\'s)', nargs='*', type=int, check=at_least(1))
+    num_heads: Tuple[int, ...] = opt((), "A values (replace the grid's)", nargs='*', type=int, check=at_least(1))
+    units: Tuple[int, ...] = opt((), "H values (replace the grid's)", nargs='*', type=int, check=at_least(1))
+    hidden_size: Tuple[int, ...] = opt((), "I values (replace the grid's)", nargs='*', type=int, check=at_least(1))
+    strategy: str = opt('fptas', "how candidates are chosen: 'fptas' (the paper's), 'bo' "
+                        "(bort.search.bo) or 'compare' (both at one budget)",
+                        choices=lambda: strategy_names())
     epsilon: int = opt(8, 'interval size ε of the FPTAS: one candidate every ε positions of Ξ '
-                       'sorted by p (ties by i); 1 is exhaustive')
+                       'sorted by p (ties by i); 1 is exhaustive', check=at_least(1))
     max_candidates: int = opt(0, 'stop after training this many candidates in this run '
                               '(0: no limit); a later run with the same --out continues. '
                               '--strategy bo: the whole study\'s budget (0: the FPTAS\'s '
-                              'count at --epsilon); compare: both strategies\' budget')
+                              'count at --epsilon); compare: both strategies\' budget', check=non_negative)
     # -- the fixed hyperparameter set (one for every candidate, as in the paper) ---------------
-    steps: int = opt(40, 's: optimizer steps per candidate, from scratch')
-    batch_size: int = opt(16, 'sequences per step')
+    steps: int = opt(40, 's: optimizer steps per candidate, from scratch', check=at_least(1))
+    batch_size: int = opt(16, 'sequences per step', check=at_least(1))
     seq_len: int = opt(64, 'maximum sequence length of the search batches (paper: 512); '
-                       'students keep the teacher\'s max_length')
+                       'students keep the teacher\'s max_length', check=at_least(4))
     optimizer: str = opt('sgd', "the paper's SGD ('sgd'); 'adam'/'bertadam' as options",
                          choices=('sgd', 'adam', 'bertadam'))
     lr: float = opt(0.3, 'peak learning rate (the paper\'s value is lost; 0.3 was the best of '
-                    '0.03/0.1/0.3/0.6 for <2, 4, 256, 512> on the default search)')
+                    '0.03/0.1/0.3/0.6 for <2, 4, 256, 512> on the default search)', check=positive)
     momentum: float = opt(0.9, 'SGD momentum (the paper does not say; with 0.9, 60 steps reach '
-                          'a lower error than plain SGD at any rate tried)')
-    weight_decay: float = opt(0.0, 'weight decay (none on LayerNorm and biases)')
-    clip: float = opt(1.0, 'global gradient-norm clipping constant (0: none)')
-    warmup_ratio: float = opt(0.1, 'warm-up proportion of s')
+                          'a lower error than plain SGD at any rate tried)', check=Range(low=0, high=1, high_open=True))
+    weight_decay: float = opt(0.0, 'weight decay (none on LayerNorm and biases)', check=non_negative)
+    clip: float = opt(1.0, 'global gradient-norm clipping constant (0: none)', check=non_negative)
+    warmup_ratio: float = opt(0.1, 'warm-up proportion of s', check=unit_interval)
     schedule: str = opt('linear', 'decay after warm-up', choices=('linear', 'noam', 'constant'))
     temperature: float = opt(1.0, "softening temperature of both distributions in the "
                              "distillation objective and in e (1: the plain masked-LM "
-                             "distributions)")
+                             "distributions)", check=positive)
     error: str = opt('cross_entropy', "the surrogate error e: 'cross_entropy' (the paper's: "
                      "between the teacher's and the candidate's masked-LM distributions) or "
                      "'kl' (the same minus the teacher's own entropy, i.e. the part a candidate "
                      'can change; its floor is 0 instead of the teacher\'s entropy)',
                      choices=('cross_entropy', 'kl'))
     mask_ratio: float = opt(0.15, 'fraction of tokens masked (one fixed masking per batch, '
-                            'so the teacher cache is valid)')
-    train_batches: int = opt(0, 'distinct training batches, cycled (0: s, i.e. none repeats)')
-    heldout_batches: int = opt(4, 'held-out batches on which e is measured')
+                            'so the teacher cache is valid)', check=probability)
+    train_batches: int = opt(0, 'distinct training batches, cycled (0: s, i.e. none repeats)', check=non_negative)
+    heldout_batches: int = opt(4, 'held-out batches on which e is measured', check=at_least(1))
+    # -- trust: seed noise of e, fidelity of the short-run proxy (bort.search.trust) ------------
+    noise_seeds: int = opt(2, 'extra seeds each of the top --noise_candidates is retrained with '
+                           '(their e gives the seed noise σ of e beside every e and an interval '
+                           'on W; 0: not measured)', check=non_negative)
+    noise_candidates: int = opt(3, 'how many of the top candidates (by W) are retrained for the '
+                                'noise estimate', check=at_least(1))
+    fidelity_factor: int = opt(0, 'k: train --fidelity_candidates candidates k times longer and '
+                               'report Kendall τ between the s-step and the k·s-step e and W '
+                               '(0: off)', check=non_negative)
+    fidelity_candidates: int = opt(6, 'candidates of the fidelity check, spread evenly over '
+                                   'the candidates sorted by size', check=at_least(2))
     # -- the teacher cache ---------------------------------------------------------------------
     teacher_cache: bool = opt(True, "compute the teacher's outputs on the search batches once, "
                               'store them in --out and reuse them for every candidate; '
@@ -106,7 +128,7 @@ class SearchConfig:
                               'comparison)')
     cache_topk: int = opt(1024, 'training targets stored as the teacher\'s top-k logits (float16 '
                           'values, int32 ids, plus the log-normaliser); 0 stores all V logits '
-                          'in float16. Held-out targets are always the full distribution')
+                          'in float16. Held-out targets are always the full distribution', check=non_negative)
     cache_tail: bool = opt(True, 'with top-k targets, keep the k probabilities exact and spread '
                            'the remaining mass evenly over the other tokens; '
                            '--no-cache_tail renormalises over the k instead')
@@ -114,11 +136,11 @@ class SearchConfig:
     cost: str = opt('measured', "inference cost i: 'measured' (CPU seconds per sample, median "
                     "of repeats after warm-up, as the paper's Table 1) or 'flops' "
                     '(deterministic operation count)', choices=('measured', 'flops'))
-    latency_batch_size: int = opt(1, 'batch size of the latency measurement')
-    latency_seq_len: int = opt(128, 'sequence length of the latency measurement and of flops')
-    latency_warmup: int = opt(3, 'warm-up runs before timing')
-    latency_repeats: int = opt(15, 'timed runs (the median is kept)')
-    latency_group: int = opt(8, 'architectures timed side by side, runs interleaved')
+    latency_batch_size: int = opt(1, 'batch size of the latency measurement', check=at_least(1))
+    latency_seq_len: int = opt(128, 'sequence length of the latency measurement and of flops', check=at_least(1))
+    latency_warmup: int = opt(3, 'warm-up runs before timing', check=non_negative)
+    latency_repeats: int = opt(15, 'timed runs (the median is kept)', check=at_least(1))
+    latency_group: int = opt(8, 'architectures timed side by side, runs interleaved', check=at_least(1))
     params_with_decoder: bool = opt(False, 'count the MLM head in p (default: embeddings and '
                                     'encoder, as deployed for fine-tuning)')
     reference: Tuple[str, ...] = opt(('bert_base',), 'reference rows of table.md: registered '
@@ -131,18 +153,18 @@ class SearchConfig:
     bo_objectives: str = opt('error,latency', "objectives minimised, comma-separated: error "
                              'and latency (i), optionally params (p)')
     bo_startup: int = opt(0, 'trainings picked uniformly among untried valid tuples before '
-                          'the sampler models (0: a third of the budget, at least 2)')
-    bo_population: int = opt(0, 'NSGA-II population (0: a third of the budget, at least 2)')
+                          'the sampler models (0: a third of the budget, at least 2)', check=non_negative)
+    bo_population: int = opt(0, 'NSGA-II population (0: a third of the budget, at least 2)', check=non_negative)
     max_latency_ms: float = opt(0.0, 'constraint (bo): latency per sample in ms, measured '
-                                'before training; violators are never trained (0: none)')
+                                'before training; violators are never trained (0: none)', check=non_negative)
     max_params: float = opt(0.0, 'constraint (bo): at most this many parameters p; violators '
-                            'are never trained (0: none)')
+                            'are never trained (0: none)', check=non_negative)
     bo_remeasure: bool = opt(True, 'time the final front again, side by side (bo, measured '
                              'cost)')
     bo_remeasure_repeats: int = opt(0, 'timed runs of that re-measurement (0: twice '
-                                    '--latency_repeats)')
+                                    '--latency_repeats)', check=non_negative)
     # -- run -----------------------------------------------------------------------------------
-    seed: int = opt(0, 'seed of data order, masking, and every candidate\'s initialisation')
+    seed: int = opt(0, 'seed of data order, masking, and every candidate\'s initialisation', check=non_negative)
     progress: bool = opt(True, 'tqdm bars over candidates and steps (rank 0)')
 
     def __post_init__(self):
@@ -155,22 +177,12 @@ class SearchConfig:
             setattr(self, name, tuple(cast(v) for v in value))
 
     def validate(self) -> None:
-        """Raise ValueError on settings that cannot run."""
-        if self.epsilon < 1:
-            raise ValueError(f'epsilon must be >= 1 (1 is exhaustive), got {self.epsilon}')
-        if min(self.steps, self.batch_size, self.heldout_batches) < 1:
-            raise ValueError('steps, batch_size and heldout_batches must be >= 1')
-        if self.seq_len < 4:
-            raise ValueError('seq_len must be at least 4')
-        if self.cache_topk < 0:
-            raise ValueError('cache_topk must be >= 0')
-        for name in ('optimizer', 'schedule', 'error', 'cost'):
-            choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata[
-                'choices']
-            if getattr(self, name) not in choices:
-                raise ValueError(f'{name} must be one of {choices}, got {getattr(self, name)!r}')
-        if self.temperature <= 0:
-            raise ValueError('temperature must be positive')
+        """Raise :class:`~bort.errors.ConfigError` (naming the flag) on settings that cannot
+        run: each field's range (also checked when flags are parsed), then combinations."""
+        check_fields(self)
+        if self.fidelity_factor == 1:
+            raise ConfigError('--fidelity_factor 1 would compare a run with itself: use k >= 2 '
+                              '(or 0 for off)')
         if self.strategy in ('bo', 'compare'):
             validate_bo(self)
 
@@ -212,6 +224,25 @@ class SearchConfig:
         return hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]
 
 
+def run_fingerprint(config: SearchConfig) -> str:
+    """A digest of what makes an output folder's table: the candidates' settings
+    (:meth:`SearchConfig.fingerprint`) plus the strategy and its own settings, the teacher
+    cache and the trust checks. A rerun on the same folder with another value is refused before
+    anything is written (another strategy would replace the folder's table and best_arch.json).
+    """
+    keys = ['strategy', 'teacher_cache', 'noise_seeds', 'noise_candidates', 'fidelity_factor',
+            'fidelity_candidates']
+    if config.strategy == 'fptas':
+        keys.append('epsilon')
+    if config.strategy in ('bo', 'compare'):
+        keys += ['bo_sampler', 'bo_objectives', 'bo_startup', 'bo_population', 'max_latency_ms',
+                 'max_params']
+    values = {k: getattr(config, k) for k in keys}
+    values['candidates'] = config.fingerprint()
+    text = json.dumps(values, sort_keys=True, default=list)
+    return hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]
+
+
 def resolve_grid(config: SearchConfig) -> Dict[str, Tuple[int, ...]]:
     """The four knob lists: the named grid or JSON file, with per-knob overrides applied."""
     if config.space in GRIDS:
@@ -221,10 +252,10 @@ def resolve_grid(config: SearchConfig) -> Dict[str, Tuple[int, ...]]:
             data = json.load(f)
         missing = [k for k in KNOBS if k not in data]
         if missing:
-            raise ValueError(f'{config.space}: the grid file lacks {missing}')
+            raise ConfigError(f'{config.space}: the grid file lacks {missing}')
         grid = {k: tuple(int(v) for v in data[k]) for k in KNOBS}
     else:
-        raise ValueError(f'--space {config.space!r}: neither a named grid ({", ".join(GRIDS)}) '
+        raise ConfigError(f'--space {config.space!r}: neither a named grid ({", ".join(GRIDS)}) '
                          f'nor a JSON file')
     for knob in KNOBS:
         if getattr(config, knob):
@@ -249,11 +280,12 @@ def parse_objectives(text: str) -> Tuple[str, ...]:
 
 
 def validate_bo(config: 'SearchConfig') -> None:
-    """Raise ValueError on Bayesian-search settings that cannot run."""
-    parse_objectives(config.bo_objectives)
+    """Raise :class:`~bort.errors.ConfigError` on Bayesian-search settings that cannot run."""
+    try:
+        parse_objectives(config.bo_objectives)
+    except ValueError as err:
+        raise ConfigError(f'--bo_objectives: {err}') from None
     if config.bo_sampler not in SAMPLERS:
-        raise ValueError(f'bo_sampler must be one of {SAMPLERS}, got {config.bo_sampler!r}')
-    if config.max_latency_ms < 0 or config.max_params < 0 or config.max_candidates < 0:
-        raise ValueError('max_latency_ms, max_params and max_candidates must be >= 0')
+        raise ConfigError(f'--bo_sampler must be one of {SAMPLERS}, got {config.bo_sampler!r}')
     if config.max_latency_ms and config.cost != 'measured':
-        raise ValueError('--max_latency_ms needs --cost measured')
+        raise ConfigError('--max_latency_ms needs --cost measured')

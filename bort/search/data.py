@@ -18,12 +18,13 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ..errors import DataFormatError
 from ..pretrain.masking import MaskingConfig
 from ..pretrain.mlm_head import pack_sequences, read_documents
 from ..pretrain.stream import MLMBatch, mask_batch
 from ..tokenizers import Tokenizer
 
-__all__ = ['SearchData', 'make_search_data', 'corpus_sequences']
+__all__ = ['SearchData', 'make_search_data', 'corpus_sequences', 'original_tokens']
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,14 @@ def corpus_sequences(files: Sequence[str], tokenizer: Tokenizer, seq_len: int, c
                      seed: int) -> List[List[int]]:
     """Up to ``count`` packed token sequences from text files, documents shuffled with ``seed``.
     """
-    docs = read_documents(files)
+    docs = []
+    for path in files:  # one at a time, so a file that is not text is named
+        try:
+            docs.extend(read_documents([path]))
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f'not UTF-8 text (byte {err.object[err.start]:#04x} at offset '
+                                  f'{err.start}); convert it, e.g. iconv -f latin1 -t utf-8',
+                                  path=path) from None
     if not docs:
         raise ValueError(f'the corpus {list(files)} holds no text')
     order = np.random.RandomState(seed).permutation(len(docs))
@@ -119,3 +127,14 @@ def make_search_data(sequences: Sequence[Sequence[int]], masking: MaskingConfig,
         batches.append(_fixed_shape(batch, seq_len, masking.max_predictions, pad_id))
     return SearchData(train=batches[heldout_batches:], heldout=batches[:heldout_batches],
                       vocab_size=masking.vocab_size)
+
+
+def original_tokens(batch: MLMBatch) -> np.ndarray:
+    """The unmasked token ids of a batch's sequences, without padding and without the ``CLS``
+    and final ``SEP`` of each row (what a unigram baseline is estimated from)."""
+    ids = batch.input_ids.copy()
+    rows = np.repeat(np.arange(ids.shape[0]), batch.positions.shape[1])
+    real = batch.weights.reshape(-1) > 0
+    ids[rows[real], batch.positions.reshape(-1)[real]] = batch.labels.reshape(-1)[real]
+    keep = [ids[r, 1:max(int(n) - 1, 1)] for r, n in enumerate(batch.valid_length)]
+    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int32)

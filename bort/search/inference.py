@@ -3,10 +3,13 @@
 p is exact (:func:`bort.costs.num_parameters`). i is either
 
 - ``measured``: CPU seconds per sample of the hybridized encoder (random weights: the values do
-  not change the time), at a stated batch size and sequence length, the median of repeated runs
-  after warm-up, as the paper's Table 1 reports. Architectures are timed in groups with their
-  runs interleaved (:func:`bort.inference.latency.compare_latency`), so a burst of load from elsewhere
-  does not favour one of them; or
+  not change the time), at a stated batch size and sequence length, after warm-up, as the
+  paper's Table 1 reports. Architectures are timed in groups with their runs interleaved
+  (:func:`bort.inference.latency.compare_latency`) and **the teacher timed in every group**: a
+  candidate's i is the median over rounds of its time divided by the teacher's time in the same
+  round, times i(T) as first measured. Load from elsewhere slows both calls of a round alike,
+  so the ratio, and with it savings(i) = 1 − i/i(T) and the ranking, survives it (absolute
+  times do not); the p10–p90 of the ratio is kept as the spread; or
 - ``flops``: the operation count of :func:`bort.costs.flops` per sample, deterministic.
 
 Measured figures are kept in ``costs.json`` in the output folder (with their spread, threads and
@@ -23,6 +26,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import mxnet as mx
+import numpy as np
 
 from ..arch import Architecture
 from ..checkpoint import write_json_atomic
@@ -69,6 +73,7 @@ class CostModel:
         self.path = os.path.join(folder, COSTS_FILE) if folder else None
         self.measured: Dict[str, Dict] = {}
         self.environment: Dict = {}
+        self.reference: Optional[Architecture] = None
         if self.path and os.path.exists(self.path):
             with open(self.path) as f:
                 saved = json.load(f)
@@ -80,7 +85,11 @@ class CostModel:
     @property
     def settings(self) -> Dict:
         return {'kind': self.kind, 'batch_size': self.batch_size, 'seq_len': self.seq_len,
-                'warmup': self.warmup, 'repeats': self.repeats}
+                'warmup': self.warmup, 'repeats': self.repeats, 'timing': 'ratio-to-teacher'}
+
+    def set_reference(self, arch: Architecture) -> None:
+        """Time ``arch`` (the teacher) in every group; candidates' i become ratios to it."""
+        self.reference = arch.replace(use_pooler=False)
 
     @property
     def unit(self) -> str:
@@ -108,6 +117,15 @@ class CostModel:
             self._measure(missing[start:start + self.group])
         return [self.measured[_shape_key(a)]['seconds_per_sample'] for a in archs]
 
+    def spread(self, arch: Architecture) -> Optional[tuple]:
+        """(low, high) of i: p10 and p90 of the per-round ratio to the teacher times i(T);
+        None for operation counts."""
+        record = self.record(arch) if self.kind == 'measured' else None
+        if not record:
+            return None
+        return record.get('low_s', record['seconds_per_sample']), \
+            record.get('high_s', record['seconds_per_sample'])
+
     def record(self, arch: Architecture) -> Optional[Dict]:
         """The full measurement behind ``cost(arch)`` (median, spread, ...), if measured."""
         return self.measured.get(_shape_key(arch))
@@ -118,19 +136,42 @@ class CostModel:
         # pylint: disable=import-outside-toplevel
         from ..inference.latency import compare_latency
         from ..model import build_model
+        ref_key = _shape_key(self.reference) if self.reference is not None else None
+        timed = list(archs)
+        if ref_key is not None and all(_shape_key(a) != ref_key for a in timed):
+            timed.insert(0, self.reference)  # the teacher beside every group
         models = {}
-        for arch in archs:
+        for arch in timed:
             model = build_model(arch.replace(use_pooler=False), use_decoder=False, ctx=self.ctx)
             model.hybridize(static_alloc=True)
             models[_shape_key(arch)] = model
         results = compare_latency(models, self.batch_size, self.seq_len, warmup=self.warmup,
                                   repeats=self.repeats, ctx=self.ctx)
+        ref = results.get(ref_key) if ref_key is not None else None
+        if ref is not None and ref_key not in self.measured:
+            # i(T) is fixed at its first measurement: later groups (a resumed search, BO's
+            # rounds) scale their ratios by the same number, so the table stays the same.
+            self.measured[ref_key] = {
+                'seconds_per_sample': ref.per_sample, 'median_s': ref.median,
+                'p10_s': ref.p10, 'p90_s': ref.p90, 'ratio': 1.0, 'ratio_p10': 1.0,
+                'ratio_p90': 1.0, 'low_s': ref.per_sample, 'high_s': ref.per_sample,
+                'tuple': list(self.reference.tuple), 'reference': True}
         for arch in archs:
-            result = results[_shape_key(arch)]
+            key = _shape_key(arch)
+            result = results[key]
             self.environment = {'threads': result.threads, 'device': result.device}
-            self.measured[_shape_key(arch)] = {
-                'seconds_per_sample': result.per_sample, 'median_s': result.median,
-                'p10_s': result.p10, 'p90_s': result.p90, 'tuple': list(arch.tuple)}
+            entry = {'seconds_per_sample': result.per_sample, 'median_s': result.median,
+                     'p10_s': result.p10, 'p90_s': result.p90, 'tuple': list(arch.tuple)}
+            if ref is not None and key != ref_key:
+                ratios = np.asarray(result.samples) / np.asarray(ref.samples)
+                base = self.measured[ref_key]['seconds_per_sample']
+                entry.update(ratio=float(np.median(ratios)),
+                             ratio_p10=float(np.percentile(ratios, 10)),
+                             ratio_p90=float(np.percentile(ratios, 90)))
+                entry.update(seconds_per_sample=entry['ratio'] * base,
+                             low_s=entry['ratio_p10'] * base, high_s=entry['ratio_p90'] * base)
+            if key != ref_key:
+                self.measured[key] = entry
         # Gluon blocks sit in reference cycles: collect now, or every group's weights and
         # memory plans stay alive until the collector happens to run (GBs over a grid).
         del models, results

@@ -6,12 +6,14 @@ starting with the smallest (positions 0, ε, 2ε, ...); ε = 1 evaluates every t
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..arch import Architecture, search_space
+from ..arch import ARCHITECTURES, Architecture, ArchitectureError
+from ..errors import ConfigError
 from .config import KNOBS
 
 __all__ = ['SearchSpace', 'build_space', 'order_space', 'epsilon_select', 'arch_key']
@@ -55,19 +57,41 @@ class SearchSpace:
                 'skipped': len(self.skipped), 'skipped_tuples': [list(t) for t in self.skipped]}
 
 
-def build_space(grid: Dict[str, Sequence[int]], base: Architecture) -> SearchSpace:
+def build_space(grid: Dict[str, Sequence[int]], base: Optional[Architecture] = None
+                ) -> SearchSpace:
     """Ξ of a grid, on the non-searched fields of ``base`` (the teacher's, pooler dropped).
 
     Students share the teacher's vocabulary, max length and token types; they carry no pooler
-    (the distillation objective never reaches it, and p should count what is trained).
+    (the distillation objective never reaches it, and p should count what is trained). Without
+    ``base`` (Bort's fields) the result says only which tuples are valid: validity depends on
+    the four knobs alone, so a grid can be checked before any teacher is loaded.
+
+    Raises
+    ------
+    ConfigError
+        No tuple of the grid is valid; the message gives each distinct reason and an example.
     """
-    valid, skipped = search_space(grid['num_layers'], grid['num_heads'], grid['units'],
-                                  grid['hidden_size'], base=base.replace(use_pooler=False))
+    base = (base or ARCHITECTURES['bort_4_8_768_1024']).replace(use_pooler=False)
+    valid, skipped, reasons = [], [], {}
+    for d, a, h, i in itertools.product(grid['num_layers'], grid['num_heads'], grid['units'],
+                                        grid['hidden_size']):
+        try:
+            valid.append(base.replace(num_layers=d, num_heads=a, units=h, hidden_size=i,
+                                      name=''))
+        except ArchitectureError as err:
+            skipped.append((d, a, h, i))
+            reasons.setdefault(str(err), (d, a, h, i))
     if skipped:
         log.info('search space: %d valid tuples, %d skipped as invalid (e.g. <%s>)', len(valid),
                  len(skipped), ', '.join(map(str, skipped[0])))
     if not valid:
-        raise ValueError(f'the grid {grid} has no valid tuple')
+        items = list(reasons.items())
+        why = '; '.join(f'{reason} (e.g. <{", ".join(map(str, example))}>)'
+                        for reason, example in items[:3])
+        if len(items) > 3:
+            why += f'; and {len(items) - 3} more'
+        raise ConfigError(f'no tuple of the grid {dict((k, list(v)) for k, v in grid.items())} '
+                          f'is a valid architecture: {why or "a knob has no values"}')
     return SearchSpace(valid, skipped, {k: tuple(v) for k, v in grid.items()})
 
 

@@ -230,6 +230,24 @@ class TeacherTargets:
             count += len(log_q)
         return total / max(count, 1)
 
+    def heldout_cross_entropy_of(self, log_q: np.ndarray) -> float:
+        """Cross-entropy (nats per held-out masked position) of one fixed distribution q against
+        the teacher's, at the temperature: e of a model that outputs q everywhere (a baseline).
+
+        Parameters
+        ----------
+        log_q : (vocab_size,) float
+            Log-probabilities of q (normalised).
+        """
+        total, count = 0.0, 0
+        for index, batch in enumerate(self.data.heldout):
+            logits = (self._heldout[index].logits.astype(np.float64) if self.cached
+                      else self._forward(batch).astype(np.float64)) / self.temperature
+            p = np.exp(logits - _logsumexp(logits)[:, None])
+            total += float(-(p @ np.asarray(log_q, dtype=np.float64)).sum())
+            count += len(p)
+        return total / max(count, 1)
+
     def heldout_error(self, index: int, student_logits: mx.nd.NDArray) -> Tuple[float, int]:
         """(sum of per-position cross-entropies, positions) on held-out batch ``index``,
         against the teacher's full distribution."""
