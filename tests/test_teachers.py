@@ -91,3 +91,51 @@ def test_adapted_teacher_trains_every_weight_and_is_cached(tmp_path, minilm):
     assert all(changed[:3]) and sum(changed) > len(changed) // 2  # the encoder trained too
     assert adapted_minilm_teacher(str(tmp_path), steps=2, batch_size=2, seq_len=32,
                                   corpus_bytes=30_000, head=head) == folder
+
+
+_BUILD_UNDER_HOROVOD = '''
+import json, sys
+from bort.distributed import init_comm
+from bort.model import load_model
+from bort.pretrain.default_teacher import adapted_minilm_teacher
+cache, start, corpus, out = sys.argv[1:5]
+comm = init_comm()
+folder = adapted_minilm_teacher(cache, steps=2, batch_size=2, seq_len=24, start=start,
+                                corpus=corpus, comm=comm)
+vocab = load_model(folder).arch.vocab_size
+total = float(comm.allreduce_sum(1.0))  # the workers' communicator still works afterwards
+with open(f'{out}.rank{comm.rank}.json', 'w') as f:
+    json.dump({'folder': folder, 'size': comm.size, 'total': total, 'vocab': vocab}, f)
+'''
+
+
+@pytest.mark.horovod
+def test_the_default_teacher_builds_from_an_empty_cache_under_horovod(tmp_path):
+    """horovodrun -np 2 with an empty cache: rank 0 builds the (MLM-adapted) teacher through
+    pretrain() with a single-process communicator while rank 1 waits; both then load it.
+    A tiny stand-in replaces MiniLM so that the test takes seconds."""
+    import subprocess
+    import sys
+
+    from pretrain_helpers import save_teacher, tiny_tokenizer, write_corpus
+    from toy_glue import horovodrun
+    runner = horovodrun()
+    if runner is None:
+        pytest.skip('horovodrun is not installed')
+    tok = tiny_tokenizer()
+    start = save_teacher(str(tmp_path / 'tiny_teacher'), tok.vocab_size, tok)
+    corpus = write_corpus(str(tmp_path / 'text'), files=1, docs=40)[0]
+    cache, out = tmp_path / 'cache', tmp_path / 'result'
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, OMP_NUM_THREADS='1', OMP_WAIT_POLICY='PASSIVE')
+    done = subprocess.run([runner, '-np', '2', '-H', 'localhost:2', '--gloo', sys.executable,
+                           '-c', _BUILD_UNDER_HOROVOD, str(cache), start, corpus, str(out)],
+                          env=env, capture_output=True, timeout=300, cwd=str(tmp_path))
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()[-4000:]
+    ranks = [json.loads((tmp_path / f'result.rank{r}.json').read_text()) for r in range(2)]
+    assert ranks[0]['folder'] == ranks[1]['folder']
+    assert all(r['size'] == 2 and r['total'] == 2.0 for r in ranks)
+    assert all(r['vocab'] == tok.vocab_size for r in ranks)
+    report = json.loads(open(os.path.join(ranks[0]['folder'], 'mlm_adapt.json')).read())
+    assert report['steps'] == 2 and report['head_only_report'] is None
+    assert sorted(os.listdir(str(cache))) == [os.path.basename(ranks[0]['folder'])]
