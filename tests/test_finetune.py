@@ -219,7 +219,7 @@ def test_two_workers_stay_synchronised_and_match_one_process(tmp_path):
         np.testing.assert_allclose(ranks[0][name], weights[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
     initial = _weights(finetune(toy_glue.finetune_config(
-        tmp_path, epochs=1, lr=0.0, output_dir=str(tmp_path / 'init')),
+        tmp_path, epochs=1, lr=1e-12, output_dir=str(tmp_path / 'init')),  # ~ untrained
         show_progress=False).model)
     moved = max(np.abs(weights[n] - initial[n]).max() for n in weights)
     assert moved > 1e-2  # training moved the weights: the match is not trivial
