@@ -13,6 +13,7 @@ import pytest
 from bort.arch import Architecture, load_arch
 from bort.model import build_model, load_model, save_model
 from bort.search import SearchConfig, run_search
+from bort.errors import ConfigError, DataFormatError
 from bort.search.evaluate import SettingsMismatchError
 from bort.search.space import arch_key
 from bort.tokenizers import WordPieceTokenizer
@@ -116,7 +117,7 @@ def test_resume_after_interruption(tiny_inputs, tmp_path):
     partial = run_search(tiny_config(tiny_inputs, out, max_candidates=2))
     assert not partial['complete'] and len(partial['candidates']) == 2
     assert 'Incomplete' in (out / 'table.md').read_text()
-    assert len(os.listdir(out / 'candidates')) == 2
+    assert len(list((out / 'candidates').glob('*.json'))) == 2
     resumed = run_search(tiny_config(tiny_inputs, out))
     assert resumed['complete']
     assert _rows(resumed) == _rows(reference)
@@ -172,13 +173,14 @@ def test_resume_after_sigkill(tiny_inputs, tmp_path):
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.time() + 120
             while time.time() < deadline and proc.poll() is None:
-                if (out / 'candidates').is_dir() and os.listdir(out / 'candidates'):
+                if (out / 'candidates').is_dir() and list((out / 'candidates').glob('*.json')):
                     break
                 time.sleep(0.05)
             proc.kill()
             proc.wait()
             assert not (out / 'results.json').exists(), 'the run ended before it was killed'
-            assert 1 <= len(os.listdir(out / 'candidates')) < 4
+            # A kill during a write may leave a candidate's .tmpPID file: not a candidate.
+            assert 1 <= len(list((out / 'candidates').glob('*.json'))) < 4
         done = subprocess.run(_script(path, env, tmp_path), env=env, cwd=str(tmp_path),
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -214,7 +216,7 @@ def test_run_search_script(tiny_inputs, tmp_path):
     assert parsed.num_heads == (2, 3) and parsed.corpus == config['corpus']
     assert run_search.parse_config(['--no-teacher_cache']).teacher_cache is False
     assert run_search.parse_config([]) == SearchConfig()  # no flags: the built-in default
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match='--epsilon must be >= 1'):
         run_search.parse_config(['--epsilon', '0'])
     result = run_search.main(['--config', str(path)])
     assert len(result['candidates']) == 1
@@ -243,3 +245,79 @@ def test_two_workers_same_table_as_one(tiny_inputs, tmp_path):
         assert results['run']['workers'] == workers
         assert len(results['candidates']) == 6
     assert tables[2] == tables[1]
+
+
+def test_refused_reruns_change_nothing(tiny_inputs, tmp_path):
+    """A rerun with other settings, another strategy or a bad budget is refused before it
+    writes anything: config.json, the table and the teacher caches stay as they were."""
+    out = tmp_path / 'out'
+    first = run_search(tiny_config(tiny_inputs, out))
+    config_before = (out / 'config.json').read_text()
+    table_before = (out / 'table.md').read_text()
+    caches = sorted(os.listdir(out / 'teacher_cache'))
+    for changes in ({'lr': 0.2}, {'strategy': 'bo', 'max_candidates': 2},
+                    {'batch_size': 2}, {'noise_seeds': 1}):
+        with pytest.raises(SettingsMismatchError, match='other settings'):
+            run_search(tiny_config(tiny_inputs, out, **changes))
+        assert (out / 'config.json').read_text() == config_before
+        assert sorted(os.listdir(out / 'teacher_cache')) == caches, changes
+    with pytest.raises(ConfigError, match='--max_candidates must be >= 0'):
+        run_search(tiny_config(tiny_inputs, out, max_candidates=-1))
+    assert (out / 'table.md').read_text() == table_before
+    # A resumed run adds its wall time to the earlier ones rather than replacing them.
+    again = run_search(tiny_config(tiny_inputs, out))
+    run = json.loads((out / 'results.json').read_text())['run']
+    assert len(run['sessions_seconds']) == 2
+    assert run['wall_seconds_total'] == pytest.approx(sum(run['sessions_seconds']), abs=0.11)
+    assert again['table'].split('\n')[:8] == first['table'].split('\n')[:8]
+
+
+def test_bad_inputs_fail_early_and_leave_no_folder(tiny_inputs, tmp_path):
+    teacher, corpus = tiny_inputs
+    # No valid tuple: refused before the teacher is even looked at (it does not exist here).
+    out = tmp_path / 'grid'
+    with pytest.raises(ConfigError, match=r'no tuple .* divisible by num_heads \(A=3\)'):
+        run_search(tiny_config((str(tmp_path / 'absent'), corpus), out, num_heads=(3,),
+                               units=(16,)))
+    assert not out.exists()
+    # A corpus that is not UTF-8: one error naming the file; the fresh folder is removed
+    # (its teacher cache would have been half-made).
+    bad = tmp_path / 'latin1.txt'
+    bad.write_bytes('Caf\xe9 cr\xe8me .\n'.encode('latin-1'))
+    out = tmp_path / 'latin'
+    with pytest.raises(DataFormatError, match='latin1.txt.*not UTF-8'):
+        run_search(tiny_config((teacher, str(bad)), out))
+    assert not out.exists()
+
+
+def test_stale_temporary_files_are_not_candidates(tiny_inputs, tmp_path):
+    out = tmp_path / 'out'
+    run_search(tiny_config(tiny_inputs, out, max_candidates=1))
+    stale = out / 'candidates' / 'D1-A2-H12-I16.json.tmp999999'
+    stale.write_text('{"half": ')  # what a SIGKILL during a write leaves
+    result = run_search(tiny_config(tiny_inputs, out))
+    assert result['complete'] and len(result['candidates']) == 4
+    assert not stale.exists()
+
+
+def test_folder_held_second_run_refused(tiny_inputs, tmp_path):
+    """A second run on a held --out: one line and exit status 2."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time\nfrom bort.runlock import hold_folder\n'
+        'with hold_folder(sys.argv[1], what="holder"):\n'
+        '    print("held", flush=True)\n    time.sleep(60)\n'), str(out)],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        path = tmp_path / 'c.json'
+        path.write_text(json.dumps(tiny_config(tiny_inputs, out).to_dict()))
+        done = subprocess.run(_script(path, None, tmp_path), capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+        assert done.returncode == 2
+        lines = [l for l in done.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and 'in use by another run' in lines[0], done.stderr
+    finally:
+        holder.kill()
+        holder.wait()

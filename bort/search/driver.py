@@ -14,6 +14,7 @@ Order of work (every worker runs this function; ``horovodrun -np N`` spreads the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,7 @@ from ..model import PARAMS_FILE
 from ..pretrain.default_teacher import file_digest, resolve_teacher
 from ..pretrain.masking import masking_for
 from ..pretrain.teacher import Teacher
-from ..runlock import hold_folder
+from ..runlock import LOCK_FILE, hold_folder
 from .compare import COMPARED, run_comparison
 from .config import SearchConfig, resolve_grid, run_fingerprint
 from .data import SearchData, corpus_sequences, make_search_data
@@ -45,11 +46,12 @@ from .targets import TeacherTargets
 from .checks import measure_trust, score_with_trust, train_batches as _train_batches, \
     unigram_baseline
 
-__all__ = ['run_search', 'CONFIG_FILE']
+__all__ = ['run_search', 'CONFIG_FILE', 'LOG_FILE']
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = 'config.json'
+LOG_FILE = 'search.log'
 
 
 def _root_first(comm: Comm, fn):
@@ -143,7 +145,7 @@ def _previous_wall(out: str) -> List[float]:
                         else []))
 
 
-def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
+def run_search(config: SearchConfig, comm: Optional[Comm] = None, hold: bool = True) -> Dict:
     """Run the search ``config`` describes; rank 0 writes the outputs into ``config.out``.
 
     The output folder is held for the whole run (a second run on it stops at once,
@@ -156,6 +158,9 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
     config : SearchConfig
     comm : Comm, optional
         Workers; default single-process.
+    hold : bool
+        Hold ``config.out`` here; False when the caller already holds it (``run_search.py``
+        takes it before its log file goes into the folder).
 
     Returns
     -------
@@ -170,8 +175,9 @@ def run_search(config: SearchConfig, comm: Optional[Comm] = None) -> Dict:
     config.validate()
     # The grid is checked before any teacher is built (validity depends on the knobs alone).
     build_space(resolve_grid(config))
-    fresh = comm.is_root and not (os.path.isdir(config.out) and os.listdir(config.out))
-    with hold_folder(config.out, comm.is_root):
+    fresh = comm.is_root and (not os.path.isdir(config.out)
+                              or set(os.listdir(config.out)) <= {LOCK_FILE, LOG_FILE})
+    with (hold_folder(config.out, comm.is_root) if hold else contextlib.nullcontext()):
         try:
             if comm.is_root:
                 _check_resume(config)
