@@ -20,11 +20,12 @@ import shutil
 import socket
 import sys
 import time
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from .errors import UserError
 
-__all__ = ['FolderInUseError', 'hold_folder', 'building_folder', 'replace_folder', 'LOCK_FILE']
+__all__ = ['FolderInUseError', 'hold_folder', 'hold_run_folder', 'building_folder',
+           'replace_folder', 'LOCK_FILE']
 
 LOCK_FILE = '.bort.lock'
 
@@ -85,6 +86,38 @@ def hold_folder(folder: str, is_root: bool = True, what: Optional[str] = None) -
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_run_folder(folder: str, comm: Any, what: Optional[str] = None) -> Iterator[str]:
+    """:func:`hold_folder` for every worker of a run: rank 0 holds ``folder`` and tells the
+    others whether it could, so that a refused run stops on every worker with the same error
+    (instead of the others waiting in a collective rank 0 never reaches).
+
+    Parameters
+    ----------
+    folder : str
+    comm : Comm
+        The run's workers (:class:`bort.distributed.Comm`; every worker must call this).
+    what : str, optional
+        As :func:`hold_folder`.
+
+    Raises
+    ------
+    FolderInUseError
+        On every worker, when another live run holds the folder.
+    """
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if comm.is_root:
+            try:
+                stack.enter_context(hold_folder(folder, what=what))
+            except FolderInUseError as err:
+                refused = str(err)
+        refused = comm.broadcast_object(refused)
+        if refused:
+            raise FolderInUseError(refused)
+        yield folder
 
 
 def _sibling(folder: str, kind: str, pid: Optional[int] = None) -> str:

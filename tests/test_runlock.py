@@ -53,3 +53,35 @@ def test_sequential_runs_and_non_root_workers_pass(tmp_path):
             pass
     with hold_folder(folder):  # released at the end of the block
         pass
+
+
+class _Worker:
+    """A stand-in for one worker's Comm: ``broadcast_object`` returns rank 0's value."""
+
+    def __init__(self, rank, root_value=None):
+        self.rank, self.root_value = rank, root_value
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    def broadcast_object(self, obj):
+        return obj if self.is_root else self.root_value
+
+
+def test_a_refused_run_stops_on_every_worker(tmp_path):
+    from bort.runlock import hold_run_folder
+    proc = _start_holder(tmp_path / 'run')
+    try:
+        with pytest.raises(FolderInUseError) as refused:
+            with hold_run_folder(str(tmp_path / 'run'), _Worker(0)):
+                pass
+        # rank 1 learns rank 0's refusal instead of waiting in a collective
+        with pytest.raises(FolderInUseError, match='test holder'):
+            with hold_run_folder(str(tmp_path / 'run'), _Worker(1, str(refused.value))):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with hold_run_folder(str(tmp_path / 'run'), _Worker(0)) as folder:
+        assert os.path.isfile(os.path.join(folder, LOCK_FILE))

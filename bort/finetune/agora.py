@@ -52,7 +52,7 @@ from ..checkpoint import (ResumeMismatchError, resume_differences, settings_reco
 from .classifier import encode_examples, load_classifier, predict_scores
 from ..distributed import Comm
 from ..errors import UserError
-from ..runlock import hold_folder, replace_folder
+from ..runlock import hold_run_folder, replace_folder
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig
 from .loop import BEST, finetune, load_split, remove_checkpoints
 from ..log import MetricsLog
@@ -318,7 +318,7 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
     comm = comm or Comm()
     base.validate(comm.size)
     config.validate()
-    with hold_folder(base.output_dir, comm.is_root):
+    with hold_run_folder(base.output_dir, comm):
         return _run_agora(base, config, comm)
 
 

@@ -47,7 +47,7 @@ from ..batching import bucket_batches
 from ..log import MetricsLog, progress
 from .metrics import primary_metric
 from ..optim import learning_rate, make_trainer, optimizer_step
-from ..runlock import hold_folder
+from ..runlock import hold_run_folder
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, FinetuneConfig
 from .evaluate import BEST, evaluate
 from .readers import read_examples
@@ -232,7 +232,7 @@ def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
     """
     comm = comm or Comm()
     config.validate(comm.size)
-    with hold_folder(config.output_dir, comm.is_root):
+    with hold_run_folder(config.output_dir, comm):
         return _finetune(config, comm, train, dev, tokenizer, show_progress)
 
 

@@ -40,7 +40,7 @@ from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_log
 from ..log import MetricsLog, progress
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
-from ..runlock import building_folder, hold_folder, replace_folder
+from ..runlock import building_folder, hold_run_folder, replace_folder
 from .shards import check_shards, read_meta, vocab_fingerprint
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, PretrainConfig
 from .evaluate import evaluate, params_digest, plot_curves, window_record
@@ -226,7 +226,7 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
     """
     comm = comm or Comm(ctx=mx.gpu(0) if config.gpu else mx.cpu())
     config.validate()
-    with hold_folder(config.output_dir, comm.is_root):
+    with hold_run_folder(config.output_dir, comm):
         return _Run(config, comm).train()
 
 
