@@ -55,6 +55,7 @@ from ..errors import UserError
 from ..runlock import hold_run_folder, replace_folder
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig
 from .loop import BEST, finetune, load_split, remove_checkpoints
+from .pruning import PRUNE_RULES, Theta, prune_worst_one, prune_worst_ties
 from ..log import MetricsLog
 from .tasks import Example, TaskSpec, get_task
 from ..tokenizers import load_tokenizer
@@ -69,7 +70,6 @@ log = logging.getLogger(__name__)
 #: The FinetuneConfig fields a hyperparameter set θ sets.
 THETA_KEYS = ('seed', 'lr', 'weight_decay', 'warmup_ratio', 'batch_size')
 STATE_FILE = 'agora_state.json'
-Theta = Dict[str, Any]
 
 
 @dataclass
@@ -105,23 +105,6 @@ def theta_grid(config: AgoraConfig) -> List[Theta]:
                              config.lrs, config.seeds)
     return [dict(zip(('batch_size', 'warmup_ratio', 'weight_decay', 'lr', 'seed'), values))
             for values in grid]
-
-
-def prune_worst_ties(thetas: Sequence[Theta], scores: Sequence[float]) -> List[Theta]:
-    """Remove the worst θ and every θ whose score equals it; the rest keep their order."""
-    worst = min(scores)
-    return [t for t, s in zip(thetas, scores) if s != worst]
-
-
-def prune_worst_one(thetas: Sequence[Theta], scores: Sequence[float]) -> List[Theta]:
-    """Remove only the worst θ (the last of tied ones in Θ's order): a slower alternative."""
-    worst = max(range(len(scores)), key=lambda i: (-scores[i], i))
-    return [t for i, t in enumerate(thetas) if i != worst]
-
-
-#: Pruning rules: ``rule(thetas, scores) -> remaining thetas``, which must be fewer.
-PRUNE_RULES: Dict[str, Callable[[Sequence[Theta], Sequence[float]], List[Theta]]] = {
-    'worst_ties': prune_worst_ties, 'worst_one': prune_worst_one}
 
 
 def _predictions(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:

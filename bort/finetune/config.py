@@ -17,6 +17,7 @@ from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, p
                    unit_interval)
 from ..errors import ConfigError
 from .classifier import HEADS, HeadConfig
+from .pruning import PRUNE_RULES
 from .transforms import TRANSFORMS
 
 __all__ = ['FinetuneConfig', 'AgoraConfig', 'RunOptions', 'PATH_FIELDS', 'RESUME_FREE_FIELDS',
@@ -100,7 +101,6 @@ class FinetuneConfig:
 
 def prune_rules() -> List[str]:
     """The names of Agora's pruning rules (read from the registry when a parser is built)."""
-    from .agora import PRUNE_RULES  # pylint: disable=import-outside-toplevel  (it imports us)
     return sorted(PRUNE_RULES)
 
 
@@ -132,7 +132,7 @@ class AgoraConfig:
                          'pretrained folder)')
     mlm_temperature: float = opt(1.0, 'temperature of the masked-LM draws', check=positive)
     prune: str = opt('worst_ties', 'rule that prunes Θ after each iteration '
-                     '(bort.finetune.agora.PRUNE_RULES: worst_ties, worst_one)',
+                     '(bort.finetune.pruning.PRUNE_RULES: worst_ties, worst_one)',
                      choices=prune_rules)
     replay: int = opt(0, 're-run the last k iterations once Θ is empty (0: no replay)',
                       check=non_negative)
