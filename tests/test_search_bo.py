@@ -206,6 +206,16 @@ def test_constraints_never_trained(tiny_inputs, tmp_path, monkeypatch):
             row['inference_cost'] / pareto['teacher']['inference_cost'])
         assert row['ratio_to_teacher']['remeasured'] == pytest.approx(
             row['remeasured']['per_sample_s'] / pareto['teacher']['remeasured']['per_sample_s'])
+    # The front re-checked with the re-measured latencies: dominance by brute force.
+    front = pareto['front']
+    for row in front:
+        mine = (row['error'], row['ratio_to_teacher']['remeasured'])
+        beaten = any(o is not row and o['error'] <= mine[0]
+                     and o['ratio_to_teacher']['remeasured'] <= mine[1]
+                     and (o['error'], o['ratio_to_teacher']['remeasured']) != mine
+                     for o in front)
+        assert row['dominated_after_remeasure'] == beaten
+    assert 'Re-checked after re-measurement' in (out / 'table.md').read_text()
     # A latency limit: tuples measured above it are rejected before training.
     counter.trained.clear()
     costs = json.loads((out / 'costs.json').read_text())['measured']

@@ -25,6 +25,7 @@ from ..arch import Architecture
 from ..checkpoint import write_json_atomic
 from .pareto import hypervolume, optuna_hypervolume, pareto_front, plot_front, reference_point
 from .report import PLOT_FILE, TABLE_FILE
+from .scoring import non_dominated
 from .space import arch_key
 
 __all__ = ['front_summary', 'write_bo_outputs', 'remeasure', 'hypervolume_of', 'search_latency',
@@ -103,6 +104,9 @@ def search_latency(strategy, arch: Architecture) -> Optional[Dict]:
     env = costs.describe()
     return {'per_sample_s': record['seconds_per_sample'], 'median_s': record['median_s'],
             'p10_s': record['p10_s'], 'p90_s': record['p90_s'],
+            # i's spread as the search uses it: p10/p90 of the ratio to T times i(T)
+            'low_s': record.get('low_s', record['seconds_per_sample']),
+            'high_s': record.get('high_s', record['seconds_per_sample']),
             'batch_size': env['batch_size'], 'seq_len': env['seq_len'],
             'warmup': env['warmup'], 'repeats': env['repeats'],
             'threads': env.get('threads'), 'device': env.get('device')}
@@ -152,6 +156,9 @@ def _table_section(strategy, rows: List[Dict], summary: Dict, unit: str, env: Di
                      f"{r['hidden_size']}> | {r['error']:.4f} | {r['latency']:.4g} | "
                      f"{_ms(r['search_latency'])} | {_ms(r.get('remeasured'))} | "
                      f"{ratio or '—'} | {params} | {w} | {r['rank'] or '—'} |")
+    recheck = _recheck_lines(rows)
+    if recheck:
+        lines += [''] + recheck
     point = ', '.join(f'{n} {v:.4g}' for n, v in zip(names, ref['point']))
     counts = ', '.join(f'{k} {v}' for k, v in sorted(strategy_counts(strategy).items()))
     lines += ['', f"Hypervolume {summary['hypervolume']:.6g} (normalised "
@@ -207,11 +214,52 @@ def _remeasure_front(strategy, rows: List[Dict], teacher: Dict) -> None:
         if config.max_latency_ms:
             r['within_max_latency_remeasured'] = \
                 1e3 * r['remeasured']['per_sample_s'] <= config.max_latency_ms
+    _recheck_front(rows, teacher)
     log.info('front re-measured (ms/sample, search -> now; ratio to the teacher): %s', '; '.join(
         f"<{', '.join(map(str, _key(r)))}> {r['latency']:.3g} -> "
         f"{1e3 * r['remeasured']['per_sample_s']:.3g} "
         f"({r['ratio_to_teacher']['search']:.3f} -> "
         f"{r['ratio_to_teacher'].get('remeasured', float('nan')):.3f})" for r in rows))
+
+
+def _recheck_front(rows: List[Dict], teacher: Dict) -> None:
+    """After re-measurement, which front members are still non-dominated in (e, latency) and
+    W with the re-measured ratio to the teacher (in place): a "best" that re-measurement
+    dominates is flagged instead of reported as best."""
+    again = [r for r in rows if 'remeasured' in r.get('ratio_to_teacher', {})]
+    if not again:
+        return
+    keep = set(non_dominated([(r['error'], r['ratio_to_teacher']['remeasured'])
+                              for r in again]))
+    for n, r in enumerate(again):
+        r['dominated_after_remeasure'] = n not in keep
+        if r.get('params_count') is not None and teacher.get('params') and r['error'] > 0:
+            r['w_remeasured'] = ((teacher['params'] - r['params_count']) / teacher['params']
+                                 * (1 - r['ratio_to_teacher']['remeasured']) / r['error'])
+
+
+def _recheck_lines(rows: List[Dict]) -> List[str]:
+    checked = [r for r in rows if 'dominated_after_remeasure' in r]
+    if not checked:
+        return []
+    ranked = [r for r in checked if r.get('rank')]
+    best = min(ranked, key=lambda r: r['rank']) if ranked else None
+    dominated = [r for r in checked if r['dominated_after_remeasure']]
+    text = (f'Re-checked after re-measurement: {len(checked) - len(dominated)} of '
+            f'{len(checked)} front members remain non-dominated in (e, latency ratio to T)')
+    if best is not None:
+        name = f"<{best['num_layers']}, {best['num_heads']}, {best['units']}, {best['hidden_size']}>"
+        with_w = [r for r in checked if r.get('w_remeasured') is not None]
+        top = max(with_w, key=lambda r: r['w_remeasured']) if with_w else None
+        if best['dominated_after_remeasure']:
+            text += f'; the best by W, {name}, is **dominated once re-measured**'
+        else:
+            text += f'; the best by W, {name}, is still non-dominated'
+        if top is not None and top is not best:
+            text += (f"; by W with re-measured latency the front's best is "
+                     f"<{top['num_layers']}, {top['num_heads']}, {top['units']}, "
+                     f"{top['hidden_size']}> (W {top['w_remeasured']:.3f})")
+    return [text + '.']
 
 
 def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
@@ -245,9 +293,10 @@ def write_bo_outputs(strategy, out: str, ranked: List[Dict]) -> Dict:
                  'label': ','.join(map(str, arch.tuple))}
         search = search_latency(strategy, arch)
         if trial.number in front_numbers and search:
-            b = search['batch_size']
-            point.update(latency_low=1e3 * search['p10_s'] / b,
-                         latency_high=1e3 * search['p90_s'] / b)
+            point.update(latency_low=min(search['low_s'] * strategy.latency_scale,
+                                         point['latency']),
+                         latency_high=max(search['high_s'] * strategy.latency_scale,
+                                          point['latency']))
         ratio = again.get(arch.tuple, {}).get('ratio_to_teacher', {}).get('remeasured')
         if ratio is not None:  # on the search's scale: the ratio to T times i(T) then
             point['latency_again'] = ratio * teacher['inference_cost'] * strategy.latency_scale
