@@ -332,6 +332,8 @@ class FastModel:
         self.masked = FastEncoder(self.arch, masked=True, **options)
         self.unmasked = FastEncoder(self.arch, masked=False, params=self.masked.collect_params(),
                                     **options)
+        # Inference only: no gradient buffers (they would double the weights' memory).
+        self.masked.collect_params().setattr('grad_req', 'null')
         self.masked.initialize(ctx=self.ctx)
         load_weights(self.masked, weights)
         for block in (self.masked, self.unmasked):
