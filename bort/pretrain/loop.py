@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import mxnet as mx
 import numpy as np
@@ -41,9 +41,11 @@ from ..log import MetricsLog, progress
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
 from ..runlock import building_folder, hold_run_folder, replace_folder
+from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, schedule_position
 from .shards import check_shards, read_meta, vocab_fingerprint
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, PretrainConfig
-from .evaluate import evaluate, params_digest, plot_curves, window_record
+from .evaluate import (evaluate, most_frequent_rate, params_digest, plot_curves,
+                       warn_if_constant, window_record)
 from .masking import masking_for
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards
 
@@ -192,7 +194,8 @@ def pretrain_step(student: BortModel, teacher: Optional[Teacher], micro: Sequenc
     return norm, sums
 
 
-def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
+def pretrain(config: PretrainConfig, comm: Optional[Comm] = None, *,
+             clock: Optional[Callable[[], float]] = None) -> Dict:
     """Run (or resume) a pretraining run; return its final metrics.
 
     Writes into ``config.output_dir``: ``step-NNNNNNN/`` checkpoints and ``latest``,
@@ -206,6 +209,17 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
         The workers of this run; default: this process alone. Horovod is never started here
         (``run_pretraining.py`` calls :func:`bort.distributed.init_comm`), so library code that
         pretrains a model (e.g. the default teacher's build on rank 0) stays single-process.
+    clock : callable, optional
+        ``clock() -> seconds`` for ``config.max_minutes`` (default :func:`time.monotonic`;
+        tests pass a fake one).
+
+    ``config.teacher`` and ``config.init_from`` may name a model the way every command does
+    (``minilm``, a project model folder, a Hugging Face folder:
+    :func:`bort.pretrain.default_teacher.resolve_model_dir`); the resolved folders are what the
+    checkpoints record. With ``config.max_minutes`` the run ends at the first step past the
+    budget with a checkpoint, an evaluation and the final model (``stopped`` in the result);
+    Ctrl-C ends it after the current step with a resumable checkpoint, then raises
+    :class:`KeyboardInterrupt`.
 
     The settings are validated before the output folder is touched; rank 0 then holds the
     folder (:func:`bort.runlock.hold_folder`) until the run ends, so a second run on it stops
@@ -226,14 +240,28 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None) -> Dict:
     """
     comm = comm or Comm(ctx=mx.gpu(0) if config.gpu else mx.cpu())
     config.validate()
+    config = _resolve_models(config, comm)
     with hold_run_folder(config.output_dir, comm):
-        return _Run(config, comm).train()
+        return _Run(config, comm, clock).train()
+
+
+def _resolve_models(config: PretrainConfig, comm: Comm) -> PretrainConfig:
+    """``teacher`` and ``init_from`` as folders (``minilm`` and Hugging Face folders built or
+    imported once, on rank 0)."""
+    from .default_teacher import resolve_model_dir  # pylint: disable=import-outside-toplevel
+    changes = {}
+    if config.teacher and config.kd_weight > 0:
+        changes['teacher'] = resolve_model_dir(config.teacher, comm=comm, what='teacher')
+    if config.init_from:
+        changes['init_from'] = resolve_model_dir(config.init_from, comm=comm, what='init_from')
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 class _Run:
     """The state of one pretraining run: models, optimizer, data stream, checkpoints."""
 
-    def __init__(self, config: PretrainConfig, comm: Comm):
+    def __init__(self, config: PretrainConfig, comm: Comm,
+                 clock: Optional[Callable[[], float]] = None):
         config.validate()
         self.config, self.comm = config, comm
         self.meta = _data_settings(config)
@@ -269,6 +297,8 @@ class _Run:
         if config.hybridize:
             self.student.hybridize(static_alloc=True)
         self.metrics = MetricsLog(os.path.join(config.output_dir, 'metrics.jsonl'), comm)
+        # The budget counts the training loop's time, over resumes too.
+        self.budget = RunBudget(config.max_minutes, state.get('train_seconds', 0.0), clock, comm)
 
     def _resume(self) -> Dict:
         latest = self.manager.latest()
@@ -292,29 +322,39 @@ class _Run:
         tick, last = time.time(), {}
         bar = progress(total=config.total_steps, initial=self.step, comm=comm, desc='pretrain',
                        unit='step')
-        while self.step < config.total_steps:
-            lr, norm, sums = self._optimizer_step()
-            self.step += 1
-            window += sums
-            bar.update(1)
-            if self.step % config.log_interval == 0 or self.step == config.total_steps:
-                last = window_record(window, time.time() - tick, self.step, lr, norm)
-                self.metrics.write(last)
-                bar.set_postfix(mlm=f'{last["mlm_loss"]:.3f}', acc=f'{last["mlm_acc"]:.3f}')
-                window, tick = np.zeros(7), time.time()
-            if self.step % config.eval_interval == 0 or self.step == config.total_steps:
-                last.update(self._evaluate())
-            if self.step % config.checkpoint_interval == 0 or self.step == config.total_steps:
-                self._checkpoint()
+        stopped = None
+        with self.budget:  # Ctrl-C now ends the current step first (bort.stopping)
+            while self.step < config.total_steps and stopped is None:
+                lr, norm, sums = self._optimizer_step()
+                self.step += 1
+                window += sums
+                bar.update(1)
+                stopped = self.budget.stop_reason()
+                end = stopped is not None or self.step == config.total_steps
+                if self.step % config.log_interval == 0 or end:
+                    last = window_record(window, time.time() - tick, self.step, lr, norm)
+                    self.metrics.write(last)
+                    bar.set_postfix(mlm=f'{last["mlm_loss"]:.3f}', acc=f'{last["mlm_acc"]:.3f}')
+                    window, tick = np.zeros(7), time.time()
+                if self.step % config.eval_interval == 0 or (end and stopped != INTERRUPTED):
+                    last.update(self._evaluate())
+                if self.step % config.checkpoint_interval == 0 or end:
+                    self._checkpoint()
         bar.close()
-        return self._finish(last)
+        if stopped == INTERRUPTED:
+            raise KeyboardInterrupt(f'interrupted at step {self.step}: checkpoint written; '
+                                    f'continue with --resume')
+        if stopped == OUT_OF_TIME:
+            log.info('time budget of %g minutes reached at step %d of at most %d',
+                     config.max_minutes, self.step, config.total_steps)
+        return self._finish(dict(last, stopped=stopped) if stopped else last)
 
     def _optimizer_step(self):
         """One update: reseed, set the rate, accumulate, check, clip and apply."""
         config, comm, step = self.config, self.comm, self.step
         mx.random.seed(step_seed(config.seed, step, comm.rank))  # dropout, reproducibly
-        lr = learning_rate(step, config.total_steps, config.lr, config.warmup_ratio,
-                           config.schedule)
+        lr = learning_rate(*schedule_position(step, config.total_steps, self.budget), config.lr,
+                           config.warmup_ratio, config.schedule)
         self.trainer.set_learning_rate(lr)
         micro = [next(self.stream) for _ in range(config.accumulate)]
         norm, sums = pretrain_step(self.student, self.teacher, micro, config, comm, self.trainer,
@@ -352,7 +392,8 @@ class _Run:
             positions.update(part)
         self.manager.save(self.step, self.student, self.trainer,
                           settings_record(dataclasses.asdict(self.config), PATH_FIELDS),
-                          {'data_positions': positions, 'loss_scale': self.loss_scale})
+                          {'data_positions': positions, 'loss_scale': self.loss_scale,
+                           'train_seconds': self.budget.elapsed()})
 
     def _finish(self, last: Dict) -> Dict:
         """Check the workers agree, save the final model, plot; the run's summary."""
@@ -362,6 +403,10 @@ class _Run:
             log.error('the workers\' weights differ at the end: %s', digests)
         result = dict(last, step=self.step, weights_sha1=digests[0],
                       ranks_in_sync=len(set(digests)) == 1)
+        if comm.is_root and self.eval_set and 'eval_mlm_acc' in result:
+            # A run that ends where it started predicts the most frequent token everywhere.
+            result['eval_most_frequent_rate'] = most_frequent_rate(self.eval_set)
+            warn_if_constant(result['eval_mlm_acc'], result['eval_most_frequent_rate'])
         if comm.is_root:
             # Built aside and swapped in whole: a failure keeps the previous model/ intact.
             folder = os.path.join(config.output_dir, 'model')
