@@ -32,7 +32,7 @@ def run(out: str, workers: int, cache: bool, args) -> dict:
     config = {'out': out, 'cost': 'flops', 'steps': args.steps, 'epsilon': 1,
               'num_layers': args.num_layers, 'num_heads': [4], 'units': args.units,
               'hidden_size': [256], 'teacher_cache': cache, 'progress': False,
-              'reference': []}
+              'reference': [], 'noise_seeds': 0, 'fidelity_factor': 0}  # the search alone
     path = os.path.join(out, 'bench.json')
     with open(path, 'w') as f:
         json.dump(config, f)

@@ -14,6 +14,8 @@ Modules, by noun:
 - :mod:`~bort.search.bo`: ``bo``, multi-objective Bayesian optimisation (a Pareto front);
   :mod:`~bort.search.pareto` (front, hypervolume), :mod:`~bort.search.compare` (FPTAS vs BO);
 - :mod:`~bort.search.scoring`: W-coefficient, ranking, non-dominated set;
+- :mod:`~bort.search.trust`: the seed noise of e, the proxy's Kendall τ, the verdict on what
+  decides the ranking; :mod:`~bort.search.checks` retrains for them and scores with them;
 - :mod:`~bort.search.report`: results.json, table.md, pareto.png, best_arch.json;
 - :mod:`~bort.search.driver`: :func:`run_search`, the whole search.
 """
