@@ -2,14 +2,17 @@
 
     python run_finetune.py --task RTE --data_dir data/glue --model MODEL_DIR \\
         --output_dir runs/rte [--agora --teacher TEACHER_DIR] [--predict]
-    horovodrun -np 2 -H localhost:2 --gloo python run_finetune.py ...   # synchronised workers
+    .venv/bin/horovodrun -np 2 -H localhost:2 --gloo .venv/bin/python run_finetune.py ...
 
 Every field of :class:`bort.finetune.FinetuneConfig`, :class:`bort.finetune.AgoraConfig` and
 :class:`bort.finetune.RunOptions` is a flag of the same name; ``--config FILE.json`` sets defaults
 from a JSON object whose keys are flag names, and flags given on the command line win.
 ``--finetuned DIR`` skips training and scores a fine-tuned folder (e.g. the MNLI model on AX, an
 RTE model on the SuperGLUE diagnostics AX-b and AX-g, whose labelled test files are scored).
-Outputs in ``--output_dir``: ``dev_metrics.json`` (the best dev metrics), ``chs.json`` with
+``--model`` (and ``--mlm_model``) take ``minilm``, a project model folder or a Hugging Face
+folder; ``--max_minutes`` gives the run (or the whole Agora run) a time budget. Outputs in
+``--output_dir`` (default ``runs/finetune``; with ``--finetuned``, the folder holding it):
+``dev_metrics.json`` (the best dev metrics), ``chs.json`` with
 ``--agora`` (the convergent hyperparameter set), and the leaderboard submission file with
 ``--predict`` (never replacing one). The job's summary is printed as JSON. A mistake in the
 input (a malformed row, a missing task file, an unknown task) ends the command with one line
@@ -51,8 +54,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # pylint: disable=import-outside-toplevel
     from bort.cli import emit
     from bort.distributed import init_comm
+    from bort.finetune.config import with_output_dir
     from bort.finetune.run import run_finetune_job
     from bort.log import setup_logging
+    config = with_output_dir(config, options.finetuned)  # the log file goes there too
     comm = init_comm(gpu=options.gpu)
     setup_logging(comm, log_file=os.path.join(config.output_dir, 'log.txt'))
     summary = run_finetune_job(config, agora_config, options, comm)

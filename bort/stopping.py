@@ -26,7 +26,9 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ['RunBudget', 'schedule_position', 'INTERRUPTED', 'OUT_OF_TIME']
+from .log import progress
+
+__all__ = ['RunBudget', 'schedule_position', 'StepBar', 'INTERRUPTED', 'OUT_OF_TIME']
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class RunBudget:
         self.interrupted = False
         self._start = self.clock()
         self._previous = None
+        self._depth = 0  # nested ``with`` blocks (Agora's budget around its students')
 
     def elapsed(self) -> float:
         """Seconds of the run so far, earlier processes included."""
@@ -94,12 +97,14 @@ class RunBudget:
     def __enter__(self) -> 'RunBudget':
         # Signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps
         # Python's default behaviour (an immediate KeyboardInterrupt).
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+        self._depth -= 1
+        if self._depth == 0 and self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
 
@@ -116,3 +121,52 @@ def schedule_position(step: int, total_steps: int, budget: Optional[RunBudget]
         return step, total_steps
     progress = min(1.0, max(step / max(total_steps, 1), budget.fraction()))
     return int(progress * _GRID), _GRID
+
+
+class StepBar:
+    """The progress bar of a training loop (rank 0): over optimizer steps, or, under a time
+    budget, over the budget's seconds with the step count beside it, so that its ETA is the
+    budget's end rather than that of a step count the run will not reach.
+
+    Parameters
+    ----------
+    total_steps, step : int
+        The step limit and the steps already taken.
+    budget : RunBudget, optional
+        The run's own budget (a bar over time when it has minutes).
+    comm : Comm, optional
+    desc : str
+    disable : bool
+    """
+
+    def __init__(self, total_steps: int, step: int, budget: Optional[RunBudget] = None,
+                 comm=None, desc: str = '', disable: bool = False):
+        self.step = step
+        self.budget = budget if budget is not None and budget.minutes > 0 else None
+        if self.budget is not None:
+            total = int(round(60 * self.budget.minutes))
+            self.bar = progress(total=total, initial=min(int(self.budget.elapsed()), total),
+                                comm=comm, disable=disable, unit='s',
+                                desc=f'{desc} ({self.budget.minutes:g} min)')
+        else:
+            self.bar = progress(total=total_steps, initial=step, comm=comm, disable=disable,
+                                desc=desc, unit='step')
+
+    def update(self, steps: int = 1) -> None:
+        """Count ``steps`` more optimizer steps."""
+        self.step += steps
+        if self.budget is None:
+            self.bar.update(steps)
+            return
+        now = min(int(self.budget.elapsed()), self.bar.total)
+        self.bar.set_postfix(step=self.step, refresh=False)
+        self.bar.update(max(0, now - self.bar.n))
+
+    def set_postfix(self, **values) -> None:
+        """Figures shown after the bar (the step count is added under a budget)."""
+        if self.budget is not None:
+            values = dict(step=self.step, **values)
+        self.bar.set_postfix(**values)
+
+    def close(self) -> None:
+        self.bar.close()

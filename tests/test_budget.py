@@ -137,3 +137,99 @@ def test_ctrl_c_checkpoints_the_step_it_finished_and_resume_continues(tmp_path, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     result = pretrain(_config(tmp_path, data, total_steps=8, max_minutes=600, resume=True))
     assert result['step'] == 8 and (out / 'model' / 'model.params').is_file()
+
+
+# -- fine-tuning -------------------------------------------------------------------------------
+def _weights(folder):
+    import mxnet as mx
+    return {k: v.asnumpy() for k, v in mx.nd.load(os.path.join(folder, 'model.params')).items()}
+
+
+def test_finetuning_budget_ends_mid_epoch_with_evaluation_and_checkpoint(tmp_path):
+    import toy_glue
+    from bort.finetune.loop import finetune
+    config = toy_glue.finetune_config(tmp_path, epochs=50, max_minutes=1)
+    result = finetune(config, show_progress=False, clock=FakeClock(step=4.0))
+    assert result.stopped == OUT_OF_TIME and 0 < result.steps < 50 * 8
+    assert result.history[-1]['stopped'] == OUT_OF_TIME and 'accuracy' in result.history[-1]
+    assert os.path.isfile(os.path.join(result.folder, 'model.params'))
+    with open(os.path.join(config.output_dir, 'dev_metrics.json')) as f:
+        assert json.load(f)['stopped'] == OUT_OF_TIME
+    checkpoints = os.path.join(config.output_dir, 'checkpoints')
+    assert open(os.path.join(checkpoints, 'latest')).read().strip() == \
+        f'step-{result.steps:07d}'
+
+
+def test_finetuning_ctrl_c_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import toy_glue
+    from bort.finetune import loop
+    straight = loop.finetune(toy_glue.finetune_config(
+        tmp_path, epochs=2, output_dir=str(tmp_path / 'straight'), head_dropout=0.1),
+        show_progress=False)
+    config = toy_glue.finetune_config(tmp_path, epochs=2, output_dir=str(tmp_path / 'cut'),
+                                      head_dropout=0.1)
+    calls, real = [], loop.train_step
+
+    def ctrl_c_in_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # Ctrl-C arrives in the middle of a step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, 'train_step', ctrl_c_in_step_5)
+    with pytest.raises(KeyboardInterrupt, match='same command'):
+        loop.finetune(config, show_progress=False)
+    with open(os.path.join(config.output_dir, 'checkpoints', 'latest')) as f:
+        assert f.read().strip() == 'step-0000005'  # the step it was in, finished
+    resumed = loop.finetune(config, show_progress=False)
+    assert resumed.steps == straight.steps == 16
+    want = _weights(os.path.join(str(tmp_path / 'straight'), 'checkpoints', 'step-0000016'))
+    got = _weights(os.path.join(config.output_dir, 'checkpoints', 'step-0000016'))
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_a_model_that_learnt_nothing_is_named_in_one_warning(tmp_path, caplog):
+    import toy_glue
+    from bort.finetune.loop import finetune
+    config = toy_glue.finetune_config(tmp_path, epochs=1, lr=1e-9)
+    with caplog.at_level(logging.WARNING):
+        finetune(config, show_progress=False)
+    warned = [r for r in caplog.records if 'majority class' in r.getMessage()]
+    assert len(warned) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        finetune(toy_glue.finetune_config(tmp_path, epochs=4, output_dir=str(tmp_path / 'ok')),
+                 show_progress=False)
+    assert 'majority class' not in caplog.text
+
+
+def test_predict_with_finetuned_writes_beside_it(tmp_path):
+    from bort.finetune.config import DEFAULT_OUTPUT_DIR, FinetuneConfig, with_output_dir
+    config = FinetuneConfig(model='m')
+    assert with_output_dir(config).output_dir == DEFAULT_OUTPUT_DIR
+    assert with_output_dir(config, 'runs/rte/best').output_dir == 'runs/rte'
+    (tmp_path / 'run' / 'best').mkdir(parents=True)
+    assert with_output_dir(config, str(tmp_path / 'run')).output_dir == str(tmp_path / 'run')
+    assert with_output_dir(FinetuneConfig(output_dir='x'), 'runs/rte/best').output_dir == 'x'
+
+
+# -- Agora -----------------------------------------------------------------------------------------
+def test_agora_budget_keeps_the_best_student_so_far(tmp_path):
+    import toy_glue
+    from bort.finetune.agora import run_agora
+    from bort.finetune.config import AgoraConfig
+    from bort.finetune.loop import finetune
+    teacher = finetune(toy_glue.finetune_config(tmp_path, epochs=5, output_dir=str(
+        tmp_path / 'teacher')), show_progress=False).folder
+    base = toy_glue.finetune_config(tmp_path, epochs=2, output_dir=str(tmp_path / 'agora'),
+                                    max_minutes=1)
+    grid = AgoraConfig(teacher=teacher, seeds=[0, 1, 2], lrs=[1e-3], weight_decays=[0.0],
+                       warmup_ratios=[0.1], batch_sizes=[8], transform='swap')
+    result = run_agora(base, grid, clock=FakeClock(step=2.0))
+    assert result.stopped == OUT_OF_TIME and result.iterations == 0
+    assert os.path.isfile(os.path.join(result.folder, 'model.params'))
+    with open(os.path.join(base.output_dir, 'chs.json')) as f:
+        summary = json.load(f)
+    assert summary['stopped'] == OUT_OF_TIME and summary['dev_score'] == result.score

@@ -53,8 +53,10 @@ from .classifier import encode_examples, load_classifier, predict_scores
 from ..distributed import Comm
 from ..errors import UserError
 from ..runlock import hold_run_folder, replace_folder
-from .config import PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig
-from .loop import BEST, finetune, load_split, remove_checkpoints
+from ..stopping import INTERRUPTED, RunBudget
+from .config import (PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig,
+                     with_output_dir)
+from .loop import BEST, finetune, load_split, remove_checkpoints, resolve_pretrained
 from .pruning import PRUNE_RULES, Theta, prune_worst_one, prune_worst_ties
 from ..log import MetricsLog
 from .tasks import Example, TaskSpec, get_task
@@ -86,6 +88,7 @@ class AgoraResult:
     examples_seen: int
     teacher_accuracy: float
     history: List[Dict[str, Any]]
+    stopped: Optional[str] = None
 
 
 class LabellerError(UserError, ValueError):
@@ -218,16 +221,35 @@ def _copy_folder(src: str, dst: str) -> None:
 
 def _train_students(base: FinetuneConfig, state: Dict[str, Any], spec: TaskSpec,
                     train: List[Example], dev: List[Example], tokenizer, comm: Comm,
-                    save: Callable[[], None]) -> None:
-    """Step 1: one student per θ not trained yet in this iteration; results into ``state``."""
+                    save: Callable[[], None], budget: RunBudget) -> Optional[str]:
+    """Step 1: one student per θ not trained yet in this iteration; results into ``state``.
+
+    Returns
+    -------
+    str or None
+        ``'time budget'`` when Agora's budget ran out (the student being trained then stopped
+        early and was scored); None when every θ was trained.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C, after the student's checkpoint (a rerun resumes it).
+    """
     iteration_dir = os.path.join(base.output_dir, f"iter-{state['iteration']:03d}")
     for k, theta in enumerate(state['thetas']):
         if _key(theta) in state['results']:
             continue
+        stopped = budget.stop_reason()
+        if stopped == INTERRUPTED:
+            raise KeyboardInterrupt('interrupted between students: state saved; run the same '
+                                    'command again to continue')
+        if stopped:
+            return stopped
+        # Agora's budget stops the student; its own schedule stays the epochs'.
         run = dataclasses.replace(base, output_dir=os.path.join(iteration_dir, f'theta-{k:03d}'),
-                                  **theta)
+                                  max_minutes=0.0, **theta)
         result = finetune(run, comm, train=train, dev=dev, tokenizer=tokenizer,
-                          show_progress=False)
+                          show_progress=False, budget=budget)
         remove_checkpoints(run.output_dir, comm)
         state['results'][_key(theta)] = {
             'score': agora_accuracy(spec, dev, result.dev_scores), 'metrics': result.metrics,
@@ -238,6 +260,9 @@ def _train_students(base: FinetuneConfig, state: Dict[str, Any], spec: TaskSpec,
                      len(state['thetas']), _key(theta),
                      state['results'][_key(theta)]['score'])
         save()
+        if result.stopped:
+            return result.stopped
+    return None
 
 
 def _new_points(mistakes: List[Example], seed: int, iteration: int, transform,
@@ -274,8 +299,8 @@ def _next_thetas(state: Dict[str, Any], scores: List[float], config: AgoraConfig
     return remaining
 
 
-def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = None
-              ) -> AgoraResult:
+def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = None, *,
+              clock: Optional[Callable[[], float]] = None) -> AgoraResult:
     """Run Agora (resuming from ``base.output_dir`` when it holds a state file).
 
     Parameters
@@ -285,6 +310,13 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
         the output folder; θ overrides its seed, lr, weight decay, warm-up and batch size.
     config : AgoraConfig
     comm : Comm, optional
+    clock : callable, optional
+        ``clock() -> seconds`` for ``base.max_minutes`` (tests pass a fake one).
+
+    With ``base.max_minutes`` the whole run has that budget: when it runs out, the student
+    being trained stops early and is scored, and Agora ends with the best student so far
+    (``stopped`` in the result and ``chs.json``). Ctrl-C stops after the current step with
+    the student's checkpoint and the saved state; the same command resumes.
 
     Returns
     -------
@@ -299,10 +331,17 @@ def run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Optional[Comm] = 
         Another run holds ``base.output_dir`` (rank 0 holds it for the run).
     """
     comm = comm or Comm()
+    base = with_output_dir(base)
     base.validate(comm.size)
     config.validate()
+    base = resolve_pretrained(base, comm)
+    if config.mlm_model:
+        # pylint: disable=import-outside-toplevel
+        from ..pretrain.default_teacher import resolve_model_dir
+        config = dataclasses.replace(config, mlm_model=resolve_model_dir(
+            config.mlm_model, comm=comm, what='mlm_model'))
     with hold_run_folder(base.output_dir, comm):
-        return _run_agora(base, config, comm)
+        return _run_agora(base, config, comm, clock)
 
 
 def _settings(base: FinetuneConfig, config: AgoraConfig) -> Dict[str, Any]:
@@ -327,7 +366,8 @@ def _check_same_agora(state_path: str, saved: Dict[str, Any], base: FinetuneConf
             f'output folder')
 
 
-def _run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Comm) -> AgoraResult:
+def _run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Comm,
+               clock: Optional[Callable[[], float]]) -> AgoraResult:
     """:func:`run_agora` once the settings are checked and the output folder is held."""
     spec = get_task(base.task)
     if config.prune not in PRUNE_RULES:
@@ -351,27 +391,74 @@ def _run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Comm) -> AgoraRe
         state = dict(_new_state(theta_grid(config), config), settings=_settings(base, config))
     os.makedirs(base.output_dir, exist_ok=True)
     metrics_log = MetricsLog(os.path.join(base.output_dir, 'metrics.jsonl'), comm)
+    budget = RunBudget(base.max_minutes, state.get('train_seconds', 0.0), clock, comm)
 
     def save() -> None:
+        state['train_seconds'] = budget.elapsed()
         if comm.is_root:
             write_json_atomic(state_path, state)
 
     if comm.is_root:
         log.info('Agora on %s: teacher dev accuracy %.4f, |Θ| = %d, %d train / %d dev',
                  spec.name, teacher_accuracy, len(state['thetas']), len(train), len(dev))
+    stopped = None
+    with budget:
+        stopped = _iterate(base, config, state, spec, train, dev, tokenizer, comm, save,
+                           budget, transform, labeller, metrics_log)
+    comm.barrier()
+    if state['best'] is None:
+        raise UserError(f'the time budget ({base.max_minutes:g} minutes) ran out before a '
+                        f'student was trained: nothing to report; give a larger --max_minutes')
+    best = state['best']
+    summary = {'task': spec.name, 'chs': state['chs'], 'best_theta': best['theta'],
+               'best_iteration': best['iteration'], 'dev_score': best['score'],
+               'dev_metrics': best['metrics'], 'iterations': state['iteration'],
+               'points_added': len(state['added']), 'examples_seen': state['examples_seen'],
+               'teacher_accuracy': teacher_accuracy, 'stopped': stopped}
+    if comm.is_root:
+        write_json_atomic(os.path.join(base.output_dir, 'chs.json'), summary)
+    return AgoraResult(folder=os.path.join(base.output_dir, BEST), score=best['score'],
+                       metrics=best['metrics'], theta=best['theta'], chs=state['chs'],
+                       iterations=state['iteration'], points_added=len(state['added']),
+                       examples_seen=state['examples_seen'], teacher_accuracy=teacher_accuracy,
+                       history=state['history'], stopped=stopped)
+
+
+def _keep_best(state: Dict[str, Any], theta: Theta, result: Dict[str, Any], base: FinetuneConfig,
+               comm: Comm) -> None:
+    """Make ``result`` (θ's student of this iteration) Agora's best if it beats the best."""
+    if state['best'] is None or result['score'] > state['best']['score']:
+        state['best'] = dict(result, theta=theta, iteration=state['iteration'])
+        if comm.is_root:
+            _copy_folder(result['folder'], os.path.join(base.output_dir, BEST))
+
+
+def _iterate(base: FinetuneConfig, config: AgoraConfig, state: Dict[str, Any], spec: TaskSpec,
+             train: List[Example], dev: List[Example], tokenizer, comm: Comm,
+             save: Callable[[], None], budget: RunBudget, transform, labeller: Labeller,
+             metrics_log: MetricsLog) -> Optional[str]:
+    """Agora's iterations until Θ is empty or the budget runs out (then: ``'time budget'``)."""
     while state['thetas']:
         added = [Example(**record) for record in state['added']]
-        _train_students(base, state, spec, train + added, dev, tokenizer, comm, save)
+        stopped = _train_students(base, state, spec, train + added, dev, tokenizer, comm, save,
+                                  budget)
         thetas = state['thetas']
+        if stopped:  # the best student trained so far in this iteration may be the best
+            trained = [t for t in thetas if _key(t) in state['results']]
+            if trained:
+                top = max(trained, key=lambda t: state['results'][_key(t)]['score'])
+                _keep_best(state, top, state['results'][_key(top)], base, comm)
+                state['chs'] = state['chs'] or top
+            save()
+            log.info('Agora stopped at its time budget in iteration %d (%d of %d θ trained)',
+                     state['iteration'], len(trained), len(thetas))
+            return stopped
         scores = [state['results'][_key(t)]['score'] for t in thetas]
         best_k = int(np.argmax(scores))  # the first of tied best
         best = state['results'][_key(thetas[best_k])]
         new = _new_points([dev[i] for i in best['mistakes']], thetas[best_k]['seed'],
                           state['iteration'], transform, labeller, comm)
-        if state['best'] is None or best['score'] > state['best']['score']:
-            state['best'] = dict(best, theta=thetas[best_k], iteration=state['iteration'])
-            if comm.is_root:
-                _copy_folder(best['folder'], os.path.join(base.output_dir, BEST))
+        _keep_best(state, thetas[best_k], best, base, comm)
         record = {'event': 'agora_iteration', 'iteration': state['iteration'],
                   'theta_size': len(thetas), 'best_theta': thetas[best_k],
                   'dev_score': best['score'], 'dev_metrics': best['metrics'],
@@ -392,17 +479,4 @@ def _run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Comm) -> AgoraRe
                      len(thetas), len(remaining))
         state.update(thetas=remaining, results={}, iteration=state['iteration'] + 1)
         save()
-    comm.barrier()
-    best = state['best']
-    summary = {'task': spec.name, 'chs': state['chs'], 'best_theta': best['theta'],
-               'best_iteration': best['iteration'], 'dev_score': best['score'],
-               'dev_metrics': best['metrics'], 'iterations': state['iteration'],
-               'points_added': len(state['added']), 'examples_seen': state['examples_seen'],
-               'teacher_accuracy': teacher_accuracy}
-    if comm.is_root:
-        write_json_atomic(os.path.join(base.output_dir, 'chs.json'), summary)
-    return AgoraResult(folder=os.path.join(base.output_dir, BEST), score=best['score'],
-                       metrics=best['metrics'], theta=best['theta'], chs=state['chs'],
-                       iterations=state['iteration'], points_added=len(state['added']),
-                       examples_seen=state['examples_seen'], teacher_accuracy=teacher_accuracy,
-                       history=state['history'])
+    return None

@@ -9,19 +9,25 @@ Each field's help text is its flag's (:func:`bort.cli.opt`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from typing import List
 
 from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
                    unit_interval)
 from ..errors import ConfigError
+from ..pretrain.default_teacher import MODEL_SPEC_HELP
 from .classifier import HEADS, HeadConfig
 from .pruning import PRUNE_RULES
 from .transforms import TRANSFORMS
 
 __all__ = ['FinetuneConfig', 'AgoraConfig', 'RunOptions', 'PATH_FIELDS', 'RESUME_FREE_FIELDS',
-           'prune_rules']
+           'prune_rules', 'DEFAULT_OUTPUT_DIR', 'with_output_dir']
+
+#: The run folder when --output_dir is empty (and no --finetuned folder says where).
+DEFAULT_OUTPUT_DIR = 'runs/finetune'
 
 #: FinetuneConfig fields naming files or folders: a resume compares them resolved.
 PATH_FIELDS = ('data_dir', 'model')
@@ -44,10 +50,9 @@ class FinetuneConfig:
     task: str = opt('RTE', 'task name, case-insensitive (bort.finetune.tasks.TASKS)')
     data_dir: str = opt('data/glue', "folder with the benchmark's task folders in their "
                         'official layouts')
-    model: str = opt('', 'pretrained project model folder (model.params, arch.json, tokenizer '
-                     'files)')
-    output_dir: str = opt('runs/finetune', 'run folder: best/, checkpoints/, metrics.jsonl, '
-                          'dev_metrics.json')
+    model: str = opt('', 'the pretrained model: ' + MODEL_SPEC_HELP)
+    output_dir: str = opt('', 'run folder: best/, checkpoints/, metrics.jsonl, dev_metrics.json '
+                          '(empty: runs/finetune; with --finetuned, the folder holding it)')
     head: str = opt('auto', 'classification head (bort.finetune.classifier); auto adds the '
                     "paper's extra layer on the tasks that had it", choices=HEADS)
     head_dropout: float = opt(0.1, 'dropout of the head', check=_FRACTION)
@@ -65,8 +70,12 @@ class FinetuneConfig:
                               check=unit_interval)
     epsilon: float = opt(1e-6, "Adam's epsilon", check=positive)
     clip_norm: float = opt(1.0, 'global gradient-norm clip (0: none)', check=non_negative)
-    epochs: int = opt(3, 'training epochs (the budget; the paper found Bort needs 50-100 on '
-                      'small tasks)', check=at_least(1))
+    epochs: int = opt(3, 'training epochs (the paper found Bort needs 50-100 on small tasks; '
+                      'with --max_minutes: at most this many)', check=at_least(1))
+    max_minutes: float = opt(0.0, 'wall-clock budget in minutes (0: none): the schedule warms up '
+                             'and decays within it and the run ends with a dev evaluation and a '
+                             'checkpoint; with --agora, the budget of the whole Agora run',
+                             check=non_negative)
     early_stop: int = opt(0, 'stop after this many epochs without improvement of the primary '
                           'metric (0: never)', check=non_negative)
     seed: int = opt(2, 'seed of the head, the data order and the dropout masks')
@@ -99,6 +108,19 @@ class FinetuneConfig:
                                   init_range=self.init_range, max_length=self.max_length)
 
 
+def with_output_dir(config: FinetuneConfig, finetuned: str = '') -> FinetuneConfig:
+    """``config`` with its run folder decided: ``output_dir`` when set, else the folder that
+    holds ``finetuned`` (so ``--finetuned runs/rte/best --predict`` writes into ``runs/rte``),
+    else :data:`DEFAULT_OUTPUT_DIR`."""
+    if config.output_dir:
+        return config
+    folder = DEFAULT_OUTPUT_DIR
+    if finetuned:  # a fine-tuned folder (run/best) or a run folder holding best/
+        folder = (finetuned if os.path.isdir(os.path.join(finetuned, 'best'))
+                  else os.path.dirname(os.path.normpath(finetuned)))
+    return dataclasses.replace(config, output_dir=folder or '.')
+
+
 def prune_rules() -> List[str]:
     """The names of Agora's pruning rules (read from the registry when a parser is built)."""
     return sorted(PRUNE_RULES)
@@ -128,8 +150,8 @@ class AgoraConfig:
     transform_fraction: float = opt(0.15, 'share of words/tokens a transformation changes',
                                     check=probability)
     copies: int = opt(1, 'new points per dev mistake', check=at_least(1))
-    mlm_model: str = opt('', "masked-LM folder for --transform mlm (empty: the student's "
-                         'pretrained folder)')
+    mlm_model: str = opt('', "masked-LM model for --transform mlm (empty: the student's "
+                         'pretrained model): ' + MODEL_SPEC_HELP)
     mlm_temperature: float = opt(1.0, 'temperature of the masked-LM draws', check=positive)
     prune: str = opt('worst_ties', 'rule that prunes Θ after each iteration '
                      '(bort.finetune.pruning.PRUNE_RULES: worst_ties, worst_one)',

@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -44,18 +44,20 @@ from .classifier import (Encoded, TaskClassifier, build_classifier, encode_examp
 from ..distributed import Comm
 from ..errors import DataFormatError
 from ..batching import bucket_batches
-from ..log import MetricsLog, progress
+from ..log import MetricsLog
 from .metrics import primary_metric
 from ..optim import learning_rate, make_trainer, optimizer_step
 from ..runlock import hold_run_folder
-from .config import PATH_FIELDS, RESUME_FREE_FIELDS, FinetuneConfig
+from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
+from .config import PATH_FIELDS, RESUME_FREE_FIELDS, FinetuneConfig, with_output_dir
 from .evaluate import BEST, evaluate
 from .readers import read_examples
 from .tasks import Example, get_task
 from ..tokenizers import load_tokenizer
 
 __all__ = ['FinetuneResult', 'finetune', 'epoch_batches', 'load_split',
-           'remove_checkpoints', 'BEST', 'CHUNK_BATCHES']
+           'remove_checkpoints', 'resolve_pretrained', 'warn_if_majority', 'BEST',
+           'CHUNK_BATCHES']
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class FinetuneResult:
         One record per epoch.
     model : TaskClassifier
         The model as it ended (the last epoch, not necessarily the best).
+    stopped : str or None
+        ``'time budget'`` when the run ended at its (or Agora's) time budget.
     """
 
     metrics: Dict[str, float]
@@ -95,6 +99,7 @@ class FinetuneResult:
     steps: int
     history: List[Dict[str, Any]] = field(default_factory=list)
     model: Optional[TaskClassifier] = None
+    stopped: Optional[str] = None
 
 
 def load_split(config: FinetuneConfig, split: str) -> List[Example]:
@@ -170,18 +175,26 @@ def train_step(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List, l
 def _train_epoch(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List, loss_fn,
                  encoded: Sequence[Encoded], labels: np.ndarray, pad_id: int,
                  batches: List[Tuple[np.ndarray, int]], config: FinetuneConfig, comm: Comm,
-                 step: int, total_steps: int, bar) -> Tuple[int, float]:
-    """One epoch of optimizer steps; returns the new step count and the mean training loss."""
+                 step: int, total_steps: int, bar, budget: RunBudget,
+                 timed: Optional[RunBudget]) -> Tuple[int, float, int, Optional[str]]:
+    """One epoch's optimizer steps (or the rest of one), until ``budget`` says stop.
+
+    Returns
+    -------
+    (step, loss, done, stopped)
+        The new step count, the mean training loss, the batches gone through and
+        :meth:`~bort.stopping.RunBudget.stop_reason` (None: the epoch is complete).
+    """
     losses = []
-    for batch, length in batches:
+    for done, (batch, length) in enumerate(batches, 1):
         if len(batch) < comm.size:  # a worker would get nothing (only a tiny last batch)
             continue
         mine = comm.shard(batch)
         inputs, types, valid = make_batch(encoded, mine, length, pad_id, comm.ctx,
                                           model.uses_token_types)
         target = mx.nd.array(labels[mine], ctx=comm.ctx, dtype=labels.dtype)
-        trainer.set_learning_rate(learning_rate(step, total_steps, config.lr,
-                                                config.warmup_ratio))
+        trainer.set_learning_rate(learning_rate(*schedule_position(step, total_steps, timed),
+                                                config.lr, config.warmup_ratio))
         mx.random.seed(step_seed(config.seed, step, comm.rank))  # dropout, also after resume
         loss, norm = train_step(model, trainer, params, loss_fn, (inputs, types, valid), target,
                                 comm.size / len(batch), config.clip_norm)
@@ -190,7 +203,10 @@ def _train_epoch(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List,
         losses.append(float(loss.asscalar()) / comm.size)
         step += 1
         bar.update(1)
-    return step, float(np.mean(losses)) if losses else float('nan')
+        stopped = budget.stop_reason()
+        if stopped:
+            return step, float(np.mean(losses)), done, stopped
+    return step, float(np.mean(losses)) if losses else float('nan'), len(batches), None
 
 
 def _check_same_run(checkpoint: str, config: FinetuneConfig) -> None:
@@ -201,7 +217,9 @@ def _check_same_run(checkpoint: str, config: FinetuneConfig) -> None:
 
 def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
              train: Optional[Sequence[Example]] = None, dev: Optional[Sequence[Example]] = None,
-             tokenizer=None, show_progress: bool = True) -> FinetuneResult:
+             tokenizer=None, show_progress: bool = True,
+             clock: Optional[Callable[[], float]] = None,
+             budget: Optional[RunBudget] = None) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.task``; resume if ``output_dir`` has a checkpoint.
 
     Parameters
@@ -215,6 +233,19 @@ def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
         Defaults to the one in ``config.model``.
     show_progress : bool
         A tqdm bar over optimizer steps on rank 0.
+    clock : callable, optional
+        ``clock() -> seconds`` for ``config.max_minutes`` (tests pass a fake one).
+    budget : RunBudget, optional
+        A budget owned by the caller (Agora's): the run stops when it is spent, without
+        changing its schedule; ``config.max_minutes`` must then be 0.
+
+    ``config.model`` may be ``minilm``, a project model folder or a Hugging Face folder
+    (:func:`bort.pretrain.default_teacher.resolve_model_dir`). With ``config.max_minutes``
+    the schedule spans the budget and the run ends at the first step past it with a dev
+    evaluation (the best model kept as usual) and a checkpoint. Ctrl-C ends it after the
+    current step with a checkpoint that the same command resumes (mid-epoch), then raises
+    :class:`KeyboardInterrupt`. A best model whose dev predictions are one class, or whose
+    accuracy is the majority class's, is reported with one warning line.
 
     Returns
     -------
@@ -231,13 +262,50 @@ def finetune(config: FinetuneConfig, comm: Optional[Comm] = None, *,
         No training example.
     """
     comm = comm or Comm()
+    config = with_output_dir(config)
     config.validate(comm.size)
+    config = resolve_pretrained(config, comm)
     with hold_run_folder(config.output_dir, comm):
-        return _finetune(config, comm, train, dev, tokenizer, show_progress)
+        return _finetune(config, comm, train, dev, tokenizer, show_progress, clock, budget)
+
+
+def resolve_pretrained(config: FinetuneConfig, comm: Comm) -> FinetuneConfig:
+    """``config`` with ``model`` as a folder (``minilm`` built, a Hugging Face folder imported
+    once; the resolved folder is logged and recorded in checkpoints)."""
+    # pylint: disable=import-outside-toplevel
+    from ..pretrain.default_teacher import resolve_model_dir
+    folder = resolve_model_dir(config.model, comm=comm, what='model')
+    return config if folder == config.model else dataclasses.replace(config, model=folder)
+
+
+def warn_if_majority(spec, examples: Sequence[Example], scores: np.ndarray) -> bool:
+    """Warn (one line) when a classifier's dev predictions are one class, or no more accurate
+    than always answering the majority class: the run ended where it started.
+
+    Returns
+    -------
+    bool
+        Whether it warned (never for regression tasks or unlabelled examples).
+    """
+    if spec.is_regression or not len(examples) or any(ex.label is None for ex in examples):
+        return False
+    labels = np.asarray([ex.label for ex in examples], dtype=np.int64)
+    predicted = np.argmax(scores, axis=1)
+    majority = float(np.bincount(labels).max() / len(labels))
+    accuracy = float(np.mean(predicted == labels))
+    if len(np.unique(predicted)) > 1 and accuracy > majority + 0.005:
+        return False
+    log.warning('dev accuracy %.4f with %d distinct predicted class(es); the majority class '
+                'alone scores %.4f: the model has not learnt the task. Train longer (more '
+                '--epochs or --max_minutes), lower --weight_decay (the released 110 shrinks '
+                'every weight by lr x 110 a step) or start from a better pretrained --model',
+                accuracy, len(np.unique(predicted)), majority)
+    return True
 
 
 def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Example]],
-              dev: Optional[Sequence[Example]], tokenizer, show_progress: bool
+              dev: Optional[Sequence[Example]], tokenizer, show_progress: bool,
+              clock: Optional[Callable[[], float]], budget: Optional[RunBudget]
               ) -> FinetuneResult:
     """:func:`finetune` once the settings are checked and the output folder is held."""
     spec = get_task(config.task)
@@ -276,56 +344,84 @@ def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Examp
         log.info('resumed from %s (epoch %d done)', latest, state['epoch'])
     best_scores: Optional[np.ndarray] = None
     if comm.is_root:
-        log.info('%s: %d train / %d dev examples, %d steps (%d epochs), %d worker(s)', spec.name,
-                 len(train), len(dev), total_steps, config.epochs, comm.size)
+        log.info('%s: %d train / %d dev examples, %d steps (%d epochs)%s, %d worker(s)',
+                 spec.name, len(train), len(dev), total_steps, config.epochs,
+                 f' at most, {config.max_minutes:g} minutes' if config.max_minutes else '',
+                 comm.size)
     step = state['steps']
-    bar = progress(total=total_steps, initial=step, comm=comm, disable=not show_progress,
-                   desc=f'{spec.name} fine-tuning')
-    for epoch in range(state['epoch'] + 1, config.epochs):
-        if state['finished']:
-            break
-        tic = time.time()
-        batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
-        step, train_loss = _train_epoch(model, trainer, params, loss_fn, train_enc, labels,
-                                        pad_id, batches, config, comm, step, total_steps, bar)
-        metrics, scores = evaluate(spec, model, dev, dev_enc, pad_id, config.eval_batch_size,
-                                   comm)
-        score = metrics[primary_metric(spec)]
-        if not math.isfinite(score):  # e.g. the Pearson correlation of constant predictions
-            score = -math.inf
-        record = {'event': 'epoch', 'epoch': epoch, 'step': step, 'train_loss': train_loss,
-                  'seconds': round(time.time() - tic, 3), **metrics}
-        metrics_log.write(record)
-        state['history'].append(record)
-        if score > state['score'] or state['best_epoch'] < 0:
-            state.update(score=score, best_epoch=epoch, metrics=metrics, bad_epochs=0)
-            best_scores = scores
+    # The budget counts the training loop's time, over resumes too; the schedule follows it
+    # only when it is this run's own (--max_minutes), not a caller's (Agora's).
+    own = RunBudget(config.max_minutes, state.get('train_seconds', 0.0), clock, comm)
+    timed = own if config.max_minutes > 0 else None
+    budget = budget or own
+    skip = state.get('epoch_batches', 0)  # batches of the next epoch done before a Ctrl-C
+    bar = StepBar(total_steps, step, timed, comm, f'{spec.name} fine-tuning',
+                  disable=not show_progress)
+    with budget:  # Ctrl-C now ends the current step first (bort.stopping)
+        for epoch in range(state['epoch'] + 1, config.epochs):
+            if state['finished']:
+                break
+            tic = time.time()
+            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+            step, train_loss, done, stopped = _train_epoch(
+                model, trainer, params, loss_fn, train_enc, labels, pad_id, batches[skip:],
+                config, comm, step, total_steps, bar, budget, timed)
+            done += skip
+            if stopped == INTERRUPTED:
+                state.update(steps=step, epoch_batches=done, train_seconds=own.elapsed())
+                checkpoints.save(step, model, trainer,
+                                 settings_record(dataclasses.asdict(config), PATH_FIELDS), state)
+                bar.close()
+                raise KeyboardInterrupt(f'interrupted at step {step}: checkpoint written; run '
+                                        f'the same command again to continue')
+            skip = 0
+            metrics, scores = evaluate(spec, model, dev, dev_enc, pad_id, config.eval_batch_size,
+                                       comm)
+            score = metrics[primary_metric(spec)]
+            if not math.isfinite(score):  # e.g. the Pearson correlation of constant predictions
+                score = -math.inf
+            record = {'event': 'epoch', 'epoch': epoch, 'step': step, 'train_loss': train_loss,
+                      'seconds': round(time.time() - tic, 3), **metrics}
+            if stopped:
+                record['stopped'] = stopped
+            metrics_log.write(record)
+            state['history'].append(record)
+            if score > state['score'] or state['best_epoch'] < 0:
+                state.update(score=score, best_epoch=epoch, metrics=metrics, bad_epochs=0)
+                best_scores = scores
+                if comm.is_root:
+                    save_classifier(model, best_folder, tokenizer)
+            else:
+                state['bad_epochs'] += 1
+            state.update(epoch=epoch, steps=step, epoch_batches=0, train_seconds=own.elapsed(),
+                         stopped=stopped)
+            state['finished'] = (epoch + 1 == config.epochs or stopped == OUT_OF_TIME or
+                                 0 < config.early_stop <= state['bad_epochs'])
+            if stopped == OUT_OF_TIME and comm.is_root:
+                log.info('time budget reached at step %d (epoch %d, %d of %d batches)', step,
+                         epoch, done, len(batches))
             if comm.is_root:
-                save_classifier(model, best_folder, tokenizer)
-        else:
-            state['bad_epochs'] += 1
-        state.update(epoch=epoch, steps=step)
-        state['finished'] = (epoch + 1 == config.epochs or
-                             0 < config.early_stop <= state['bad_epochs'])
-        if comm.is_root:
-            log.info('epoch %d: loss %.4f, dev %s %.4f (best %.4f at epoch %d)', epoch,
-                     train_loss, primary_metric(spec), score, state['score'],
-                     state['best_epoch'])
-        checkpoints.save(step, model, trainer,
-                         settings_record(dataclasses.asdict(config), PATH_FIELDS), state)
+                log.info('epoch %d: loss %.4f, dev %s %.4f (best %.4f at epoch %d)', epoch,
+                         train_loss, primary_metric(spec), score, state['score'],
+                         state['best_epoch'])
+            checkpoints.save(step, model, trainer,
+                             settings_record(dataclasses.asdict(config), PATH_FIELDS), state)
     bar.close()
     comm.barrier()
     if best_scores is None:  # resumed after the best epoch: score the saved best model again
         best = load_classifier(best_folder, comm.ctx)
         best_scores = predict_scores(best, dev_enc, pad_id, config.eval_batch_size, comm)
     if comm.is_root:
+        warn_if_majority(spec, dev, best_scores)
         write_json_atomic(os.path.join(config.output_dir, 'dev_metrics.json'),
                           {'task': spec.name, 'metrics': state['metrics'],
                            'epoch': state['best_epoch'], 'steps': state['steps'],
-                           'train_examples': len(train), 'dev_examples': len(dev)})
+                           'train_examples': len(train), 'dev_examples': len(dev),
+                           'stopped': state.get('stopped')})
     return FinetuneResult(metrics=state['metrics'], score=state['score'],
                           epoch=state['best_epoch'], dev_scores=best_scores, folder=best_folder,
-                          steps=state['steps'], history=state['history'], model=model)
+                          steps=state['steps'], history=state['history'], model=model,
+                          stopped=state.get('stopped'))
 
 
 def remove_checkpoints(output_dir: str, comm: Optional[Comm] = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
 from .agora import run_agora
-from .config import AgoraConfig, FinetuneConfig, RunOptions
+from .config import AgoraConfig, FinetuneConfig, RunOptions, with_output_dir
 from .evaluate import evaluate_folder, predict_test
 from .loop import finetune
 from .submission import check_new_submission
@@ -41,7 +41,9 @@ def run_finetune_job(config: FinetuneConfig, agora_config: Optional[AgoraConfig]
     * otherwise: :func:`bort.finetune.finetune` (which writes ``dev_metrics.json`` itself).
 
     With ``options.predict``, the best (or given) folder then writes the leaderboard submission
-    file of the test split into ``output_dir``; an existing one is refused before any work.
+    file of the test split into ``output_dir`` (when empty: the folder holding
+    ``options.finetuned``, else ``runs/finetune``); an existing one is refused before any
+    work.
 
     Parameters
     ----------
@@ -64,6 +66,7 @@ def run_finetune_job(config: FinetuneConfig, agora_config: Optional[AgoraConfig]
     """
     options = options or RunOptions()
     comm = comm or Comm()
+    config = with_output_dir(config, options.finetuned)
     spec = get_task(config.task)  # an unknown task ends the job before anything is written
     if options.predict:
         check_new_submission(spec, config.output_dir)  # not after hours of training
@@ -84,12 +87,13 @@ def run_finetune_job(config: FinetuneConfig, agora_config: Optional[AgoraConfig]
         summary.update(metrics=result.metrics, agora_score=result.score, chs=result.chs,
                        iterations=result.iterations, points_added=result.points_added,
                        examples_seen=result.examples_seen,
-                       teacher_accuracy=result.teacher_accuracy)
+                       teacher_accuracy=result.teacher_accuracy, stopped=result.stopped)
         _write_summary(config, summary, comm)
     else:
         result = finetune(config, comm)
         folder = result.folder
-        summary.update(metrics=result.metrics, epoch=result.epoch, steps=result.steps)
+        summary.update(metrics=result.metrics, epoch=result.epoch, steps=result.steps,
+                       stopped=result.stopped)
     if options.predict:
         summary['submission'] = predict_test(config.task, folder, config.data_dir,
                                              config.output_dir, comm, config.eval_batch_size)

@@ -37,11 +37,11 @@ from ..checkpoint import CheckpointManager, check_resume, settings_record, step_
 from .losses import kd_loss, masked_accuracy
 from ..distributed import Comm
 from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
-from ..log import MetricsLog, progress
+from ..log import MetricsLog
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
 from ..runlock import building_folder, hold_run_folder, replace_folder
-from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, schedule_position
+from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
 from .shards import check_shards, read_meta, vocab_fingerprint
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, PretrainConfig
 from .evaluate import (evaluate, most_frequent_rate, params_digest, plot_curves,
@@ -320,8 +320,7 @@ class _Run:
         config, comm = self.config, self.comm
         window = np.zeros(7)  # mlm, kd, total (token sums), correct, count, tokens, teacher s
         tick, last = time.time(), {}
-        bar = progress(total=config.total_steps, initial=self.step, comm=comm, desc='pretrain',
-                       unit='step')
+        bar = StepBar(config.total_steps, self.step, self.budget, comm, 'pretrain')
         stopped = None
         with self.budget:  # Ctrl-C now ends the current step first (bort.stopping)
             while self.step < config.total_steps and stopped is None:
