@@ -83,7 +83,7 @@ def test_global_norm_against_numpy():
 
 
 @pytest.mark.parametrize('optimizer', ['bertadam', 'sgd'])
-@pytest.mark.parametrize('max_norm', [0.0, 1e-3, 1e6])
+@pytest.mark.parametrize('max_norm', [0.0, 0.5, 1e6])
 def test_optimizer_step_equals_plain(optimizer, max_norm):
     """Clip folded into rescale_grad == gradients scaled first; norms equal."""
     rng = np.random.RandomState(1)
@@ -107,8 +107,8 @@ def test_optimizer_step_equals_plain(optimizer, max_norm):
             norms.append(fn(trainer, params.values(), max_norm=max_norm, scale=2.0))
         assert norms[0] == pytest.approx(norms[1], rel=1e-6)
     for (k, fast), slow in zip(sides[0][0].items(), sides[1][0].values()):
-        # float32 rounding (the fused norm is float32, the reference's float64) is amplified
-        # where Adam's epsilon dominates a heavily clipped gradient: 1e-5, not exact.
+        # Not exact: the fused norm is float32, the reference's float64 (and with a clip so
+        # strong that Adam's epsilon dominates, float32 rounding alone moves weights ~2e-6).
         np.testing.assert_allclose(fast.data().asnumpy(), slow.data().asnumpy(), rtol=1e-5,
                                    atol=1e-5, err_msg=k)
 
@@ -166,7 +166,7 @@ def test_fast_teacher_logits_equal_plain(full, pooler):
     arch = _arch(use_pooler=pooler)
     mx.random.seed(4)
     model = build_model(arch)
-    fast, plain = Teacher(model), Teacher(model, fast=False)
+    fast, plain = Teacher(model, fast=True), Teacher(model)
     batch = _batch(arch, np.random.RandomState(5), full=full).as_nd()
     got, expected = fast.logits(batch), plain.logits(batch)
     assert fast._fast is not None and plain._fast is None  # pylint: disable=protected-access

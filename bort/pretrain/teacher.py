@@ -106,12 +106,17 @@ class Teacher:
     model : BortModel
         With an MLM head; its parameters get ``grad_req='null'``.
     hybridize : bool
-    fast : bool, optional
-        Run the encoder through :class:`bort.inference.fast.FastModel` (see :meth:`logits`);
-        None (default): on the CPU in float32. False: always the plain graph.
+    fast : bool
+        Run the encoder through :class:`bort.inference.fast.FastModel` (see :meth:`logits`) on
+        the CPU in float32. Off by default: measured on 2 cores (alternating, one process) at
+        training batch sizes it gained nothing over the plain graph, whose attention masking is
+        now as cheap (:class:`bort.model.BortModel`): teacher <6, 12, 384, 1536> at 16 x 64,
+        315 ms plain, 332 ms fast; <12, 12, 768, 3072> at 8 x 128, 3.65 s and 3.77 s; and it
+        holds a second copy of the weights plus oneDNN's reordered copies (+0.8 GB for the
+        BERT-base teacher). It pays at small batches (see :mod:`bort.inference.fast`).
     """
 
-    def __init__(self, model: BortModel, hybridize: bool = True, fast: Optional[bool] = None):
+    def __init__(self, model: BortModel, hybridize: bool = True, fast: bool = False):
         if not model.has_decoder:
             raise ValueError('the teacher has no masked-LM head (decoder): distillation needs '
                              'its output distribution')
@@ -173,12 +178,10 @@ class Teacher:
     def logits(self, batch: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
         """Teacher logits at the masked positions, outside autograd, as float32.
 
-        On the CPU in float32 the encoder runs through the fast inference graph
-        (:class:`bort.inference.fast.FastModel`: fused QKV, oneDNN fusion, masked softmax
-        without the length loop), built on the first call from the teacher's weights (frozen,
-        so built once), and only the masked positions go through the MLM head. Measured on
-        2 cores, teacher <6, 12, 384, 1536> at 16 x 64: see ``benchmarks/bench_train_step.py``.
-        Same logits as the plain graph up to float32 rounding (``tests/test_train_step.py``).
+        With ``fast`` (CPU, float32) the encoder runs through the fast inference graph
+        (:class:`bort.inference.fast.FastModel`), built on the first call from the teacher's
+        weights (frozen, so built once), and only the masked positions go through the MLM
+        head: the same logits up to float32 rounding (``tests/test_train_step.py``).
 
         Returns
         -------
@@ -191,8 +194,8 @@ class Teacher:
             return fast_mlm_logits(fast, self.model.decoder, batch)
 
     def _fast_model(self):
-        """The fast encoder, or None where the plain graph is used (GPU, float16, opted out)."""
-        if self.fast is False:
+        """The fast encoder, or None where the plain graph is used (not asked, GPU, float16)."""
+        if not self.fast:
             return None
         weight = self.model.word_embed[0].weight
         if np.dtype(weight.dtype) != np.float32 or weight.list_ctx()[0].device_type != 'cpu':
