@@ -51,9 +51,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     from bort.distributed import init_comm
     from bort.log import setup_logging
     from bort.pretrain.loop import pretrain
+    from bort.pretrain.default_teacher import resolve_model_dir
     config = parse_config(argv)
     comm = init_comm(gpu=config.gpu)
     setup_logging(comm)
+    # minilm is built (or a Hugging Face folder imported) once; the folder is logged and is
+    # what the checkpoints record.
+    if config.teacher and config.kd_weight > 0:
+        config.teacher = resolve_model_dir(config.teacher, comm=comm, what='teacher')
+    if config.init_from:
+        config.init_from = resolve_model_dir(config.init_from, comm=comm, what='init_from')
     log.info('config: %s', json.dumps(dataclasses.asdict(config), sort_keys=True))
     result = pretrain(config, comm)
     log.info('done: %s', json.dumps(result, sort_keys=True, default=str))

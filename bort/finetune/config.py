@@ -18,7 +18,7 @@ from typing import List
 from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
                    unit_interval)
 from ..errors import ConfigError
-from ..pretrain.default_teacher import MODEL_SPEC_HELP
+from ..pretrain.names import MODEL_SPEC_HELP
 from .classifier import HEADS, HeadConfig
 from .pruning import PRUNE_RULES
 from .transforms import TRANSFORMS

@@ -400,8 +400,8 @@ def _read_lines(path: str, tokenizer, rows: int, max_length: int):
 class QuantizeCommand:
     """Flags of ``python -m bort.inference.quantize``."""
 
-    model: str = opt('', 'model folder or fine-tuned classifier folder (with its tokenizer)',
-                     required=True)
+    model: str = opt('', 'fine-tuned classifier folder, or a model: minilm (the built-in default '
+                     'teacher), a project model folder or a Hugging Face folder', required=True)
     calib_text: str = opt('', 'real text, one input a line ("a" or "a<TAB>b"); the first '
                           '--calib_rows lines calibrate, the next --eval_rows are compared',
                           required=True)
@@ -446,7 +446,10 @@ def _quantize_command(args: 'QuantizeCommand', config: QuantizeConfig) -> Dict:
     if os.path.exists(os.path.join(args.out, SYMBOL_FILE)) and not args.overwrite:
         raise FileExistsError(f'{args.out} already holds a quantized model; pass --overwrite '
                               'to replace it')
-    model, tokenizer = load_float_encoder(args.model), load_tokenizer(args.model)
+    # pylint: disable=import-outside-toplevel
+    from ..pretrain.default_teacher import resolve_model_dir
+    folder = resolve_model_dir(args.model, what='--model', other_folders=True)
+    model, tokenizer = load_float_encoder(folder), load_tokenizer(folder)
     rows = args.calib_rows + args.eval_rows
     tokens, valid, types = _read_lines(args.calib_text, tokenizer, rows, args.max_length)
     n = min(args.calib_rows, len(tokens))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ..cli import at_least, check_fields, non_negative, opt, positive, probability, unit_interval
 from ..errors import ConfigError
 from ..optim import SCHEDULES
+from .names import MODEL_SPEC_HELP
 
 __all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES', 'PATH_FIELDS', 'RESUME_FREE_FIELDS']
 
@@ -41,10 +42,10 @@ class PretrainConfig:
     output_dir: str = opt('runs/pretrain', 'run folder: checkpoints, metrics.jsonl, curves')
     arch: str = opt('bort_4_8_768_1024', 'student: registered name, arch JSON file/folder, '
                     'search result, or inline JSON')
-    teacher: str = opt('', 'teacher model folder (arch.json + model.params with MLM head); '
-                       'needed unless --kd_weight is 0')
-    init_from: str = opt('', 'model folder whose weights (and arch) start the student, e.g. to '
-                         'MLM-adapt a teacher')
+    teacher: str = opt('', 'the teacher, with an MLM head (needed unless --kd_weight is 0): '
+                       + MODEL_SPEC_HELP)
+    init_from: str = opt('', 'a model whose weights (and arch) start the student, e.g. to '
+                         'MLM-adapt a teacher: ' + MODEL_SPEC_HELP)
     tokenizer: str = opt('', 'tokenizer folder, only for shards without meta.json')
     # -- the objective ---------------------------------------------------------------------------
     mlm_weight: float = opt(0.1, 'weight of the masked-LM term', check=non_negative)

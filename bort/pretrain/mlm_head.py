@@ -32,9 +32,11 @@ import numpy as np
 from ..cli import (Range, add_dataclass_flags, at_least, check_fields, emit, make_parser, opt,
                    parse_configs, positive, probability, run_main, setup_command_logging)
 from ..errors import DataFormatError, UserError
+from ..log import progress
 from ..model import BortModel, build_model, load_model, param_dict, save_model
 from ..tokenizers import Tokenizer, load_tokenizer
 from .masking import mask_tokens, masking_for
+from .names import DEFAULT_NAMES, imported_hf_dir, minilm_dir
 
 __all__ = ['HeadFitConfig', 'read_documents', 'pack_sequences', 'masked_features',
            'fit_mlm_head', 'main', 'REPORT_FILE']
@@ -110,11 +112,13 @@ def pack_sequences(docs: Sequence[Sequence[str]], tokenizer: Tokenizer, seq_len:
 
 
 def masked_features(encoder: BortModel, sequences: Sequence[Sequence[int]],
-                    tokenizer: Tokenizer, config: HeadFitConfig, rng: np.random.RandomState
+                    tokenizer: Tokenizer, config: HeadFitConfig, rng: np.random.RandomState,
+                    desc: str = 'encoding'
                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mask each sequence once and run the frozen encoder (a model without decoder).
 
-    Batches are padded to ``config.seq_len`` so a hybridised encoder sees one shape.
+    Batches are padded to ``config.seq_len`` so a hybridised encoder sees one shape; a
+    progress bar (``desc``) counts the sequences.
 
     Returns
     -------
@@ -127,6 +131,7 @@ def masked_features(encoder: BortModel, sequences: Sequence[Sequence[int]],
     """
     masking = masking_for(tokenizer, config.mask_ratio, seq_len=config.seq_len)
     feats, labels, kinds = [], [], []
+    bar = progress(total=len(sequences), desc=desc, unit='seq')
     for start in range(0, len(sequences), config.encode_batch):
         rows = sequences[start:start + config.encode_batch]
         lengths = np.asarray([len(s) for s in rows], np.int32)
@@ -143,6 +148,8 @@ def masked_features(encoder: BortModel, sequences: Sequence[Sequence[int]],
         feats.append(seq_out[row_of, at])
         labels.append(truth)
         kinds.append(np.where(seen == tokenizer.mask_id, 0, np.where(seen == truth, 2, 1)))
+        bar.update(len(rows))
+    bar.close()
     if not feats:
         return np.zeros((0, encoder.arch.units), np.float32), np.zeros(0, np.int64), \
             np.zeros(0, np.int8)
@@ -222,9 +229,10 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
     start = time.time()
     train = masked_features(encoder, pack_sequences(
         train_docs, tokenizer, config.seq_len, config.max_sequences - n_held_seq), tokenizer,
-        config, rng)
+        config, rng, desc='encoding (training)')
     held = masked_features(encoder, pack_sequences(held_docs, tokenizer, config.seq_len,
-                                                 n_held_seq), tokenizer, config, rng)
+                                                 n_held_seq), tokenizer, config, rng,
+                           desc='encoding (held-out)')
     encode_seconds = time.time() - start
     if not len(train[1]) or not len(held[1]):
         raise DataFormatError(f'the corpus {", ".join(corpus)} gave no masked tokens for '
@@ -241,14 +249,17 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
     trainer = mx.gluon.Trainer(trainable, 'adam', {'learning_rate': config.learning_rate})
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     start = time.time()
+    bar = progress(total=config.steps, desc='MLM head fit', unit='step')
     for step in range(config.steps):
         idx = rng.randint(0, len(train[1]), config.batch_size)
         with mx.autograd.record():
             loss = loss_fn(model.decoder(mx.nd.array(train[0][idx])), mx.nd.array(train[1][idx]))
         loss.backward()
         trainer.step(config.batch_size)
-        if (step + 1) % 100 == 0:
-            log.info('head step %d/%d: loss %.3f', step + 1, config.steps, loss.mean().asscalar())
+        bar.update(1)
+        if (step + 1) % 50 == 0:
+            bar.set_postfix(loss=f'{loss.mean().asscalar():.3f}')
+    bar.close()
     fit_seconds = time.time() - start
     for param in trainable:
         param.grad_req = 'null'
@@ -280,7 +291,8 @@ def fit_mlm_head(model_dir: str, corpus: Sequence[str], out_dir: str,
 class HeadFitCommand:
     """Flags of ``python -m bort.pretrain.mlm_head`` (the budget of :class:`HeadFitConfig`)."""
 
-    model: str = opt('', 'project model folder (with tokenizer)', required=True)
+    model: str = opt('', 'the encoder: a project model folder (with tokenizer), a Hugging Face '
+                     'folder, or minilm (the installed all-MiniLM-L6-v2)', required=True)
     corpus: List[str] = opt([], 'text files, one sentence a line, blank line between documents',
                             required=True, nargs='+')
     out: str = opt('', 'model folder to write', required=True)
@@ -313,7 +325,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     config = HeadFitConfig(**{k: getattr(args, k) for k in (
         'steps', 'batch_size', 'learning_rate', 'seq_len', 'max_sequences', 'heldout_fraction',
         'seed')})
-    report = fit_mlm_head(args.model, args.corpus, args.out, config)
+    model = minilm_dir() if args.model in DEFAULT_NAMES else args.model
+    if not os.path.isfile(os.path.join(model, 'arch.json')) and os.path.isfile(
+            os.path.join(model, 'config.json')):
+        model = imported_hf_dir(model)  # a Hugging Face folder, imported once
+    report = fit_mlm_head(model, args.corpus, args.out, config)
     emit(json.dumps({k: v for k, v in report.items() if k != 'config'}, indent=2))
     return report
 

@@ -47,6 +47,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .names import DEFAULT_NAMES, minilm_dir
 from ..cli import (Range, add_dataclass_flags, at_least, check_fields, make_parser, opt,
                    parse_configs, probability, run_main, unit_interval)
 from ..errors import UserError
@@ -98,7 +99,9 @@ class PrepareCommand:
 
     inputs: List[str] = opt([], 'text files, folders or glob patterns', positional=True,
                             nargs='+')
-    tokenizer: str = opt('', 'tokenizer folder', required=True)
+    tokenizer: str = opt('', 'tokenizer folder, or a model whose tokenizer to use: minilm (the '
+                         'built-in default teacher), a project model folder or a Hugging Face '
+                         'folder', required=True)
     output: str = opt('', 'output folder', required=True)
 
 
@@ -399,7 +402,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     command, config = parse_configs(build_parser(), [PrepareCommand, PrepConfig], argv)
     from ..log import setup_logging  # pylint: disable=import-outside-toplevel
     setup_logging()
-    return prepare_pretraining_data(command.inputs, command.tokenizer, command.output, config)
+    # minilm's tokenizer is the installed all-MiniLM-L6-v2's (nothing to build for it); a
+    # Hugging Face folder's tokenizer files are read as they are.
+    tokenizer = minilm_dir() if command.tokenizer in DEFAULT_NAMES else command.tokenizer
+    return prepare_pretraining_data(command.inputs, tokenizer, command.output, config)
 
 
 if __name__ == '__main__':
