@@ -1,0 +1,335 @@
+"""Bort in miniature: verdict wording on constructed numbers, stage caching, the comparison rule,
+the GLUE split, settings checks, the report from constructed figures, and (slow) one whole tiny
+run on synthetic data with a stand-in teacher, rerun from its cache."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from bort.errors import ConfigError, UserError
+from bort.experiments.config import BUDGETS, MiniatureConfig
+from bort.experiments.miniature import check_same_settings, choose_comparison, split_glue
+from bort.experiments.report import PNG_FILES, first_rise, write_report
+from bort.experiments.stages import DONE_FILE, StageLog, run_stage
+from bort.experiments.verdicts import binomial_se, compare, spread
+
+from toy_glue import write_rte
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+def test_spread_matches_numpy():
+    values = [0.81, 0.79, 0.84]
+    s = spread(values)
+    assert s.n == 3 and s.mean == pytest.approx(np.mean(values))
+    assert s.sd == pytest.approx(np.std(values, ddof=1))
+    assert spread([0.5]).n == 1 and math.isnan(spread([0.5]).sd)
+    assert spread([]).n == 0 and spread([float('nan'), 0.7]).n == 1
+
+
+def test_binomial_se():
+    assert binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert math.isnan(binomial_se(0.5, 0))
+
+
+def test_compare_yes_no_and_noise():
+    yes = compare([0.85, 0.86], [0.80, 0.81], 'KD ahead of MLM-only on SST-2 dev')
+    assert yes['answer'] == 'yes' and yes['diff'] == pytest.approx(0.05)
+    assert yes['se'] == pytest.approx(math.sqrt(2 * np.var([0.85, 0.86], ddof=1) / 2))
+    assert yes['text'].startswith('KD ahead of MLM-only on SST-2 dev: yes, by +5.0 ± 0.7 points')
+    no = compare([0.80, 0.81], [0.85, 0.86], 'KD ahead of MLM-only')
+    assert no['answer'] == 'no' and '**no**' in no['text'] and '-5.0 ± 0.7 points' in no['text']
+    # The same gap with a wide spread (or a floor) is noise, and is called that.
+    wide = compare([0.90, 0.80], [0.80, 0.81], 'KD ahead')
+    assert wide['answer'] == 'within noise' and 'within noise' in wide['text']
+    # Two seeds that agree cannot make a 3-point gap on 277 dev examples real: the floor.
+    assert compare([0.83, 0.84], [0.80, 0.81], 'KD ahead')['answer'] == 'yes'
+    floored = compare([0.83, 0.84], [0.80, 0.81], 'KD ahead', floor=binomial_se(0.82, 277))
+    assert floored['se'] == pytest.approx(binomial_se(0.82, 277))
+    assert floored['answer'] == 'within noise'
+
+
+def test_compare_lower_is_better_and_missing():
+    faster = compare([10.0, 11.0, 10.5], [30.0, 31.0, 29.0], 'faster', scale=1.0, unit='ms',
+                     higher_is_better=False)
+    assert faster['answer'] == 'yes' and '-20.17 ± ' not in faster['text']
+    assert compare([1.0], [2.0], 'x', higher_is_better=False, floor=0.1)['answer'] == 'yes'
+    assert compare([], [0.5], 'x')['answer'] == 'not measured'
+    unknown = compare([0.6], [0.5], 'one value each, no floor')
+    assert unknown['answer'] == 'noise not measured' and 'noise not measured' in unknown['text']
+
+
+# -- stages --------------------------------------------------------------------------------------
+def test_run_stage_caches_and_reruns_after_a_failure(tmp_path):
+    calls = []
+
+    def stage(folder):
+        calls.append(folder)
+        with open(os.path.join(folder, 'out.txt'), 'w') as f:
+            f.write('x')
+        return {'value': len(calls)}
+
+    log = StageLog()
+    folder = str(tmp_path / 'a')
+    assert run_stage('a', folder, stage, log) == {'value': 1}
+    assert run_stage('a', folder, stage, log) == {'value': 1}  # cached: not run again
+    assert len(calls) == 1 and log.records['a']['cached']
+    done = json.loads((tmp_path / 'a' / DONE_FILE).read_text())
+    assert done['figures'] == {'value': 1} and done['seconds'] >= 0 and done['load_start']
+
+    def broken(folder):
+        calls.append(folder)
+        raise RuntimeError('killed')
+
+    with pytest.raises(RuntimeError):
+        run_stage('b', str(tmp_path / 'b'), broken)
+    assert not (tmp_path / 'b' / DONE_FILE).exists()  # a failed stage runs again next time
+    assert run_stage('b', str(tmp_path / 'b'), stage) == {'value': 3}
+
+
+def test_run_stage_times_with_the_given_clock(tmp_path):
+    ticks = iter([100.0, 160.5])
+    log = StageLog()
+    run_stage('s', str(tmp_path / 's'), lambda f: {}, log, clock=lambda: next(ticks))
+    assert log.records['s']['seconds'] == pytest.approx(60.5)
+
+
+# -- the comparison architecture ---------------------------------------------------------------------
+def _record(rank, d, params, error):
+    return {'rank': rank, 'num_layers': d, 'num_heads': 4, 'units': 128, 'hidden_size': 512,
+            'params': params, 'error': error, 'w': 1.0 / rank}
+
+
+def test_choose_comparison_rules():
+    ranked = [_record(1, 2, 1_000_000, 5.0), _record(2, 3, 1_100_000, 5.1),
+              _record(3, 4, 1_200_000, 5.6), _record(4, 5, 2_000_000, 6.0),
+              _record(5, 1, 700_000, 5.3)]
+    worst = choose_comparison(ranked, 'similar_params_worst_e', 0.25)
+    assert worst['num_layers'] == 4 and 'worst e' in worst['why']  # 6.0 is outside the band
+    assert choose_comparison(ranked, 'runner_up')['num_layers'] == 3
+    lonely = [ranked[0], _record(2, 5, 2_000_000, 6.0), _record(3, 6, 3_000_000, 7.0)]
+    nearest = choose_comparison(lonely, 'similar_params_worst_e', 0.25)
+    assert nearest['num_layers'] == 5 and 'nearest' in nearest['why']
+    with pytest.raises(UserError):
+        choose_comparison(ranked[:1], 'runner_up')
+
+
+# -- settings ------------------------------------------------------------------------------------
+def test_config_presets_flags_and_checks(tmp_path):
+    small = MiniatureConfig(glue_dir='g').resolved()
+    assert small.pretrain_steps == BUDGETS['small']['pretrain_steps']
+    assert small.seeds == BUDGETS['small']['seeds']
+    assert small.tokens_per_run() == small.pretrain_steps * small.pretrain_batch_size * 64
+    flag = MiniatureConfig(glue_dir='g', budget='full', pretrain_steps=7).resolved()
+    assert flag.pretrain_steps == 7 and flag.epochs == BUDGETS['full']['epochs']
+    assert flag.search_settings() == BUDGETS['full']['search']
+    merged = MiniatureConfig(glue_dir='g', search='{"epsilon": 3}').resolved()
+    assert merged.search_settings() == dict(BUDGETS['small']['search'], epsilon=3)
+    for bad, word in ((dict(seeds=(0,)), 'seeds'), (dict(search='[1]'), 'search'),
+                      (dict(tasks=('SST-2',)), 'RTE'), (dict(glue_dir=''), 'glue_dir')):
+        values = dict(dict(glue_dir='g'), **bad)
+        with pytest.raises(ConfigError, match=word):
+            MiniatureConfig(**values).resolved().validate()
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    out = str(tmp_path / 'run')
+    config = MiniatureConfig(glue_dir='g', out=out).resolved()
+    check_same_settings(out, config)
+    check_same_settings(out, config)  # the same settings continue
+    import dataclasses
+    with pytest.raises(ConfigError, match='pretrain_steps'):
+        check_same_settings(out, dataclasses.replace(config, pretrain_steps=1))
+
+
+def test_split_glue_sets_rows_aside(tmp_path):
+    glue = write_rte(str(tmp_path / 'glue'), n_train=40)
+    before = (tmp_path / 'glue' / 'RTE' / 'train.tsv').read_text()
+    folders = split_glue(glue, ['RTE'], str(tmp_path / 'split'), 10, seed=0)
+    train = open(os.path.join(folders['train'], 'RTE', 'train.tsv')).read().splitlines()
+    held = open(os.path.join(folders['heldout'], 'RTE', 'dev.tsv')).read().splitlines()
+    rows = before.splitlines()
+    assert train[0] == held[0] == rows[0]
+    assert len(train) - 1 == 30 and len(held) - 1 == 10
+    assert sorted(train[1:] + held[1:]) == sorted(rows[1:])  # disjoint and complete
+    assert (tmp_path / 'glue' / 'RTE' / 'train.tsv').read_text() == before  # never modified
+    assert os.path.isfile(os.path.join(folders['train'], 'RTE', 'dev.tsv'))
+    with pytest.raises(FileNotFoundError, match='SST-2'):
+        split_glue(glue, ['SST-2'], str(tmp_path / 'split2'), 0, seed=0)
+
+
+# -- the report from constructed figures ----------------------------------------------------------
+def test_first_rise():
+    curve = [{'step': 10, 'tokens': 100, 'acc': 0.075}, {'step': 20, 'tokens': 200, 'acc': 0.09},
+             {'step': 30, 'tokens': 300, 'acc': 0.15}]
+    assert first_rise(curve, 0.075, 4000)['step'] == 20
+    assert first_rise(curve, 0.075, 100)['step'] == 30  # fewer positions: a wider noise band
+    assert first_rise(curve[:1], 0.075, 4000) is None
+
+
+def _constructed_stages(tmp_path):
+    """Figures as the stages return them, with a KD run *behind* MLM-only (a "no")."""
+    log = StageLog()
+
+    def add(name, figures):
+        log.add(name, {'figures': figures, 'seconds': 60.0, 'load_start': [1.0],
+                       'load_end': [1.5], 'cached': False})
+
+    rec = lambda r, d, p, e: dict(_record(r, d, p, e), inference_cost=0.001 * d)  # noqa: E731
+    add('teacher', {'folder': 'teacher_dir'})
+    add('search', {'winner': rec(1, 2, 1e6, 5.0), 'comparison': dict(rec(3, 4, 1.2e6, 5.6),
+                                                                      why='worst e'),
+                   'candidates': [rec(1, 2, 1e6, 5.0)], 'table': '| Rank |\n|---|\n| 1 |',
+                   'sigma': 0.05, 'verdict': 'e decides the top.', 'archs': {}})
+    add('data', {'text_bytes': 2e6, 'tokens': 400000, 'sequences': {'train': 6000, 'eval': 300},
+                 'unk_ratio': 0.001})
+    add('reference', {'teacher_acc': 0.30, 'teacher_top5': 0.5, 'teacher_loss': 4.0,
+                      'most_frequent_rate': 0.075, 'positions': 4000, 'batches': 20})
+    curves = {'winner_kd': [0.08, 0.10], 'winner_mlm': [0.09, 0.14], 'comparison_kd': [0.08, 0.09]}
+    for name, accs in curves.items():
+        add(f'pretrain/{name}', {
+            'arch': [2, 4, 128, 512], 'params': 1e6, 'steps': 200, 'tokens': 204800,
+            'final_acc': accs[-1], 'final_top5': 0.2, 'final_loss': 6.0, 'tokens_per_s': 3000,
+            'curve': [{'step': 100 * (i + 1), 'tokens': 102400 * (i + 1), 'acc': a,
+                       'top5': 0.2, 'loss': 6.0} for i, a in enumerate(accs)]})
+    scores = {'teacher': [0.80, 0.82], 'winner_kd': [0.70, 0.71], 'winner_mlm': [0.70, 0.72],
+              'comparison_kd': [0.60, 0.62]}
+    for model, values in scores.items():
+        for task in ('SST-2', 'RTE'):
+            for seed, v in enumerate(values):
+                add(f'finetune/{model}_{task}_s{seed}', {
+                    'dev': {'accuracy': v}, 'heldout': {'accuracy': v - 0.01} if task == 'RTE'
+                    else None, 'examples_seen': 100})
+    for seed in (0, 1):
+        add(f'agora/winner_kd_s{seed}', {'dev': {'accuracy': 0.75}, 'heldout': {'accuracy': 0.69},
+                                         'iterations': 2, 'points_added': 10,
+                                         'examples_seen': 300, 'teacher_accuracy': 0.6})
+    samples = {'teacher': [30.0, 31.0, 29.0], 'winner': [5.0, 5.2, 4.9],
+               'comparison': [7.0, 7.1, 6.9]}
+    add('latency', {'batch_size': 1, 'seq_len': 128, 'repeats': 3, 'device': 'cpu',
+                    'threads': '2', 'models': {
+                        n: {'median_ms': float(np.median(s)), 'q25_ms': min(s), 'q75_ms': max(s),
+                            'samples_ms': s, 'arch': [2, 4, 128, 512], 'params': 1e6}
+                        for n, s in samples.items()}})
+    return log
+
+
+def test_report_from_constructed_figures_shows_every_no(tmp_path):
+    config = MiniatureConfig(glue_dir='g', out=str(tmp_path), agora_models=('winner_kd',)
+                             ).resolved()
+    result = write_report(config, _constructed_stages(tmp_path),
+                          {'SST-2': 872, 'RTE': 277, 'RTE-heldout': 500})
+    report = open(result['report']).read()
+    for name in PNG_FILES:
+        assert os.path.getsize(tmp_path / name) > 1000, name
+    by_claim = {v['claim']: v for v in result['verdicts']}
+    kd = next(v for c, v in by_claim.items() if c.startswith('Pretraining (Table 3)'))
+    assert kd['answer'] == 'no' and kd['text'] in report  # the "no" is in the report, in full
+    assert 'KD was ahead at 0 of 2 evaluations' in report
+    sst = by_claim['SST-2 dev (Table 4): KD ahead of MLM-only']
+    assert sst['answer'] == 'within noise'
+    teacher = by_claim['SST-2 dev (Table 4): the distilled winner at least level with the teacher']
+    assert teacher['answer'] == 'no'
+    assert by_claim['Latency: the winner faster than the teacher']['answer'] == 'yes'
+    agora = next(v for c, v in by_claim.items() if c.startswith('RTE held-out (Table 5)'))
+    assert agora['answer'] == 'within noise'  # 69 vs 69.5 on 500 rows
+    assert '**not met**' in report  # the teacher's 60 % against Agora's 2/3
+    assert '| winner, distilled |' in report and '0.20M token slots' in report
+    assert json.loads((tmp_path / 'report.json').read_text())['total_seconds'] > 0
+
+
+# -- one whole tiny run -------------------------------------------------------------------------------
+WORDS = ('the a model layer teacher student search error cost tree river stone light water '
+         'green small large fast slow runs reads writes finds keeps loses under over near '
+         'far bright dark cold warm old new cat dog sat mat yes no good bad film').split()
+
+
+def _tiny_inputs(root):
+    """A random-weight teacher with an MLM head and tokenizer, a corpus, toy RTE and SST-2."""
+    import mxnet as mx
+    from bort.arch import Architecture
+    from bort.model import build_model, save_model
+    from bort.tokenizers import WordPieceTokenizer
+    from toy_glue import FILLER
+    vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '.'] + sorted(set(WORDS + FILLER))
+    tokenizer = WordPieceTokenizer(vocab, lower=True)
+    arch = Architecture(2, 4, 16, 32, vocab_size=tokenizer.vocab_size, max_length=40,
+                        dropout=0.1, token_type_vocab_size=2, use_pooler=True,
+                        name='tiny-teacher')
+    mx.random.seed(0)
+    teacher = os.path.join(root, 'teacher')
+    save_model(build_model(arch, use_decoder=True), teacher)
+    tokenizer.save(teacher)
+    rng = np.random.RandomState(0)
+    lines = []
+    for _ in range(150):
+        for _ in range(rng.randint(2, 5)):
+            lines.append(' '.join(rng.choice(WORDS, rng.randint(4, 12))).capitalize() + ' .')
+        lines.append('')
+    corpus = os.path.join(root, 'corpus.txt')
+    with open(corpus, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    glue = write_rte(os.path.join(root, 'glue'), n_train=48, n_dev=24)
+    os.makedirs(os.path.join(glue, 'SST-2'))
+    for split, n in (('train', 48), ('dev', 24)):
+        rows = ['sentence\tlabel'] + [
+            f'{" ".join(rng.choice(FILLER, 4))} {"good" if i % 2 else "bad"} film\t{i % 2}'
+            for i in range(n)]
+        with open(os.path.join(glue, 'SST-2', f'{split}.tsv'), 'w') as f:
+            f.write('\n'.join(rows) + '\n')
+    return teacher, corpus, glue
+
+
+@pytest.mark.slow
+def test_whole_tiny_run_and_its_cache(tmp_path):
+    from bort.experiments.miniature import main, run_miniature
+    teacher, corpus, glue = _tiny_inputs(str(tmp_path))
+    search = {'num_layers': [1, 2], 'num_heads': [2], 'units': [12, 16], 'hidden_size': [16, 32],
+              'epsilon': 1, 'steps': 3, 'batch_size': 4, 'seq_len': 16, 'heldout_batches': 2,
+              'cost': 'flops', 'lr': 0.1, 'cache_topk': 8, 'noise_seeds': 1,
+              'noise_candidates': 2, 'reference': []}
+    out = str(tmp_path / 'mini')
+    argv = ['--glue_dir', glue, '--out', out, '--teacher', teacher, '--corpus', corpus,
+            '--search', json.dumps(search), '--pretrain_steps', '6', '--pretrain_batch_size',
+            '4', '--seq_len', '16', '--eval_points', '2', '--eval_batches', '2', '--seeds', '0',
+            '1', '--epochs', '1', '--max_train_examples', '0', '--max_length', '32',
+            '--rte_heldout', '12', '--agora_models', 'winner_kd', '--agora_lrs', '0.001',
+            '--ft_lr', '0.001', '--latency_repeats', '2', '--latency_seq_len', '16']
+    result = main(argv)
+    assert os.path.isfile(result['report'])
+    for name in PNG_FILES:
+        assert os.path.getsize(os.path.join(out, name)) > 1000, name
+    stages = result['stages']
+    assert not any(r['cached'] for r in stages.values())
+    expected = {'teacher', 'search', 'data', 'reference', 'pretrain/winner_kd',
+                'pretrain/winner_mlm', 'pretrain/comparison_kd', 'glue', 'latency',
+                'agora/winner_kd_s0', 'agora/winner_kd_s1'}
+    expected |= {f'finetune/{m}_{t}_s{s}' for m in ('teacher', 'winner_kd', 'winner_mlm',
+                                                   'comparison_kd')
+                 for t in ('SST-2', 'RTE') for s in (0, 1)}
+    assert set(stages) == expected
+    for name in expected:
+        assert os.path.isfile(os.path.join(out, name, DONE_FILE)), name
+    report = open(result['report']).read()
+    assert '## Table 1 in miniature' in report and '## Table 5 in miniature' in report
+    assert all(v['answer'] in ('yes', 'no', 'within noise', 'noise not measured')
+               for v in result['verdicts'])
+    winner = json.load(open(os.path.join(out, 'search', 'winner_arch.json')))
+    kd = json.load(open(os.path.join(out, 'pretrain', 'winner_kd', DONE_FILE)))['figures']
+    assert kd['arch'] == [winner[k] for k in ('num_layers', 'num_heads', 'units',
+                                              'hidden_size')]
+    assert kd['tokens'] == 6 * 4 * 16 and len(kd['curve']) == 2
+    # A second run finds every stage finished and only rewrites the report.
+    again = run_miniature(MiniatureConfig(**_config_values(argv)))
+    assert all(r['cached'] for r in again['stages'].values())
+    assert [v['text'] for v in again['verdicts']] == [v['text'] for v in result['verdicts']]
+    # Another budget on the same folder is refused before anything runs.
+    with pytest.raises(ConfigError, match='pretrain_steps'):
+        run_miniature(MiniatureConfig(**dict(_config_values(argv), pretrain_steps=7)))
+
+
+def _config_values(argv):
+    from bort.cli import parse_with_config
+    from bort.experiments.miniature import build_parser
+    return parse_with_config(build_parser(), argv)
