@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..checkpoint import write_json_atomic
 from ..errors import ConfigError, UserError
 from .config import BUDGETS, MODELS, RESULT_FIELDS, STUDENTS, MiniatureConfig
+from .finetuning import dev_size, split_glue, stage_agora, stage_finetune
 from .stages import StageLog, run_stage
 
 __all__ = ['run_miniature', 'choose_comparison', 'check_same_settings', 'split_glue',
@@ -282,112 +282,6 @@ def stage_pretrain(config: MiniatureConfig, teacher: str, data: str, arch: str, 
                                                       'batch_size', 'eval_batches')}}
 
 
-# -- 3. fine-tuning --------------------------------------------------------------------------------
-def split_glue(glue_dir: str, tasks: Sequence[str], out: str, rte_heldout: int,
-               seed: int) -> Dict[str, str]:
-    """GLUE-layout folders for the runs: ``train`` (every task's official files, RTE's train
-    less ``rte_heldout`` rows) and ``heldout`` (those rows as RTE's dev split).
-
-    The official files are read from ``glue_dir`` and never modified.
-    """
-    # pylint: disable=import-outside-toplevel
-    import numpy as np
-    from ..finetune.tasks import get_task
-    train_root, held_root = os.path.join(out, 'train'), os.path.join(out, 'heldout')
-    for task in tasks:
-        name = os.path.dirname(get_task(task).files['train'])
-        src, dst = os.path.join(glue_dir, name), os.path.join(train_root, name)
-        if not os.path.isfile(os.path.join(src, 'train.tsv')):
-            raise FileNotFoundError(f'{os.path.join(src, "train.tsv")}: --glue_dir must hold '
-                                    f'the official {name}/ folder')
-        os.makedirs(dst, exist_ok=True)
-        for split in ('dev', 'test'):
-            if os.path.isfile(os.path.join(src, f'{split}.tsv')):
-                shutil.copy(os.path.join(src, f'{split}.tsv'), os.path.join(dst, f'{split}.tsv'))
-        with open(os.path.join(src, 'train.tsv'), encoding='utf-8') as f:
-            header, *rows = f.read().splitlines()
-        held: List[str] = []
-        if task == 'RTE' and rte_heldout:
-            if rte_heldout >= len(rows):
-                raise ConfigError(f'--rte_heldout {rte_heldout} leaves no RTE training row '
-                                  f'({len(rows)} in all)')
-            order = np.random.RandomState(seed).permutation(len(rows))
-            keep = set(order[rte_heldout:].tolist())
-            held = [rows[i] for i in sorted(order[:rte_heldout])]
-            rows = [r for i, r in enumerate(rows) if i in keep]
-            os.makedirs(os.path.join(held_root, name), exist_ok=True)
-            with open(os.path.join(held_root, name, 'dev.tsv'), 'w', encoding='utf-8') as f:
-                f.write('\n'.join([header] + held) + '\n')
-        with open(os.path.join(dst, 'train.tsv'), 'w', encoding='utf-8') as f:
-            f.write('\n'.join([header] + rows) + '\n')
-    return {'train': train_root, 'heldout': held_root}
-
-
-def _finetune_config(config: MiniatureConfig, task: str, data_dir: str, model: str,
-                     output_dir: str, seed: int):
-    from ..finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
-    return FinetuneConfig(task=task, data_dir=data_dir, model=model, output_dir=output_dir,
-                          head='auto', head_dropout=0.1, init_range=config.init_range,
-                          max_length=config.max_length, batch_size=config.ft_batch_size,
-                          lr=config.ft_lr, weight_decay=config.ft_weight_decay,
-                          warmup_ratio=config.ft_warmup, epochs=int(config.epochs), seed=seed,
-                          eval_batch_size=64,
-                          max_train_examples=int(config.max_train_examples))
-
-
-def _heldout(task: str, folder: str, glue: Dict[str, str]) -> Optional[Dict[str, float]]:
-    """Metrics of a fine-tuned folder on the set-aside rows (RTE), else None."""
-    from ..finetune.evaluate import evaluate_folder  # pylint: disable=import-outside-toplevel
-    if task != 'RTE' or not os.path.isdir(os.path.join(glue['heldout'], 'RTE')):
-        return None
-    metrics, _ = evaluate_folder(task, folder, glue['heldout'], 'dev', batch_size=64)
-    return metrics
-
-
-def _dev_size(task: str, data_dir: str, split: str = 'dev') -> int:
-    from ..finetune.readers import read_examples  # pylint: disable=import-outside-toplevel
-    return len(read_examples(task, data_dir, split))
-
-
-def stage_finetune(config: MiniatureConfig, task: str, model: str, seed: int,
-                   glue: Dict[str, str], folder: str) -> Dict:
-    """Plain fine-tuning of one model on one task with one seed (resumes per epoch)."""
-    # pylint: disable=import-outside-toplevel
-    from ..finetune import finetune
-    from ..finetune.loop import remove_checkpoints
-    run_dir = os.path.join(folder, 'run')
-    run = _finetune_config(config, task, glue['train'], model, run_dir, seed)
-    result = finetune(run, show_progress=config.progress)
-    heldout = _heldout(task, result.folder, glue)
-    remove_checkpoints(run_dir)  # best/ is kept; the resume state is not needed any more
-    return {'task': task, 'seed': seed, 'dev': result.metrics, 'score': result.score,
-            'best_epoch': result.epoch, 'steps': result.steps,
-            'examples_seen': result.steps * run.batch_size, 'heldout': heldout,
-            'folder': result.folder}
-
-
-def stage_agora(config: MiniatureConfig, model: str, seed: int, labeller: str, mlm_model: str,
-                glue: Dict[str, str], folder: str) -> Dict:
-    """Agora on RTE for one student and one seed; Θ is the recipe over ``--agora_lrs``."""
-    # pylint: disable=import-outside-toplevel
-    from ..finetune import AgoraConfig, run_agora
-    base = _finetune_config(config, 'RTE', glue['train'], model, os.path.join(folder, 'run'),
-                            seed)
-    agora = AgoraConfig(teacher=labeller, min_teacher_accuracy=config.agora_min_teacher_accuracy,
-                        seeds=[seed], lrs=list(config.agora_lrs),
-                        weight_decays=[config.ft_weight_decay],
-                        warmup_ratios=[config.ft_warmup], batch_sizes=[config.ft_batch_size],
-                        transform=config.agora_transform, mlm_model=mlm_model)
-    result = run_agora(base, agora)
-    return {'seed': seed, 'dev': result.metrics, 'score': result.score,
-            'heldout': _heldout('RTE', result.folder, glue), 'iterations': result.iterations,
-            'points_added': result.points_added, 'examples_seen': result.examples_seen,
-            'chs': result.chs, 'teacher_accuracy': result.teacher_accuracy,
-            'history': [{k: r.get(k) for k in ('iteration', 'theta_size', 'dev_score',
-                                               'mistakes', 'points_added')}
-                        for r in result.history], 'folder': result.folder}
-
-
 # -- 4. latency ------------------------------------------------------------------------------------
 def stage_latency(config: MiniatureConfig, models: Dict[str, str], folder: str) -> Dict:
     """Every architecture through the fast path, timed side by side (rounds interleaved)."""
@@ -448,7 +342,7 @@ def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
             models[name] = figures['model']
         glue = run_stage('glue', os.path.join(out, 'glue'), lambda f: split_glue(
             config.glue_dir, config.tasks, f, config.rte_heldout, config.seed), stages)
-        glue['sizes'] = {t: _dev_size(t, glue['train']) for t in config.tasks}
+        glue['sizes'] = {t: dev_size(t, glue['train']) for t in config.tasks}
         if 'RTE' in config.tasks and config.rte_heldout:
             glue['sizes']['RTE-heldout'] = config.rte_heldout
         for task in config.tasks:
