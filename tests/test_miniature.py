@@ -12,7 +12,7 @@ from bort.errors import ConfigError, UserError
 from bort.experiments.config import BUDGETS, MiniatureConfig
 from bort.experiments.miniature import check_same_settings, choose_comparison, split_glue
 from bort.experiments.report import PNG_FILES, first_rise, write_report
-from bort.experiments.stages import DONE_FILE, StageLog, run_stage
+from bort.experiments.stages import ATTEMPT_FILE, DONE_FILE, StageLog, run_stage
 from bort.experiments.verdicts import binomial_se, compare, spread
 
 from toy_glue import write_rte
@@ -86,6 +86,22 @@ def test_run_stage_caches_and_reruns_after_a_failure(tmp_path):
         run_stage('b', str(tmp_path / 'b'), broken)
     assert not (tmp_path / 'b' / DONE_FILE).exists()  # a failed stage runs again next time
     assert run_stage('b', str(tmp_path / 'b'), stage) == {'value': 3}
+
+
+def test_run_stage_counts_a_killed_attempt(tmp_path):
+    folder = tmp_path / 'k'
+    folder.mkdir()
+    start = 1_000_000.0
+    (folder / ATTEMPT_FILE).write_text(json.dumps({'start': start, 'earlier_seconds': 5.0}))
+    (folder / 'checkpoint').write_text('x')
+    os.utime(folder / 'checkpoint', (start + 30, start + 30))  # the killed attempt's last file
+    os.utime(folder / ATTEMPT_FILE, (start, start))
+    ticks = iter([0.0, 10.0])
+    log = StageLog()
+    run_stage('k', str(folder), lambda f: {}, log, clock=lambda: next(ticks))
+    record = log.records['k']
+    assert record['seconds_earlier_attempts'] == pytest.approx(35.0)
+    assert record['seconds'] == pytest.approx(45.0)
 
 
 def test_run_stage_times_with_the_given_clock(tmp_path):
@@ -271,7 +287,7 @@ def _tiny_inputs(root):
     with open(corpus, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     glue = write_rte(os.path.join(root, 'glue'), n_train=48, n_dev=24)
-    os.makedirs(os.path.join(glue, 'SST-2'))
+    os.makedirs(os.path.join(glue, 'SST-2'), exist_ok=True)
     for split, n in (('train', 48), ('dev', 24)):
         rows = ['sentence\tlabel'] + [
             f'{" ".join(rng.choice(FILLER, 4))} {"good" if i % 2 else "bad"} film\t{i % 2}'

@@ -6,7 +6,9 @@ atomically) together with the stage's wall time and the machine's load average a
 end; a later call finds ``done.json`` and returns the stored figures without running anything.
 A stage killed midway (``kill -9``) has no ``done.json`` and runs again on the next call; the
 library's own resume (search candidates, pretraining checkpoints, fine-tuning epochs, Agora's
-state) makes that rerun continue rather than restart.
+state) makes that rerun continue rather than restart. The stage's ``seconds`` then add the
+killed attempt's time, estimated from the newest file it wrote (``attempt.json`` holds its
+start).
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..checkpoint import write_json_atomic
 
-__all__ = ['DONE_FILE', 'run_stage', 'stage_done', 'read_done', 'StageLog']
+__all__ = ['DONE_FILE', 'ATTEMPT_FILE', 'run_stage', 'stage_done', 'read_done', 'StageLog']
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = 'done.json'
+#: Written when a stage starts: lets a rerun count the time of an attempt that was killed.
+ATTEMPT_FILE = 'attempt.json'
 
 
 def _load() -> List[float]:
@@ -30,6 +34,30 @@ def _load() -> List[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:  # not every platform has it
         return []
+
+
+def _earlier_attempts(folder: str) -> float:
+    """Seconds spent in this stage by earlier, unfinished attempts (killed sessions).
+
+    An attempt records its start in ``attempt.json``; the time it ended is not recorded (it
+    was killed), so it is estimated by the newest file it wrote in the folder.
+    """
+    path = os.path.join(folder, ATTEMPT_FILE)
+    if not os.path.isfile(path):
+        return 0.0
+    try:
+        with open(path, encoding='utf-8') as f:
+            attempt = json.load(f)
+    except (OSError, ValueError):
+        return 0.0
+    newest = attempt['start']
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                newest = max(newest, os.path.getmtime(os.path.join(root, name)))
+            except OSError:  # removed while walking
+                pass
+    return round(attempt.get('earlier_seconds', 0.0) + max(0.0, newest - attempt['start']), 2)
 
 
 def stage_done(folder: str) -> bool:
@@ -86,9 +114,14 @@ def run_stage(name: str, folder: str, fn: Callable[[str], Dict[str, Any]],
         log.info('stage %s: done earlier (%.0f s), skipped', name, record.get('seconds', 0.0))
     else:
         log.info('stage %s: starting in %s', name, folder)
+        earlier = _earlier_attempts(folder)
         load_start, start = _load(), clock()
+        attempt = {'start': time.time(), 'earlier_seconds': earlier}
+        write_json_atomic(os.path.join(folder, ATTEMPT_FILE), attempt)
         figures = fn(folder)
-        record = {'name': name, 'figures': figures, 'seconds': round(clock() - start, 2),
+        seconds = round(clock() - start, 2)
+        record = {'name': name, 'figures': figures, 'seconds': round(seconds + earlier, 2),
+                  'seconds_this_session': seconds, 'seconds_earlier_attempts': earlier,
                   'load_start': load_start, 'load_end': _load(),
                   'finished': time.strftime('%Y-%m-%d %H:%M:%S')}
         write_json_atomic(os.path.join(folder, DONE_FILE), record)
