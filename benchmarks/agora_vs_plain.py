@@ -2,10 +2,11 @@
 
 Setting, chosen to fit ~15 minutes of a 2-core CPU and to keep one score uncontaminated:
 
-* Encoder: all-MiniLM-L6-v2 (``~/.cache/bort/teachers/minilm_l6_encoder``, imported by
-  :mod:`bort.pretrain.default_teacher`), the best pretrained encoder this project has offline; no pretrained
+* Encoder: all-MiniLM-L6-v2 from the installed package (``--model``, default its Hugging Face
+  folder, imported once), the best pretrained encoder this project has offline; no pretrained
   Bort student exists yet. The ``mlm`` transformation uses the same encoder with the masked-LM
-  head fitted by :func:`bort.pretrain.default_teacher.minilm_teacher`.
+  head fitted by :func:`bort.pretrain.default_teacher.minilm_teacher` (``--mlm_model
+  minilm-head``).
 * Data, from the official RTE files: ``heldout`` training rows are set aside as a held-out
   test set that no model ever trains on or is selected on; the teacher fine-tunes on the other
   training rows; the students get only ``student_examples`` of those (Agora's scarce-data
@@ -20,8 +21,9 @@ A teacher run already in ``output_dir/teacher`` is reused (its wall time is then
 to re-score it). Writes ``results.json`` and prints a Markdown table::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/agora_vs_plain.py \\
-        [--data_dir ../shared/data/glue] [--output_dir runs/agora_vs_plain]
+        --data_dir GLUE_DIR [--output_dir runs/agora_vs_plain]
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/agora_vs_plain.py --task SST-2 \\
+        --data_dir GLUE_DIR \\
         --output_dir runs/agora_vs_plain_sst2 --max_length 64 --heldout 1000 \\
         --student_examples 200 --teacher_examples 2000
 
@@ -52,8 +54,7 @@ from bort.finetune import AgoraConfig, FinetuneConfig, finetune, run_agora
 from bort.finetune.evaluate import evaluate_folder
 from bort.finetune.tasks import get_task
 from bort.log import setup_logging
-
-CACHE = os.path.expanduser('~/.cache/bort/teachers')
+from bort.pretrain.names import minilm_dir
 
 
 def split_task(task: str, src: str, out: str, heldout: int, student_examples: int,
@@ -86,14 +87,15 @@ def split_task(task: str, src: str, out: str, heldout: int, student_examples: in
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parser.add_argument('--data_dir', default=os.path.join(here, '..', 'shared', 'data', 'glue'))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument('--data_dir', required=True,
+                        help='GLUE 1.0 folder (README: where the files come from)')
     parser.add_argument('--task', default='RTE', help='a GLUE task with a labelled train.tsv')
     parser.add_argument('--output_dir', default='runs/agora_vs_plain')
-    parser.add_argument('--model', default=os.path.join(CACHE, 'minilm_l6_encoder'))
-    parser.add_argument('--mlm_model', default=os.path.join(CACHE,
-                                                            'minilm_l6_mlm_s400_n1500_seed0'))
+    parser.add_argument('--model', default=None,
+                        help='pretrained model (default: the installed all-MiniLM-L6-v2)')
+    parser.add_argument('--mlm_model', default='minilm-head',
+                        help='masked-LM model of the mlm transformation')
     parser.add_argument('--max_length', type=int, default=128)
     parser.add_argument('--heldout', type=int, default=500)
     parser.add_argument('--student_examples', type=int, default=300)
@@ -107,6 +109,7 @@ def main() -> dict:
     parser.add_argument('--min_teacher_accuracy', type=float, default=2 / 3)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
+    args.model = args.model or minilm_dir()
     setup_logging()
     logging.getLogger('bort.checkpoint').setLevel(logging.WARNING)
     os.makedirs(args.output_dir, exist_ok=True)
