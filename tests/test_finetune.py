@@ -244,3 +244,13 @@ def test_run_finetune_config_file_flags_and_predict(tmp_path):
     path.write_text(json.dumps({'task': 'RTE', 'learning_rate': 1.0}))
     with pytest.raises(SystemExit):
         run_finetune.main(['--config', str(path)])
+
+
+def test_predict_with_finetuned_writes_beside_it_without_output_dir(tmp_path):
+    config = toy_glue.finetune_config(tmp_path, epochs=1)
+    result = finetune(config, show_progress=False)
+    summary = run_finetune.main(['--task', 'RTE', '--data_dir', config.data_dir,
+                                 '--finetuned', result.folder, '--predict'])
+    # runs/…/best -> the submission and dev_metrics.json go to runs/…, not runs/finetune
+    assert os.path.dirname(summary['submission']) == config.output_dir
+    assert os.path.isfile(os.path.join(config.output_dir, 'dev_metrics.json'))
