@@ -28,7 +28,11 @@ Columns: median step time and interquartile range of each side, tokens (real, un
 second at the median, the ratio torch / ours (above 1: ours faster), and the row process's
 peak RSS (after our side's warm-up alone, and at the end with both sides).
 
-    PYTHONPATH=. python benchmarks/bench_train_step.py --repeats 10 --warmup 3 --threads 2
+    PYTHONPATH=. python benchmarks/bench_train_step.py --repeats 10 --warmup 3 --threads 2 --plain
+
+``--plain`` adds a third side: our step with the pieces issue 14 replaced put back (GluonNLP's
+length softmax in attention, the norm as ``(g ** 2).sum()`` per gradient and a clipping pass),
+so before and after come from one run, interleaved.
 
 PyTorch and transformers are the ``[hf]`` extra: the reference only.
 """
@@ -167,6 +171,53 @@ def ours_step(row, data):
     return step
 
 
+def _plain_optimizer_step(trainer, params, max_norm=0.0, scale=1.0):
+    """``bort.optim.optimizer_step`` as it was before issue 14: ``(g ** 2).sum()`` per gradient
+    (after a float32 copy), the norm read, then a scaling pass over every gradient."""
+    # pylint: disable=import-outside-toplevel
+    import math
+    import mxnet as mx
+    trainer.allreduce_grads()
+    grads = [p.list_grad()[0] for p in params if p.grad_req != 'null']
+    norm = mx.nd.sqrt(mx.nd.add_n(*[(g.astype('float32') ** 2).sum() for g in grads]))
+    total = float(norm.asscalar()) / scale
+    if math.isfinite(total) and 0 < max_norm < total:
+        for g in grads:
+            g *= max_norm / total
+    if math.isfinite(total):
+        trainer.update(scale)
+    return total
+
+
+def plain_step(row, data):
+    """Our step with the pieces issue 14 replaced put back (the 'before' side, same process):
+    GluonNLP's length softmax in attention and the plain norm and clip."""
+    # pylint: disable=import-outside-toplevel
+    from bort.finetune import loop as finetune_loop
+    from bort.model import _SelfAttentionCell
+    from bort.pretrain import loop as pretrain_loop
+    from bort.search import trainer as search_trainer
+    modules = (pretrain_loop, finetune_loop, search_trainer)
+
+    def run():
+        saved = [m.optimizer_step for m in modules]
+        for m in modules:
+            m.optimizer_step = _plain_optimizer_step
+        try:
+            step()
+        finally:
+            for m, fn in zip(modules, saved):
+                m.optimizer_step = fn
+
+    _SelfAttentionCell.additive_mask = False
+    try:
+        step = ours_step(row, data)
+        run()  # the graphs are traced on this first call, with the length softmax
+    finally:
+        _SelfAttentionCell.additive_mask = True
+    return run
+
+
 # -- torch ---------------------------------------------------------------------------------------
 def torch_step(row, data):
     """The same step written plainly with transformers' BERT in PyTorch (eager)."""
@@ -271,7 +322,7 @@ def _rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_row(name, repeats, warmup, threads):
+def run_row(name, repeats, warmup, threads, plain=False):
     """Time one row in this process; returns a dict of its figures."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import mxnet as mx  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
@@ -283,12 +334,16 @@ def run_row(name, repeats, warmup, threads):
     for _ in range(warmup):
         ours()
     rss_ours = _rss_mb()
-    ref = torch_step(row, data)
-    for _ in range(warmup):
-        ref()
-    times = {'ours': [], 'torch': []}
+    sides = {'ours': ours, 'torch': torch_step(row, data)}
+    if plain:
+        sides['plain'] = plain_step(row, data)
+    for side in ('torch', 'plain'):
+        for _ in range(warmup if side in sides else 0):
+            sides[side]()
+    times = {side: [] for side in sides}
     for r in range(repeats):
-        order = (('ours', ours), ('torch', ref)) if r % 2 == 0 else (('torch', ref), ('ours', ours))
+        order = list(sides.items())
+        order = order[r % len(order):] + order[:r % len(order)]  # rotate who goes first
         for side, fn in order:
             start = time.perf_counter()
             fn()
@@ -300,6 +355,8 @@ def run_row(name, repeats, warmup, threads):
         out[side] = dict(median_ms=1000 * q50, iqr_ms=1000 * (q75 - q25),
                          tokens_per_s=tokens / q50, all_ms=[round(1000 * v, 1) for v in values])
     out['ratio'] = out['torch']['median_ms'] / out['ours']['median_ms']
+    if plain:
+        out['plain_ratio'] = out['plain']['median_ms'] / out['ours']['median_ms']
     return out
 
 
@@ -307,8 +364,20 @@ def table(results):
     lines = ['| row | ours ms (median, IQR) | torch ms (median, IQR) | ours tokens/s | '
              'torch tokens/s | torch/ours | peak RSS MB (ours warm, row) |',
              '|---|---|---|---|---|---|---|']
+    if any('plain' in r for r in results):
+        lines[0] = lines[0].replace(' | ours tokens/s', ' | plain (before) ms | ours tokens/s')
+        lines[0] = lines[0].replace(' | peak RSS', ' | plain/ours | peak RSS')
+        lines[1] += '---|---|'
     for r in results:
         o, t = r['ours'], r['torch']
+        if 'plain' in r:
+            p = r['plain']
+            lines.append(f"| {r['row']} | {o['median_ms']:.0f} ± {o['iqr_ms']:.0f} | "
+                         f"{t['median_ms']:.0f} ± {t['iqr_ms']:.0f} | "
+                         f"{p['median_ms']:.0f} ± {p['iqr_ms']:.0f} | {o['tokens_per_s']:.0f} | "
+                         f"{t['tokens_per_s']:.0f} | {r['ratio']:.2f}x | {r['plain_ratio']:.2f}x | "
+                         f"{r['rss_ours_mb']:.0f}, {r['rss_row_mb']:.0f} |")
+            continue
         lines.append(f"| {r['row']} | {o['median_ms']:.0f} ± {o['iqr_ms']:.0f} | "
                      f"{t['median_ms']:.0f} ± {t['iqr_ms']:.0f} | {o['tokens_per_s']:.0f} | "
                      f"{t['tokens_per_s']:.0f} | {r['ratio']:.2f}x | "
@@ -322,13 +391,17 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=10, help='timed steps per side')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per side first')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 2)
+    parser.add_argument('--plain', action='store_true',
+                        help='also time our step with the pieces issue 14 replaced put back '
+                             '(the length softmax, the plain norm and clip): before and after '
+                             'in one run')
     parser.add_argument('--json', default='', help='also write the figures here')
     parser.add_argument('--child', default='', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         sys.path.insert(0, REPO)
         print('RESULT ' + json.dumps(run_row(args.child, args.repeats, args.warmup,
-                                             args.threads)), flush=True)
+                                             args.threads, args.plain)), flush=True)
         return None
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY='PASSIVE',
                PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -336,7 +409,8 @@ def main(argv=None):
     for name in args.rows.split(','):
         done = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', name,
                                '--repeats', str(args.repeats), '--warmup', str(args.warmup),
-                               '--threads', str(args.threads)], env=env, capture_output=True,
+                               '--threads', str(args.threads)] + ['--plain'] * args.plain,
+                              env=env, capture_output=True,
                               text=True, check=False)
         line = [x for x in done.stdout.splitlines() if x.startswith('RESULT ')]
         if done.returncode or not line:
