@@ -175,6 +175,21 @@ def test_split_glue_sets_rows_aside(tmp_path):
         split_glue(glue, ['SST-2'], str(tmp_path / 'split2'), 0, seed=0)
 
 
+def test_pretrain_curve_keeps_the_last_record_of_a_step(tmp_path):
+    from bort.experiments.miniature import pretrain_curve
+    path = tmp_path / 'metrics.jsonl'
+    records = [{'step': 10, 'eval_mlm_acc': 0.1, 'eval_mlm_top5': 0.2, 'eval_mlm_loss': 7.0},
+               {'step': 20, 'mlm_loss': 6.0, 'tokens_per_s': 1.0},
+               # a kill -9 after step 20's evaluation, resumed from step 10's checkpoint:
+               {'step': 20, 'eval_mlm_acc': 0.3, 'eval_mlm_top5': 0.4, 'eval_mlm_loss': 6.0},
+               {'step': 20, 'eval_mlm_acc': 0.31, 'eval_mlm_top5': 0.4, 'eval_mlm_loss': 6.0},
+               {'step': 20, 'eval_mlm_acc': 0.5, 'final': True}]
+    path.write_text('\n'.join(json.dumps(r) for r in records) + '\n')
+    curve = pretrain_curve(str(path), tokens_per_step=64)
+    assert [(p['step'], p['tokens'], p['acc']) for p in curve] == [(10, 640, 0.1),
+                                                                    (20, 1280, 0.31)]
+
+
 # -- the report from constructed figures ----------------------------------------------------------
 def test_first_rise():
     curve = [{'step': 10, 'tokens': 100, 'acc': 0.075}, {'step': 20, 'tokens': 200, 'acc': 0.09},
