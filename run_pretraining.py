@@ -2,16 +2,22 @@
 
 Single process::
 
-    python run_pretraining.py --data shards/ --teacher teacher/ --arch bort_4_8_768_1024 \\
+    python run_pretraining.py --data shards/ --teacher minilm --arch bort_4_8_768_1024 \\
         --output-dir runs/kd --total-steps 10000
 
 Several workers (Gloo on CPU, NCCL on GPU)::
 
-    horovodrun -np 4 -H localhost:4 python run_pretraining.py --config kd.json --gpu
+    .venv/bin/horovodrun -np 4 -H localhost:4 .venv/bin/python run_pretraining.py \\
+        --config kd.json --gpu
 
 ``--config FILE.json`` holds flag names as keys (``"kd-weight"`` or ``"kd_weight"``); flags on the
 command line win. ``--arch`` takes a registered name, an ``arch.json`` file or folder, a search
-result JSON, or an inline JSON object. Prepare the data with ``python -m bort.pretrain.prepare``.
+result JSON, or an inline JSON object. ``--teacher`` and ``--init_from`` take ``minilm`` (the
+built-in default teacher, built once), a project model folder or a Hugging Face folder; the
+folder each resolves to is logged. ``--max_minutes`` gives the run a time budget (the schedule
+spans it; the run ends with a checkpoint, an evaluation and the final model); Ctrl-C ends it
+after the current step with a checkpoint ``--resume`` continues. Prepare the data with
+``python -m bort.pretrain.prepare --tokenizer minilm ...``.
 """
 from __future__ import annotations
 
