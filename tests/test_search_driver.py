@@ -89,6 +89,19 @@ def test_search_outputs(tiny_inputs, tmp_path):
     table = (out / 'table.md').read_text()
     assert 'tiny-teacher (T)' in table and 'bert_base' in table
     assert table == result['table']
+    assert table.startswith('| Rank |')
+    # Baselines: the context-free floor (the teacher's mean distribution on the held-out
+    # positions, computed here from the cache files) is below any other fixed distribution.
+    base = results['baseline']
+    rows = []
+    for path in sorted((out / 'teacher_cache').glob('*/heldout-*.npz')):
+        logits = np.load(path)['logits'].astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        rows.append(p / p.sum(1, keepdims=True))
+    p = np.concatenate(rows)
+    assert base['context_free'] == pytest.approx(-(p * np.log(p.mean(0))).sum(1).mean(), rel=1e-6)
+    assert base['context_free'] <= base['unigram'] + 1e-9
+    assert base['uniform'] == pytest.approx(np.log(6 + len(WORDS)))
 
 
 def test_teacher_runs_once_per_batch(tiny_inputs, tmp_path):

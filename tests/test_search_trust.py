@@ -147,3 +147,11 @@ def test_unigram_log_probs():
     log_q = unigram_log_probs([np.array([1, 1, 2]), np.array([[2, 2]])], 4, smoothing=0.5)
     counts = np.array([0.5, 2.5, 3.5, 0.5])
     np.testing.assert_allclose(log_q, np.log(counts / counts.sum()))
+
+
+def test_verdict_counts_candidates_above_the_context_free_floor():
+    ranked = _records([6.30, 6.10, 6.28], [10, 20, 30], [1, 2, 3])
+    out = verdict(ranked, 0.02, TEACHER, context_free=6.25)
+    assert out['below_context_free'] == 1  # only 6.10 < 6.25 − 3·0.02
+    assert '2 of 3 candidates are not below the context-free floor' in out['text']
+    assert 'context-free' not in verdict(ranked, 0.02, TEACHER, context_free=7.0)['text']

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,7 +85,8 @@ def measure_trust(config: SearchConfig, comm: Comm, evaluator: CandidateEvaluato
 
 
 def score_with_trust(records: Sequence[Dict], teacher: Dict, repeats: Dict,
-                     config: SearchConfig) -> Tuple[List[Dict], Dict]:
+                     config: SearchConfig, baseline: Optional[Dict] = None
+                     ) -> Tuple[List[Dict], Dict]:
     """Ranked records with σ and W's interval, and the trust summary for results.json.
 
     Each ranked record gains ``error_sd`` (the pooled seed noise σ), ``w_low``/``w_high``
@@ -119,7 +120,8 @@ def score_with_trust(records: Sequence[Dict], teacher: Dict, repeats: Dict,
         for row in repeats['fidelity']:
             if arch_key(row) in by_key:
                 by_key[arch_key(row)]['error_long'] = row['error']
-    judged = verdict(ranked, sigma, teacher, fidelity or None)
+    judged = verdict(ranked, sigma, teacher, fidelity or None,
+                     (baseline or {}).get('context_free'))
     acceptance = {
         'spread_over_noise': judged['spread_over_noise'], 'spread_over_noise_target': SEPARATION,
         'tau_error': fidelity.get('tau_error'), 'tau_target': 0.6,
@@ -132,8 +134,10 @@ def score_with_trust(records: Sequence[Dict], teacher: Dict, repeats: Dict,
 
 
 def unigram_baseline(targets: TeacherTargets, offset: float = 0.0) -> Dict:
-    """e of two models that learned nothing from context, on the same held-out positions: the
-    unigram distribution of the training tokens, and the uniform one (log V).
+    """e of models that learned nothing from context, on the same held-out positions:
+    ``context_free``, the teacher's own distribution averaged over those positions (the lowest
+    e any model ignoring the context can reach: a candidate above it has learned nothing from
+    the context); ``unigram``, the training tokens' frequencies; ``uniform``, log V.
 
     Parameters
     ----------
@@ -143,6 +147,8 @@ def unigram_baseline(targets: TeacherTargets, offset: float = 0.0) -> Dict:
     """
     data = targets.data
     log_q = unigram_log_probs([original_tokens(b) for b in data.train], data.vocab_size)
-    return {'unigram': targets.heldout_cross_entropy_of(log_q) - offset,
+    return {'context_free': targets.heldout_cross_entropy_of(targets.heldout_mean_log_probs())
+            - offset,
+            'unigram': targets.heldout_cross_entropy_of(log_q) - offset,
             'uniform': math.log(data.vocab_size) - offset, 'smoothing': 0.5,
             'tokens': int(sum(len(original_tokens(b)) for b in data.train))}

@@ -281,7 +281,7 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
         teacher['heldout_entropy'] = (evaluator.error_offset if config.error == 'kl'
                                       else targets.heldout_entropy())
     baseline = unigram_baseline(targets, evaluator.error_offset)
-    ranked, trust = score_with_trust(records, teacher, repeats, config)
+    ranked, trust = score_with_trust(records, teacher, repeats, config, baseline)
     evaluated = {arch_key(r): r for r in ranked}
     ref_rows = []
     for name, arch, cost in zip(config.reference, references, ref_costs):

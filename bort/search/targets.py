@@ -248,6 +248,19 @@ class TeacherTargets:
             count += len(p)
         return total / max(count, 1)
 
+    def heldout_mean_log_probs(self) -> np.ndarray:
+        """log of the teacher's distribution averaged over the held-out masked positions (at
+        the temperature): the one fixed distribution with the lowest cross-entropy against the
+        teacher on those positions, i.e. the floor of any model that ignores the context."""
+        total, count = None, 0
+        for index, batch in enumerate(self.data.heldout):
+            logits = (self._heldout[index].logits.astype(np.float64) if self.cached
+                      else self._forward(batch).astype(np.float64)) / self.temperature
+            p = np.exp(logits - _logsumexp(logits)[:, None]).sum(axis=0)
+            total = p if total is None else total + p
+            count += len(logits)
+        return np.log(np.maximum(total / max(count, 1), 1e-30))
+
     def heldout_error(self, index: int, student_logits: mx.nd.NDArray) -> Tuple[float, int]:
         """(sum of per-position cross-entropies, positions) on held-out batch ``index``,
         against the teacher's full distribution."""

@@ -173,7 +173,7 @@ def fidelity_summary(short: Sequence[Dict], long: Sequence[Dict], teacher: Dict,
 
 
 def verdict(ranked: Sequence[Dict], sigma: float, teacher: Dict,
-            fidelity: Optional[Dict] = None) -> Dict:
+            fidelity: Optional[Dict] = None, context_free: Optional[float] = None) -> Dict:
     """A plain statement of what decides the top of the ranking, in numbers and words.
 
     Parameters
@@ -185,6 +185,9 @@ def verdict(ranked: Sequence[Dict], sigma: float, teacher: Dict,
     teacher : dict
     fidelity : dict, optional
         :func:`fidelity_summary`.
+    context_free : float, optional
+        e of the best model that ignores the context; candidates not below it by SEPARATION·σ
+        have learned nothing from the context, and the text says how many.
 
     Returns
     -------
@@ -253,6 +256,15 @@ def verdict(ranked: Sequence[Dict], sigma: float, teacher: Dict,
                  f"{fidelity['candidates']} candidates"
                  + (' — the short run does not rank e as longer training does.'
                     if not fidelity['tau_error'] >= 0.6 else '.'))
+    if context_free is not None and math.isfinite(context_free):
+        margin = SEPARATION * sigma if measured else 0.0
+        learned = sum(1 for e in errors if e < context_free - margin)
+        out['below_context_free'] = learned
+        if learned < len(errors):
+            text += (f' **{len(errors) - learned} of {len(errors)} candidates are not below the '
+                     f'context-free floor ({context_free:.3f}) by {SEPARATION:g}σ**: for them e '
+                     f'measures how fast token frequencies are learned, not what the '
+                     f'architecture learns from context.')
     out['text'] = text
     return out
 
