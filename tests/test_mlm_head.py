@@ -51,6 +51,22 @@ def test_masked_features_use_bert_masking(tiny_bert_arch, rng):
     assert not np.array_equal(again(7), again(8))
 
 
+def test_fast_engine_gives_the_plain_encoder_features(tiny_bert_arch):
+    """The fit encodes on the fast inference path: same masked positions, same features."""
+    from bort.inference.fast import FastModel
+    tokenizer = WordPieceTokenizer(SPECIALS + WORDS)
+    encoder = build_model(tiny_bert_arch.replace(vocab_size=tokenizer.vocab_size, max_length=64),
+                          use_decoder=False)
+    rows = [[2] + list(range(5, 5 + n)) + [3] for n in (60, 41, 60, 17, 33)]  # padded rows too
+    config = HeadFitConfig(seq_len=62, encode_batch=2)
+    plain = masked_features(encoder, rows, tokenizer, config, np.random.RandomState(3))
+    fast = masked_features(encoder, rows, tokenizer, config, np.random.RandomState(3),
+                           engine=FastModel.from_model(encoder))
+    np.testing.assert_array_equal(plain[1], fast[1])
+    np.testing.assert_array_equal(plain[2], fast[2])
+    np.testing.assert_allclose(fast[0], plain[0], atol=1e-4)
+
+
 def test_pack_sequences_fills_up_to_length():
     tokenizer = WordPieceTokenizer(SPECIALS + WORDS)
     docs = [['w1 w2 w3', 'w4 w5'], ['w6 w7 w8 w9']]
