@@ -54,7 +54,7 @@ def tiny_config(tiny_inputs, out, **changes):
     values = dict(teacher=teacher, corpus=(corpus,), out=str(out), num_layers=(1, 2),
                   num_heads=(2, 3), units=(12, 16), hidden_size=(16, 32), epsilon=3, steps=3,
                   batch_size=4, seq_len=16, heldout_batches=2, cost='flops', lr=0.1,
-                  cache_topk=8, progress=False, noise_seeds=0)
+                  cache_topk=8, progress=False, noise_seeds=0, fidelity_factor=0)
     values.update(changes)
     return SearchConfig(**values)
 
@@ -334,3 +334,35 @@ def test_folder_held_second_run_refused(tiny_inputs, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_trust_checks_end_to_end(tiny_inputs, tmp_path):
+    """Noise and fidelity retrainings: stored apart, resumable, arithmetic as in trust.py, and
+    the s-step results identical with the checks on (the longer run gets fresh batches after
+    the same first s)."""
+    from scipy import stats
+    plain = run_search(tiny_config(tiny_inputs, tmp_path / 'plain', epsilon=2))
+    config = tiny_config(tiny_inputs, tmp_path / 'out', epsilon=2, noise_seeds=2,
+                         noise_candidates=2, fidelity_factor=2, fidelity_candidates=4)
+    result = run_search(config)
+    assert _rows(result) == _rows(plain)
+    trust = result['trust']
+    noise = trust['noise']
+    assert noise['df'] == 2 * 2 and len(noise['candidates']) == 2
+    folder = tmp_path / 'out' / 'candidates'
+    assert len(list((folder / 'seed+1').glob('*.json'))) == 2
+    assert len(list((folder / 'steps-x2').glob('*.json'))) == 4
+    groups = [c['errors'] for c in noise['candidates']]
+    assert noise['sigma'] == pytest.approx(np.sqrt(np.mean([np.var(g, ddof=1) for g in groups])))
+    fid = trust['fidelity']
+    assert fid['candidates'] == 4 and fid['factor'] == 2
+    short = [r['error_short'] for r in fid['rows']]
+    long = [r['error_long'] for r in fid['rows']]
+    if np.ptp(short) and np.ptp(long):
+        assert fid['tau_error'] == pytest.approx(stats.kendalltau(short, long).statistic)
+    top = result['candidates'][0]
+    assert top['w_low'] <= top['w'] <= top['w_high'] and top['error_sd'] == noise['sigma']
+    assert 'Seed noise of e' in result['table'] and 'Verdict' in result['table']
+    assert 'Kendall τ(e after s, e after 2·s)' in result['table']
+    again = run_search(config)  # everything stored: nothing retrained, the same table
+    assert again['table'] == result['table']

@@ -116,9 +116,10 @@ class SearchConfig:
                            'on W; 0: not measured)', check=non_negative)
     noise_candidates: int = opt(3, 'how many of the top candidates (by W) are retrained for the '
                                 'noise estimate', check=at_least(1))
-    fidelity_factor: int = opt(0, 'k: train --fidelity_candidates candidates k times longer and '
-                               'report Kendall τ between the s-step and the k·s-step e and W '
-                               '(0: off)', check=non_negative)
+    fidelity_factor: int = opt(4, 'k: train --fidelity_candidates candidates k times longer (on '
+                               'fresh batches) and report Kendall τ between the s-step and the '
+                               'k·s-step e and W (0: off; about two thirds of the default '
+                               "run's training time)", check=non_negative)
     fidelity_candidates: int = opt(6, 'candidates of the fidelity check, spread evenly over '
                                    'the candidates sorted by size', check=at_least(2))
     # -- the teacher cache ---------------------------------------------------------------------
