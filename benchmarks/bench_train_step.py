@@ -31,8 +31,9 @@ peak RSS (after our side's warm-up alone, and at the end with both sides).
     PYTHONPATH=. python benchmarks/bench_train_step.py --repeats 10 --warmup 3 --threads 2 --plain
 
 ``--plain`` adds a third side: our step with the pieces issue 14 replaced put back (GluonNLP's
-length softmax in attention, the norm as ``(g ** 2).sum()`` per gradient and a clipping pass),
-so before and after come from one run, interleaved.
+length softmax in attention, MXNet's LayerNorm, Dropout and softmax in place of the fused
+operators of :mod:`bort.kernels`, the norm as ``(g ** 2).sum()`` per gradient and a clipping
+pass), so before and after come from one run, interleaved.
 
 PyTorch and transformers are the ``[hf]`` extra: the reference only.
 """
@@ -191,10 +192,10 @@ def _plain_optimizer_step(trainer, params, max_norm=0.0, scale=1.0):
 
 def plain_step(row, data):
     """Our step with the pieces issue 14 replaced put back (the 'before' side, same process):
-    GluonNLP's length softmax in attention and the plain norm and clip."""
+    GluonNLP's length softmax in attention, MXNet's own operators, the plain norm and clip."""
     # pylint: disable=import-outside-toplevel
     from bort.finetune import loop as finetune_loop
-    from bort.model import _SelfAttentionCell
+    from bort.model import BortModel, _SelfAttentionCell
     from bort.pretrain import loop as pretrain_loop
     from bort.search import trainer as search_trainer
     modules = (pretrain_loop, finetune_loop, search_trainer)
@@ -210,11 +211,13 @@ def plain_step(row, data):
                 m.optimizer_step = fn
 
     _SelfAttentionCell.additive_mask = False
+    BortModel.fused_kernels = False
     try:
         step = ours_step(row, data)
-        run()  # the graphs are traced on this first call, with the length softmax
+        run()  # the graphs are traced on this first call: length softmax, MXNet's operators
     finally:
         _SelfAttentionCell.additive_mask = True
+        BortModel.fused_kernels = True
     return run
 
 
@@ -393,8 +396,8 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 2)
     parser.add_argument('--plain', action='store_true',
                         help='also time our step with the pieces issue 14 replaced put back '
-                             '(the length softmax, the plain norm and clip): before and after '
-                             'in one run')
+                             '(the length softmax, MXNet\'s own operators, the plain norm and '
+                             'clip): before and after in one run')
     parser.add_argument('--json', default='', help='also write the figures here')
     parser.add_argument('--child', default='', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1,0 +1,503 @@
+// Fused CPU operators for Bort's training graphs (forward and backward), loaded into MXNet with
+// mx.library.load by bort/kernels.py. float32 only; rows are counted over every axis but the last.
+//
+// bort_layer_norm(x, gamma, beta; eps) -> (out, mean, rstd)
+//   out = (x - mean) * rstd * gamma + beta per row, rstd = 1 / sqrt(var + eps); mean and rstd
+//   (rows,) are kept for the backward only (their incoming gradients are ignored).
+//   Backward: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * gamma,
+//   dgamma = sum_rows dout * xhat, dbeta = sum_rows dout.
+//
+// bort_dropout(x, mode; p) -> (out, keep)
+//   Inverted dropout: out = x * keep / (1 - p), keep (uint8) drawn with P(keep) = 1 - p, where
+//   training; out = x, keep = 1 where not (see `mode`). Backward: dx = dout * keep / (1 - p).
+//
+// bort_attention_softmax(scores, valid_length, mode; heads, p) -> (out, probs)
+//   probs[n, q, j] = softmax over j < len of scores[n, q, :len], 0 beyond,
+//   len = valid_length[n / heads] (len <= 0: every key); out = dropout(probs) as bort_dropout.
+//   scores: (B * heads, L_q, L_k), valid_length: (B,) float. Same probabilities as adding a
+//   -1e9 mask to the padded keys and taking the softmax (their weights are exactly 0).
+//   Backward: dp = dout * keep / (1 - p), dscores = probs * (dp - sum_j probs * dp).
+//   The keep mask is read back from out and probs: kept <=> out != 0, and where probs == 0 the
+//   gradient is 0 either way.
+//
+// bort_sum_squares(a_0, ..., a_{n-1}; num_arrays) -> (1,) the L2 norm of all the arrays together,
+//   accumulated in double in fixed blocks (the same result for any thread count).
+//
+// Why `mode`: MXNet's library interface does not pass the training flag to an operator. `mode`
+// is MXNet's own Dropout (p = 0.5) applied to a one-element array of ones: in training it is 0
+// or 2, in inference exactly 1 (Dropout is then the identity), so the flag travels with the graph.
+//
+// Random numbers: one 64-bit key a call from MXNet's seeded CPU generator (mx.random.seed),
+// then a counter-based hash (SplitMix64's finaliser) of (key, element index): reproducible, the
+// same for any thread count, and vectorisable, unlike one std::mt19937 draw per element.
+//
+// Gradient requests: MXNet's library interface does not say whether an output gradient is to
+// be written or added to; these backward functions always write. The Python side feeds
+// parameters through an identity (whose backward honours 'add') and uses the operators only
+// where MXNet writes intermediate gradients (see bort/kernels.py).
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using Attrs = std::unordered_map<std::string, std::string>;
+using Shapes = std::vector<std::vector<unsigned int>>;
+
+namespace {
+
+constexpr MXReturnValue kOk = MXReturnValue::MX_SUCCESS;
+constexpr MXReturnValue kFail = MXReturnValue::MX_FAIL;
+
+int IntAttr(const Attrs& attrs, const char* key, int fallback) {
+  auto it = attrs.find(key);
+  return it == attrs.end() ? fallback : std::stoi(it->second);
+}
+
+float FloatAttr(const Attrs& attrs, const char* key, float fallback) {
+  auto it = attrs.find(key);
+  return it == attrs.end() ? fallback : std::stof(it->second);
+}
+
+int64_t Rows(const MXTensor& t) { return t.size() / t.shape.back(); }
+
+bool Training(const MXTensor& mode) { return *const_cast<MXTensor&>(mode).data<float>() != 1.f; }
+
+// -- random bits ------------------------------------------------------------------------------
+uint64_t DrawKey(const OpResource& res) {
+  mxnet::ext::mx_cpu_rand_t& gen = res.get_cpu_rand_states()[0];
+  const uint64_t hi = gen(), lo = gen();
+  return (hi << 32) | lo;
+}
+
+inline uint64_t Mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// 32 random bits for element i: SplitMix64's output for counter i of the stream `key`.
+inline uint32_t Bits(uint64_t key, int64_t i) {
+  return static_cast<uint32_t>(Mix(key + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull) >> 32);
+}
+
+// Keep an element when its bits reach p * 2^32: P(keep) = 1 - p to within 2^-32.
+uint32_t DropThreshold(float p) {
+  const double t = std::ceil(static_cast<double>(p) * 4294967296.0);
+  return t >= 4294967295.0 ? 4294967295u : static_cast<uint32_t>(t);
+}
+
+// exp(x) in float32 by x = k ln2 + r and a degree-6 Taylor polynomial of e^r (relative error
+// ~2e-7): std::exp does not vectorise without -ffast-math, and the softmax is exp-bound.
+inline float FastExp(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float k = std::floor(x * 1.44269504f + 0.5f);
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  float e = 1.f / 720.f;
+  e = e * r + 1.f / 120.f;
+  e = e * r + 1.f / 24.f;
+  e = e * r + 1.f / 6.f;
+  e = e * r + 0.5f;
+  e = e * r + 1.f;
+  e = e * r + 1.f;
+  union {
+    int32_t i;
+    float f;
+  } two_k;
+  two_k.i = (static_cast<int32_t>(k) + 127) << 23;
+  return e * two_k.f;
+}
+
+// -- LayerNorm ----------------------------------------------------------------------------------
+MXReturnValue LayerNormForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                               std::vector<MXTensor>* outputs, const OpResource& res) {
+  MXTensor& x = (*inputs)[0];
+  const float* gamma = (*inputs)[1].data<float>();
+  const float* beta = (*inputs)[2].data<float>();
+  const int64_t width = x.shape.back();
+  const int64_t rows = Rows(x);
+  const float eps = FloatAttr(attrs, "eps", 1e-5f);
+  const float* xs = x.data<float>();
+  float* os = (*outputs)[0].data<float>();
+  float* means = (*outputs)[1].data<float>();
+  float* rstds = (*outputs)[2].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xi = xs + i * width;
+    float* oi = os + i * width;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < width; ++j) sum += xi[j];
+    const float mean = sum / static_cast<float>(width);
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < width; ++j) {
+      const float d = xi[j] - mean;
+      sq += d * d;
+    }
+    const float rstd = 1.f / std::sqrt(sq / static_cast<float>(width) + eps);
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) oi[j] = (xi[j] - mean) * rstd * gamma[j] + beta[j];
+    means[i] = mean;
+    rstds[i] = rstd;
+  }
+  return kOk;
+}
+
+// inputs: dout, dmean, drstd, x, gamma, beta, out, mean, rstd; outputs: dx, dgamma, dbeta.
+MXReturnValue LayerNormBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float* dout = (*inputs)[0].data<float>();
+  MXTensor& x = (*inputs)[3];
+  const float* gamma = (*inputs)[4].data<float>();
+  const float* means = (*inputs)[7].data<float>();
+  const float* rstds = (*inputs)[8].data<float>();
+  const int64_t width = x.shape.back();
+  const int64_t rows = Rows(x);
+  const float* xs = x.data<float>();
+  float* dx = (*outputs)[0].data<float>();
+  float* dgamma = (*outputs)[1].data<float>();
+  float* dbeta = (*outputs)[2].data<float>();
+  // Per-thread partial sums of dgamma and dbeta over contiguous row ranges, added in thread
+  // order afterwards (double: 1024+ rows of float products).
+  const int threads = omp_get_max_threads();
+  std::vector<double> partial(static_cast<size_t>(threads) * 2 * width, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    const int n = omp_get_num_threads();
+    const int64_t begin = rows * t / n, end = rows * (t + 1) / n;
+    double* pg = partial.data() + static_cast<size_t>(t) * 2 * width;
+    double* pb = pg + width;
+    for (int64_t i = begin; i < end; ++i) {
+      const float* xi = xs + i * width;
+      const float* di = dout + i * width;
+      float* gi = dx + i * width;
+      const float mean = means[i], rstd = rstds[i];
+      float sum_g = 0.f, sum_gx = 0.f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+      for (int64_t j = 0; j < width; ++j) {
+        const float xhat = (xi[j] - mean) * rstd;
+        const float g = di[j] * gamma[j];
+        sum_g += g;
+        sum_gx += g * xhat;
+        pg[j] += static_cast<double>(di[j] * xhat);
+        pb[j] += static_cast<double>(di[j]);
+      }
+      const float mg = sum_g / static_cast<float>(width);
+      const float mgx = sum_gx / static_cast<float>(width);
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) {
+        const float xhat = (xi[j] - mean) * rstd;
+        gi[j] = rstd * (di[j] * gamma[j] - mg - xhat * mgx);
+      }
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    double g = 0.0, b = 0.0;
+    for (int t = 0; t < threads; ++t) {
+      g += partial[static_cast<size_t>(t) * 2 * width + j];
+      b += partial[static_cast<size_t>(t) * 2 * width + width + j];
+    }
+    dgamma[j] = static_cast<float>(g);
+    dbeta[j] = static_cast<float>(b);
+  }
+  return kOk;
+}
+
+MXReturnValue LayerNormAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 3;
+  *num_out = 3;
+  return kOk;
+}
+
+MXReturnValue AllFloat32(const Attrs& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  for (int type : *in_types) {
+    if (type != mxnet::ext::kFloat32) {
+      MX_ERROR_MSG << "bort training operators take float32 only";
+      return kFail;
+    }
+  }
+  for (int& type : *out_types) type = mxnet::ext::kFloat32;
+  return kOk;
+}
+
+MXReturnValue LayerNormShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const std::vector<unsigned int>& x = (*in_shapes)[0];
+  if (x.empty()) return kFail;
+  for (int p = 1; p < 3; ++p) {
+    const std::vector<unsigned int>& v = (*in_shapes)[p];
+    if (v.size() != 1 || v[0] != x.back()) {
+      MX_ERROR_MSG << "bort_layer_norm: gamma and beta must be (" << x.back() << ",)";
+      return kFail;
+    }
+  }
+  unsigned int rows = 1;
+  for (size_t k = 0; k + 1 < x.size(); ++k) rows *= x[k];
+  (*out_shapes)[0] = x;
+  (*out_shapes)[1] = {rows};
+  (*out_shapes)[2] = {rows};
+  return kOk;
+}
+
+// -- dropout ------------------------------------------------------------------------------------
+MXReturnValue DropoutForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                             std::vector<MXTensor>* outputs, const OpResource& res) {
+  MXTensor& x = (*inputs)[0];
+  const int64_t n = x.size();
+  const float* xs = x.data<float>();
+  float* os = (*outputs)[0].data<float>();
+  uint8_t* keep = (*outputs)[1].data<uint8_t>();
+  const float p = FloatAttr(attrs, "p", 0.f);
+  if (!Training((*inputs)[1]) || p <= 0.f) {
+    std::memcpy(os, xs, sizeof(float) * n);
+    std::memset(keep, 1, n);
+    return kOk;
+  }
+  const uint64_t key = DrawKey(res);
+  const uint32_t threshold = DropThreshold(p);
+  const float scale = 1.f / (1.f - p);
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t k = Bits(key, i) >= threshold;
+    keep[i] = k;
+    os[i] = k ? xs[i] * scale : 0.f;
+  }
+  return kOk;
+}
+
+// inputs: dout, dkeep, x, mode, out, keep; outputs: dx, dmode.
+MXReturnValue DropoutBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float* dout = (*inputs)[0].data<float>();
+  const uint8_t* keep = (*inputs)[5].data<uint8_t>();
+  MXTensor& dx = (*outputs)[0];
+  const int64_t n = dx.size();
+  float* ds = dx.data<float>();
+  const float p = FloatAttr(attrs, "p", 0.f);
+  const float scale = Training((*inputs)[3]) && p > 0.f ? 1.f / (1.f - p) : 1.f;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) ds[i] = keep[i] ? dout[i] * scale : 0.f;
+  (*outputs)[1].data<float>()[0] = 0.f;
+  return kOk;
+}
+
+MXReturnValue DropoutAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 2;
+  *num_out = 2;
+  return kOk;
+}
+
+MXReturnValue DropoutType(const Attrs& attrs, std::vector<int>* in_types,
+                          std::vector<int>* out_types) {
+  for (int type : *in_types) {
+    if (type != mxnet::ext::kFloat32) return kFail;
+  }
+  (*out_types)[0] = mxnet::ext::kFloat32;
+  (*out_types)[1] = mxnet::ext::kUint8;
+  return kOk;
+}
+
+MXReturnValue DropoutShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const float p = FloatAttr(attrs, "p", 0.f);
+  if (!(p >= 0.f && p < 1.f)) {
+    MX_ERROR_MSG << "bort_dropout: p must be in [0, 1)";
+    return kFail;
+  }
+  (*out_shapes)[0] = (*in_shapes)[0];
+  (*out_shapes)[1] = (*in_shapes)[0];
+  return kOk;
+}
+
+// -- attention softmax --------------------------------------------------------------------------
+MXReturnValue AttentionSoftmaxForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  MXTensor& scores = (*inputs)[0];
+  const float* valid = (*inputs)[1].data<float>();
+  const int64_t keys = scores.shape[2];
+  const int64_t queries = scores.shape[1];
+  const int64_t rows = scores.shape[0] * queries;
+  const int64_t per_item = IntAttr(attrs, "heads", 1) * queries;
+  const float p = FloatAttr(attrs, "p", 0.f);
+  const bool drop = Training((*inputs)[2]) && p > 0.f;
+  const uint64_t key = drop ? DrawKey(res) : 0;
+  const uint32_t threshold = DropThreshold(p);
+  const float scale = drop ? 1.f / (1.f - p) : 1.f;
+  const float* ss = scores.data<float>();
+  float* os = (*outputs)[0].data<float>();
+  float* ps = (*outputs)[1].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* si = ss + i * keys;
+    float* pi = ps + i * keys;
+    float* oi = os + i * keys;
+    int64_t len = static_cast<int64_t>(valid[i / per_item] + 0.5f);
+    len = len <= 0 || len > keys ? keys : len;
+    float top = -3.0e38f;
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < len; ++j) top = si[j] > top ? si[j] : top;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < len; ++j) {
+      const float e = FastExp(si[j] - top);
+      pi[j] = e;
+      sum += e;
+    }
+    const float inv = 1.f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) pi[j] *= inv;
+    for (int64_t j = len; j < keys; ++j) pi[j] = 0.f;
+    if (drop) {
+      const int64_t base = i * keys;
+#pragma omp simd
+      for (int64_t j = 0; j < keys; ++j) {
+        oi[j] = Bits(key, base + j) >= threshold ? pi[j] * scale : 0.f;
+      }
+    } else {
+      std::memcpy(oi, pi, sizeof(float) * keys);
+    }
+  }
+  return kOk;
+}
+
+// inputs: dout, dprobs, scores, valid_length, mode, out, probs;
+// outputs: dscores, dvalid_length, dmode.
+MXReturnValue AttentionSoftmaxBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float* dout = (*inputs)[0].data<float>();
+  const float* os = (*inputs)[5].data<float>();
+  MXTensor& probs = (*inputs)[6];
+  const float* ps = probs.data<float>();
+  const int64_t keys = probs.shape[2];
+  const int64_t rows = probs.size() / keys;
+  const float p = FloatAttr(attrs, "p", 0.f);
+  const bool drop = Training((*inputs)[4]) && p > 0.f;
+  const float scale = drop ? 1.f / (1.f - p) : 1.f;
+  float* ds = (*outputs)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* di = dout + i * keys;
+    const float* oi = os + i * keys;
+    const float* pi = ps + i * keys;
+    float* gi = ds + i * keys;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < keys; ++j) {
+      const float dp = drop ? (oi[j] != 0.f ? di[j] * scale : 0.f) : di[j];
+      gi[j] = dp;
+      dot += dp * pi[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < keys; ++j) gi[j] = pi[j] * (gi[j] - dot);
+  }
+  std::memset((*outputs)[1].data<float>(), 0, sizeof(float) * (*outputs)[1].size());
+  (*outputs)[2].data<float>()[0] = 0.f;
+  return kOk;
+}
+
+MXReturnValue AttentionSoftmaxAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 3;
+  *num_out = 2;
+  return kOk;
+}
+
+MXReturnValue AttentionSoftmaxShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const std::vector<unsigned int>& scores = (*in_shapes)[0];
+  const std::vector<unsigned int>& valid = (*in_shapes)[1];
+  const int heads = IntAttr(attrs, "heads", 1);
+  const float p = FloatAttr(attrs, "p", 0.f);
+  if (scores.size() != 3 || valid.size() != 1 || heads < 1 ||
+      scores[0] != valid[0] * static_cast<unsigned int>(heads) || !(p >= 0.f && p < 1.f)) {
+    MX_ERROR_MSG << "bort_attention_softmax: scores must be (B * heads, L_q, L_k), "
+                 << "valid_length (B,), p in [0, 1)";
+    return kFail;
+  }
+  (*out_shapes)[0] = scores;
+  (*out_shapes)[1] = scores;
+  return kOk;
+}
+
+// -- the global norm ------------------------------------------------------------------------------
+constexpr int64_t kNormBlock = 1 << 16;
+
+MXReturnValue SumSquaresForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                std::vector<MXTensor>* outputs, const OpResource& res) {
+  // Fixed blocks of every array, each summed in double, then added in order.
+  std::vector<std::pair<const float*, int64_t>> blocks;
+  for (MXTensor& t : *inputs) {
+    const float* data = t.data<float>();
+    const int64_t n = t.size();
+    for (int64_t b = 0; b < n; b += kNormBlock) {
+      blocks.emplace_back(data + b, n - b < kNormBlock ? n - b : kNormBlock);
+    }
+  }
+  std::vector<double> partial(blocks.size(), 0.0);
+  const int64_t count = static_cast<int64_t>(blocks.size());
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int64_t b = 0; b < count; ++b) {
+    const float* data = blocks[b].first;
+    const int64_t n = blocks[b].second;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(data[j]) * data[j];
+    partial[b] = sum;
+  }
+  double total = 0.0;
+  for (double v : partial) total += v;
+  (*outputs)[0].data<float>()[0] = static_cast<float>(std::sqrt(total));
+  return kOk;
+}
+
+MXReturnValue SumSquaresAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = IntAttr(attrs, "num_arrays", 1);
+  *num_out = 1;
+  return *num_in >= 1 ? kOk : kFail;
+}
+
+MXReturnValue SumSquaresShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  (*out_shapes)[0] = {1};
+  return kOk;
+}
+
+}  // namespace
+
+REGISTER_OP(bort_layer_norm)
+    .setForward(LayerNormForward, "cpu")
+    .setBackward(LayerNormBackward, "cpu")
+    .setParseAttrs(LayerNormAttrs)
+    .setInferType(AllFloat32)
+    .setInferShape(LayerNormShape);
+
+REGISTER_OP(bort_dropout)
+    .setForward(DropoutForward, "cpu")
+    .setBackward(DropoutBackward, "cpu")
+    .setParseAttrs(DropoutAttrs)
+    .setInferType(DropoutType)
+    .setInferShape(DropoutShape);
+
+REGISTER_OP(bort_attention_softmax)
+    .setForward(AttentionSoftmaxForward, "cpu")
+    .setBackward(AttentionSoftmaxBackward, "cpu")
+    .setParseAttrs(AttentionSoftmaxAttrs)
+    .setInferType(AllFloat32)
+    .setInferShape(AttentionSoftmaxShape);
+
+REGISTER_OP(bort_sum_squares)
+    .setForward(SumSquaresForward, "cpu")
+    .setParseAttrs(SumSquaresAttrs)
+    .setInferType(AllFloat32)
+    .setInferShape(SumSquaresShape);
+
+MXReturnValue initialize(int version) {
+  // The custom-operator API of MXNet 1.9 (library version 11).
+  return version >= 10900 ? MXReturnValue::MX_SUCCESS : MXReturnValue::MX_FAIL;
+}

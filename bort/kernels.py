@@ -1,0 +1,213 @@
+"""Fused CPU operators for training (``bort/csrc/train_ops.cc``), and the build of such libraries.
+
+MXNet 1.9 on CPU spends a fine-tuning step of a MiniLM-sized model (8 x 128 tokens, 2 cores)
+largely outside the matrix products: LayerNorm's backward (~15 ms a call, a generic reduction),
+Dropout (one ``std::mt19937`` draw per element), the attention mask's broadcast and the softmax
+around it, and the gradient norm. :func:`load_train_ops` makes these available in ``mx.nd``
+and ``mx.sym``, each with its backward:
+
+- ``bort_layer_norm``: LayerNorm, forward and backward one pass over each row;
+- ``bort_dropout``: inverted dropout from a counter-based hash of one seeded key a call;
+- ``bort_attention_softmax``: the softmax over each row's valid keys and the attention dropout;
+- ``bort_sum_squares``: the global L2 norm of many arrays in one pass (double accumulation).
+
+:mod:`bort.model` uses them through :func:`layer_norm`, :func:`dropout` and
+:func:`attention_softmax`; :mod:`bort.optim` through :func:`global_norm`.
+
+Two limits of MXNet's library interface shape how they are used. It does not pass the training
+flag to an operator: :func:`train_mode` derives it inside the graph from MXNet's own Dropout.
+It does not say whether a gradient is to be written or added to ('add' is gradient
+accumulation): the operators always write, so parameters reach them through an identity, whose
+backward honours 'add', and inputs are never leaves of the graph. With
+``MXNET_EXEC_ENABLE_ADDTO=1`` (MXNet then asks operators to add into intermediate gradients too)
+the training operators are not used.
+
+Building: the C++ compiler (``$CXX`` or ``g++``) for this machine's CPU (``-march=native``),
+against the custom-operator API shipped in the MXNet wheel, into ``$BORT_CACHE/kernels``
+(default ``~/.cache/bort/kernels``) under a key of the sources, the MXNet version, the flags and
+the CPU; later processes load the cached file. Without a compiler, or with
+``BORT_FUSED_OPS=0``, nothing is built (one warning) and callers keep MXNet's own operators
+(same results to float32 rounding; dropout masks differ, drawn from another generator).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from typing import List, Optional, Sequence
+
+import mxnet as mx
+import numpy as np
+
+__all__ = ['build_library', 'load_library', 'load_train_ops', 'train_ops_usable', 'layer_norm',
+           'dropout', 'attention_softmax', 'train_mode', 'global_norm', 'TRAIN_SOURCE',
+           'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_ATTENTION_SOFTMAX', 'OP_SUM_SQUARES']
+
+log = logging.getLogger(__name__)
+
+TRAIN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'train_ops.cc')
+OP_LAYER_NORM = 'bort_layer_norm'
+OP_DROPOUT = 'bort_dropout'
+OP_ATTENTION_SOFTMAX = 'bort_attention_softmax'
+OP_SUM_SQUARES = 'bort_sum_squares'
+# No errno and no FP traps: lets exp/sqrt vectorize (8x on the softmax's exp); nothing here
+# reads errno or relies on traps. Not -ffast-math: NaN/inf stay IEEE.
+FLAGS = ('-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fopenmp',
+         '-shared', '-fPIC', '-std=c++17')
+
+_LOADED = {}  # source -> the library path loaded, or '' when unavailable
+
+
+def _cache_dir() -> str:
+    root = os.environ.get('BORT_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                        'bort')
+    return os.path.join(root, 'kernels')
+
+
+def _cpu_signature() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            lines = [line for line in f if line.startswith(('model name', 'flags'))]
+        return ''.join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _mxnet_dir() -> str:
+    return os.path.dirname(os.path.abspath(mx.__file__))
+
+
+def _library_path(source: str, stem: str) -> str:
+    lib_api = os.path.join(_mxnet_dir(), 'src', 'lib_api.cc')
+    digest = hashlib.sha1()
+    for path in (source, lib_api):
+        with open(path, 'rb') as f:
+            digest.update(f.read())
+    digest.update(' '.join((mx.__version__,) + FLAGS).encode())
+    digest.update(_cpu_signature().encode())
+    return os.path.join(_cache_dir(), f'{stem}_{digest.hexdigest()[:16]}.so')
+
+
+def _compile(source: str, target: str) -> None:
+    """Build ``source`` into ``target`` (atomically: concurrent workers may race)."""
+    compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+    if not compiler:
+        raise RuntimeError('no C++ compiler found (set CXX)')
+    include = os.path.join(_mxnet_dir(), 'include')
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(target))
+    os.close(fd)
+    cmd = [compiler, *FLAGS, source, os.path.join(_mxnet_dir(), 'src', 'lib_api.cc'),
+           '-I', include, '-o', tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_library(source: str, stem: str) -> str:
+    """The path of ``source`` built for this machine and MXNet (compiled when not cached)."""
+    path = _library_path(source, stem)
+    if not os.path.exists(path):
+        log.info('compiling %s -> %s', source, path)
+        _compile(source, path)
+    return path
+
+
+def load_library(source: str, stem: str, ops: Sequence[str], what: str) -> bool:
+    """Build (once per machine) and load ``source``; True when its ``ops`` are usable.
+
+    Idempotent and cheap after the first call. A failure is logged once as a warning (naming
+    ``what`` falls back) and gives False; ``BORT_FUSED_OPS=0`` gives False without trying.
+    """
+    if source in _LOADED:
+        return bool(_LOADED[source])
+    _LOADED[source] = ''
+    if os.environ.get('BORT_FUSED_OPS', '1') == '0':
+        log.info('fused operators disabled by BORT_FUSED_OPS=0')
+        return False
+    try:
+        path = build_library(source, stem)
+        mx.library.load(path, verbose=False)
+        for op in ops:
+            if not hasattr(mx.nd, op):
+                raise RuntimeError(f'{path} loaded but {op} is not registered')
+    except (OSError, RuntimeError, mx.base.MXNetError) as err:
+        log.warning('fused operators unavailable, %s uses MXNet\'s own (slower): %s', what, err)
+        return False
+    _LOADED[source] = path
+    return True
+
+
+def load_train_ops() -> bool:
+    """Build and load the training operators; True when they are usable."""
+    return load_library(TRAIN_SOURCE, 'libbort_train',
+                        (OP_LAYER_NORM, OP_DROPOUT, OP_ATTENTION_SOFTMAX, OP_SUM_SQUARES),
+                        'training')
+
+
+def train_ops_usable() -> bool:
+    """The operators loaded, and MXNet writes (not adds) intermediate gradients."""
+    return os.environ.get('MXNET_EXEC_ENABLE_ADDTO', '0') != '1' and load_train_ops()
+
+
+# -- graph pieces (F: mx.nd or mx.sym) ---------------------------------------------------------
+def train_mode(F):
+    """A (1,) float32 array that is exactly 1 in inference and 0 or 2 in training.
+
+    MXNet's Dropout (p = 0.5) of a one: the identity in inference, 0 or 1 / (1 - p) in
+    training. The operators read the flag from it (MXNet does not pass it to library ops).
+    """
+    return F.BlockGrad(F.Dropout(F.ones(shape=(1,)), p=0.5))
+
+
+def layer_norm(F, x, gamma, beta, eps: float):
+    """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * gamma + beta``.
+
+    Parameters
+    ----------
+    x : (..., H) float32
+    gamma, beta : (H,) float32
+        Parameters, through an identity (its backward writes or adds as the gradient asks).
+    """
+    return getattr(F, OP_LAYER_NORM)(x, F.identity(gamma), F.identity(beta), eps=eps)[0]
+
+
+def dropout(F, x, p: float, mode):
+    """Inverted dropout of ``x`` with probability ``p`` in training (``mode``: :func:`train_mode`)."""
+    return getattr(F, OP_DROPOUT)(x, mode, p=p)[0]
+
+
+def attention_softmax(F, scores, lengths, heads: int, p: float, mode):
+    """Softmax over each row's valid keys, then dropout with probability ``p`` in training.
+
+    Parameters
+    ----------
+    scores : (B * heads, L_q, L_k) float32
+    lengths : (B,) float32
+        Valid keys of each batch row; the keys beyond get weight exactly 0.
+
+    Returns
+    -------
+    (B * heads, L_q, L_k) float32
+    """
+    return getattr(F, OP_ATTENTION_SOFTMAX)(scores, lengths, mode, heads=heads, p=p)[0]
+
+
+def global_norm(arrays: List[mx.nd.NDArray]) -> Optional[mx.nd.NDArray]:
+    """The L2 norm of ``arrays`` together, (1,) float32, in one pass; None without the op.
+
+    Sums in double over fixed blocks: the same value for any thread count.
+    """
+    if not arrays or not load_train_ops() or any(np.dtype(a.dtype) != np.float32 or
+                                                 a.context.device_type != 'cpu' for a in arrays):
+        return None
+    return getattr(mx.nd, OP_SUM_SQUARES)(*arrays, num_arrays=len(arrays))
