@@ -1,18 +1,20 @@
 """Fused CPU operators for training (``bort/csrc/train_ops.cc``), and the build of such libraries.
 
 MXNet 1.9 on CPU spends a fine-tuning step of a MiniLM-sized model (8 x 128 tokens, 2 cores)
-largely outside the matrix products: LayerNorm's backward (~15 ms a call, a generic reduction),
-Dropout (one ``std::mt19937`` draw per element), the attention mask's broadcast and the softmax
-around it, and the gradient norm. :func:`load_train_ops` makes these available in ``mx.nd``
+largely outside the dense layers' products: LayerNorm's backward (~15 ms a call, a generic
+reduction), Dropout (one ``std::mt19937`` draw per element), attention (its per-head products
+as BLAS calls of (128 x 32) x (32 x 128), ~5x the time of their arithmetic, the mask's
+broadcast and the softmax around them), and the gradient norm. :func:`load_train_ops` makes these available in ``mx.nd``
 and ``mx.sym``, each with its backward:
 
 - ``bort_layer_norm``: LayerNorm, forward and backward one pass over each row;
 - ``bort_dropout``: inverted dropout from a counter-based hash of one seeded key a call;
-- ``bort_attention_softmax``: the softmax over each row's valid keys and the attention dropout;
+- ``bort_self_attention``: the per-head products, the softmax over each row's valid keys and
+  the attention dropout, from and to GluonNLP's interleaved layouts;
 - ``bort_sum_squares``: the global L2 norm of many arrays in one pass (double accumulation).
 
 :mod:`bort.model` uses them through :func:`layer_norm`, :func:`dropout` and
-:func:`attention_softmax`; :mod:`bort.optim` through :func:`global_norm`.
+:func:`self_attention`; :mod:`bort.optim` through :func:`global_norm`.
 
 Two limits of MXNet's library interface shape how they are used. It does not pass the training
 flag to an operator: :func:`train_mode` derives it inside the graph from MXNet's own Dropout.
@@ -44,15 +46,15 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ['build_library', 'load_library', 'load_train_ops', 'train_ops_usable', 'layer_norm',
-           'dropout', 'attention_softmax', 'train_mode', 'global_norm', 'TRAIN_SOURCE',
-           'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_ATTENTION_SOFTMAX', 'OP_SUM_SQUARES']
+           'dropout', 'self_attention', 'train_mode', 'global_norm', 'TRAIN_SOURCE',
+           'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES']
 
 log = logging.getLogger(__name__)
 
 TRAIN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'train_ops.cc')
 OP_LAYER_NORM = 'bort_layer_norm'
 OP_DROPOUT = 'bort_dropout'
-OP_ATTENTION_SOFTMAX = 'bort_attention_softmax'
+OP_SELF_ATTENTION = 'bort_self_attention'
 OP_SUM_SQUARES = 'bort_sum_squares'
 # No errno and no FP traps: lets exp/sqrt vectorize (8x on the softmax's exp); nothing here
 # reads errno or relies on traps. Not -ffast-math: NaN/inf stay IEEE.
@@ -150,7 +152,7 @@ def load_library(source: str, stem: str, ops: Sequence[str], what: str) -> bool:
 def load_train_ops() -> bool:
     """Build and load the training operators; True when they are usable."""
     return load_library(TRAIN_SOURCE, 'libbort_train',
-                        (OP_LAYER_NORM, OP_DROPOUT, OP_ATTENTION_SOFTMAX, OP_SUM_SQUARES),
+                        (OP_LAYER_NORM, OP_DROPOUT, OP_SELF_ATTENTION, OP_SUM_SQUARES),
                         'training')
 
 
@@ -186,20 +188,24 @@ def dropout(F, x, p: float, mode):
     return getattr(F, OP_DROPOUT)(x, mode, p=p)[0]
 
 
-def attention_softmax(F, scores, lengths, heads: int, p: float, mode):
-    """Softmax over each row's valid keys, then dropout with probability ``p`` in training.
+def self_attention(F, qkv, lengths, heads: int, p: float, mode):
+    """Self-attention of interleaved projections, padded keys masked, dropout in training.
 
     Parameters
     ----------
-    scores : (B * heads, L_q, L_k) float32
+    qkv : (L, B, 3 * heads * d) float32
+        Per head, ``d`` query, key and value channels in turn (GluonNLP's interleaved layout).
     lengths : (B,) float32
         Valid keys of each batch row; the keys beyond get weight exactly 0.
 
     Returns
     -------
-    (B * heads, L_q, L_k) float32
+    context : (L, B, heads * d) float32
+    weights : (B * heads, L, L) float32
+        The attention weights after dropout; their gradient is not propagated.
     """
-    return getattr(F, OP_ATTENTION_SOFTMAX)(scores, lengths, mode, heads=heads, p=p)[0]
+    out = getattr(F, OP_SELF_ATTENTION)(qkv, lengths, mode, heads=heads, p=p)
+    return out[0], out[1]
 
 
 def global_norm(arrays: List[mx.nd.NDArray]) -> Optional[mx.nd.NDArray]:

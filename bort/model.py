@@ -75,9 +75,9 @@ class _SelfAttentionCell(DotProductSelfAttentionCell):
     the scores and taking the plain softmax gives the same probabilities (the padded keys'
     weights are exactly 0, so are their gradients) through oneDNN. float16 keeps GluonNLP's
     path (``MASK_VALUE`` does not fit; GPU only, where the length softmax is fast).
-    With ``fused`` (set by :class:`BortModel`), the mask, the softmax and the attention
-    dropout are one operator, :func:`bort.kernels.attention_softmax`, forward and backward
-    (the same probabilities: padded keys get exactly 0). Same parameters, same names.
+    With ``fused`` (set by :class:`BortModel`), the products, the mask, the softmax and the
+    attention dropout are one operator, :func:`bort.kernels.self_attention`, forward and
+    backward (the same probabilities: padded keys get exactly 0). Same parameters, same names.
     """
 
     additive_mask = True
@@ -97,15 +97,14 @@ class _SelfAttentionCell(DotProductSelfAttentionCell):
         qkv_proj = F.FullyConnected(data=qkv, weight=weight.reshape(shape=(-1, 0), reverse=True),
                                     bias=bias.reshape(-1), num_hidden=self.units * 3,
                                     no_bias=False, flatten=False)           # (L, B, 3H)
-        scores = F.contrib.interleaved_matmul_selfatt_qk(qkv_proj, heads=heads)  # (B*A, L, L)
         if self.fused:
             # valid_len: (B, L), every column the row's length (BERTEncoder's layout).
             lengths = F.BlockGrad(F.reshape(F.cast(F.slice_axis(valid_len, axis=1, begin=0,
                                                                 end=1), 'float32'), shape=(-1,)))
-            weights = kernels.attention_softmax(F, scores, lengths, heads, self._dropout,
-                                                kernels.train_mode(F))
-            context = F.contrib.interleaved_matmul_selfatt_valatt(qkv_proj, weights, heads=heads)
+            context, weights = kernels.self_attention(F, qkv_proj, lengths, heads, self._dropout,
+                                                      kernels.train_mode(F))
             return context, weights.reshape(shape=(-1, heads, 0, 0), reverse=True)
+        scores = F.contrib.interleaved_matmul_selfatt_qk(qkv_proj, heads=heads)  # (B*A, L, L)
         # valid_len: (B, L) int32, every column the row's length (BERTEncoder's layout).
         # The mask comes from the lengths alone, off the gradient's path: autograd would
         # otherwise reduce the scores' gradient onto it (115 ms a step in the MiniLM case).

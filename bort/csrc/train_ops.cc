@@ -11,14 +11,16 @@
 //   Inverted dropout: out = x * keep / (1 - p), keep (uint8) drawn with P(keep) = 1 - p, where
 //   training; out = x, keep = 1 where not (see `mode`). Backward: dx = dout * keep / (1 - p).
 //
-// bort_attention_softmax(scores, valid_length, mode; heads, p) -> (out, probs)
-//   probs[n, q, j] = softmax over j < len of scores[n, q, :len], 0 beyond,
-//   len = valid_length[n / heads] (len <= 0: every key); out = dropout(probs) as bort_dropout.
-//   scores: (B * heads, L_q, L_k), valid_length: (B,) float. Same probabilities as adding a
-//   -1e9 mask to the padded keys and taking the softmax (their weights are exactly 0).
-//   Backward: dp = dout * keep / (1 - p), dscores = probs * (dp - sum_j probs * dp).
-//   The keep mask is read back from out and probs: kept <=> out != 0, and where probs == 0 the
-//   gradient is 0 either way.
+// bort_self_attention(qkv, valid_length, mode; heads, p) -> (context, weights, probs)
+//   MXNet's interleaved_matmul_selfatt_qk, the softmax over each row's valid keys, dropout and
+//   interleaved_matmul_selfatt_valatt in one operator. qkv: (L, B, 3 * heads * d), per head
+//   [q | k | v] of d channels; valid_length: (B,) float (len <= 0: every key).
+//   probs[b * heads + h, i, j] = softmax_j<len(q_i . k_j / sqrt(d)), 0 for j >= len (the same
+//   as a -1e9 mask: padded keys weigh exactly 0); weights = dropout(probs) as bort_dropout;
+//   context[i, b, h * d + :d] = sum_j weights[., i, j] v_j. probs is kept for the backward.
+//   Backward: dV = W^T dC, dW = dC V^T, dP = dW * keep / (1 - p), dS = P * (dP - sum_j P dP),
+//   dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d). The keep mask is read back from the weights and
+//   probs: kept <=> weight != 0, and where probs == 0 the gradient is 0 either way.
 //
 // bort_sum_squares(a_0, ..., a_{n-1}; num_arrays) -> (1,) the L2 norm of all the arrays together,
 //   accumulated in double in fixed blocks (the same result for any thread count).
@@ -318,111 +320,258 @@ MXReturnValue DropoutShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_sh
   return kOk;
 }
 
-// -- attention softmax --------------------------------------------------------------------------
-MXReturnValue AttentionSoftmaxForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
-                                      std::vector<MXTensor>* outputs, const OpResource& res) {
-  MXTensor& scores = (*inputs)[0];
+// -- self-attention ------------------------------------------------------------------------------
+// Small matrix products of one (batch row, head): 16-float vectors (GCC's vector extension:
+// AVX-512 where the CPU has it, pairs of AVX2 registers otherwise), R rows x W vectors of C
+// held in registers while one row of B and R scalars of A stream past. MXNet's interleaved
+// attention products run each (128 x 32) x (32 x 128) head product as a BLAS call at ~5x the
+// time of the arithmetic; these stay in L1 and are fused with the softmax and dropout.
+typedef float Vec __attribute__((vector_size(64), aligned(4)));
+constexpr int kLanes = 16;
+
+inline int64_t RoundUp(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// C[i, c0 + :16W] = alpha * sum_k A(i, k) * B[k, c0 + :16W] for rows i in [r0, r0 + R), where
+// A(i, k) = a[i * a_row + k * a_col] (either layout: transposed A costs nothing here).
+template <int R, int W>
+inline void Block(int64_t r0, int64_t c0, int64_t depth, const float* a, int64_t a_row,
+                  int64_t a_col, const float* b, int64_t ldb, float* c, int64_t ldc,
+                  float alpha) {
+  Vec acc[R][W];
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w) acc[r][w] = Vec{} ;
+  for (int64_t k = 0; k < depth; ++k) {
+    Vec bv[W];
+    for (int w = 0; w < W; ++w) bv[w] = *reinterpret_cast<const Vec*>(b + k * ldb + c0 + w * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const float av = a[(r0 + r) * a_row + k * a_col];
+      for (int w = 0; w < W; ++w) acc[r][w] += av * bv[w];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w)
+      *reinterpret_cast<Vec*>(c + (r0 + r) * ldc + c0 + w * kLanes) = alpha * acc[r][w];
+}
+
+template <int R, int W>
+inline void Rows(int64_t rows, int64_t c0, int64_t depth, const float* a, int64_t a_row,
+                 int64_t a_col, const float* b, int64_t ldb, float* c, int64_t ldc,
+                 float alpha) {
+  int64_t r0 = 0;
+  for (; r0 + R <= rows; r0 += R) Block<R, W>(r0, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  for (; r0 < rows; ++r0) Block<1, W>(r0, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+}
+
+// C (rows x cols, ldc) = alpha * A (rows x depth) * B (depth x cols, ldb); cols, ldb and ldc
+// multiples of 16 (operands are packed with zero padding), B and C 64-byte rows.
+void Gemm(int64_t rows, int64_t cols, int64_t depth, const float* a, int64_t a_row,
+          int64_t a_col, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= cols; c0 += 4 * kLanes)
+    Rows<6, 4>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  for (; c0 + 2 * kLanes <= cols; c0 += 2 * kLanes)
+    Rows<8, 2>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  for (; c0 < cols; c0 += kLanes) Rows<8, 1>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+}
+
+// Rows (count x width) at `src` with row stride `stride` into `dst` (count x RoundUp(width)),
+// zero-padded; transposed (width x RoundUp(count)) when `transpose`.
+void Pack(const float* src, int64_t stride, int64_t count, int64_t width, float* dst,
+          bool transpose) {
+  if (transpose) {
+    const int64_t ld = RoundUp(count);
+    for (int64_t j = 0; j < width; ++j) {
+      float* row = dst + j * ld;
+      for (int64_t i = 0; i < count; ++i) row[i] = src[i * stride + j];
+      for (int64_t i = count; i < ld; ++i) row[i] = 0.f;
+    }
+    return;
+  }
+  const int64_t ld = RoundUp(width);
+  for (int64_t i = 0; i < count; ++i) {
+    std::memcpy(dst + i * ld, src + i * stride, sizeof(float) * width);
+    for (int64_t j = width; j < ld; ++j) dst[i * ld + j] = 0.f;
+  }
+}
+
+// Padded rows (count x RoundUp(width)) back to rows with stride `stride`.
+void Unpack(const float* src, int64_t count, int64_t width, float* dst, int64_t stride) {
+  const int64_t ld = RoundUp(width);
+  for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * stride, src + i * ld, sizeof(float) * width);
+}
+
+struct Attention {
+  int64_t length, batch, heads, depth;  // L, B, A, d
+  int64_t Row() const { return batch * heads * depth * 3; }  // qkv row stride: B * 3H
+  // Head h of batch row b: q, k, v start here (row stride Row()).
+  const float* Q(const float* qkv, int64_t b, int64_t h) const {
+    return qkv + b * heads * depth * 3 + h * depth * 3;
+  }
+};
+
+Attention Shape(const MXTensor& qkv, const Attrs& attrs) {
+  Attention at;
+  at.length = qkv.shape[0];
+  at.batch = qkv.shape[1];
+  at.heads = IntAttr(attrs, "heads", 1);
+  at.depth = qkv.shape[2] / (3 * at.heads);
+  return at;
+}
+
+// inputs: qkv (L, B, 3H), valid_length (B,), mode; outputs: context (L, B, H), weights and
+// probs (B * heads, L, L).
+MXReturnValue SelfAttentionForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                   std::vector<MXTensor>* outputs, const OpResource& res) {
+  const Attention at = Shape((*inputs)[0], attrs);
+  const float* qkv = (*inputs)[0].data<float>();
   const float* valid = (*inputs)[1].data<float>();
-  const int64_t keys = scores.shape[2];
-  const int64_t queries = scores.shape[1];
-  const int64_t rows = scores.shape[0] * queries;
-  const int64_t per_item = IntAttr(attrs, "heads", 1) * queries;
   const float p = FloatAttr(attrs, "p", 0.f);
   const bool drop = Training((*inputs)[2]) && p > 0.f;
   const uint64_t key = drop ? DrawKey(res) : 0;
   const uint32_t threshold = DropThreshold(p);
-  const float scale = drop ? 1.f / (1.f - p) : 1.f;
-  const float* ss = scores.data<float>();
-  float* os = (*outputs)[0].data<float>();
-  float* ps = (*outputs)[1].data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* si = ss + i * keys;
-    float* pi = ps + i * keys;
-    float* oi = os + i * keys;
-    int64_t len = static_cast<int64_t>(valid[i / per_item] + 0.5f);
-    len = len <= 0 || len > keys ? keys : len;
-    float top = -3.0e38f;
+  const float keep_scale = drop ? 1.f / (1.f - p) : 1.f;
+  const float scale = 1.f / std::sqrt(static_cast<float>(at.depth));
+  float* context = (*outputs)[0].data<float>();
+  float* weights = (*outputs)[1].data<float>();
+  float* probs = (*outputs)[2].data<float>();
+  const int64_t L = at.length, d = at.depth, L16 = RoundUp(L), d16 = RoundUp(d);
+  const int64_t tasks = at.batch * at.heads;
+#pragma omp parallel
+  {
+    std::vector<float> kt(d * L16), vp(L * d16), sc(L * L16), out(L * d16);
+#pragma omp for schedule(dynamic)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t b = t / at.heads, h = t % at.heads;
+      const float* q = at.Q(qkv, b, h);
+      Pack(q + d, at.Row(), L, d, kt.data(), true);       // K^T: d x L16
+      Pack(q + 2 * d, at.Row(), L, d, vp.data(), false);  // V: L x d16
+      Gemm(L, L16, d, q, at.Row(), 1, kt.data(), L16, sc.data(), L16, scale);
+      int64_t len = static_cast<int64_t>(valid[b] + 0.5f);
+      len = len <= 0 || len > L ? L : len;
+      float* pt = probs + t * L * L;
+      float* wt = weights + t * L * L;
+      for (int64_t i = 0; i < L; ++i) {
+        const float* si = sc.data() + i * L16;
+        float* pi = pt + i * L;
+        float* wi = wt + i * L;
+        float top = -3.0e38f;
 #pragma omp simd reduction(max : top)
-    for (int64_t j = 0; j < len; ++j) top = si[j] > top ? si[j] : top;
-    float sum = 0.f;
+        for (int64_t j = 0; j < len; ++j) top = si[j] > top ? si[j] : top;
+        float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < len; ++j) {
-      const float e = FastExp(si[j] - top);
-      pi[j] = e;
-      sum += e;
-    }
-    const float inv = 1.f / sum;
+        for (int64_t j = 0; j < len; ++j) {
+          const float e = FastExp(si[j] - top);
+          pi[j] = e;
+          sum += e;
+        }
+        const float inv = 1.f / sum;
 #pragma omp simd
-    for (int64_t j = 0; j < len; ++j) pi[j] *= inv;
-    for (int64_t j = len; j < keys; ++j) pi[j] = 0.f;
-    if (drop) {
-      const int64_t base = i * keys;
+        for (int64_t j = 0; j < len; ++j) pi[j] *= inv;
+        for (int64_t j = len; j < L; ++j) pi[j] = 0.f;
+        if (drop) {
+          const int64_t base = (t * L + i) * L;
 #pragma omp simd
-      for (int64_t j = 0; j < keys; ++j) {
-        oi[j] = Bits(key, base + j) >= threshold ? pi[j] * scale : 0.f;
+          for (int64_t j = 0; j < L; ++j) {
+            wi[j] = Bits(key, base + j) >= threshold ? pi[j] * keep_scale : 0.f;
+          }
+        } else {
+          std::memcpy(wi, pi, sizeof(float) * L);
+        }
       }
-    } else {
-      std::memcpy(oi, pi, sizeof(float) * keys);
+      Gemm(L, d16, L, wt, L, 1, vp.data(), d16, out.data(), d16, 1.f);
+      Unpack(out.data(), L, d, context + b * at.heads * d + h * d, at.batch * at.heads * d);
     }
   }
   return kOk;
 }
 
-// inputs: dout, dprobs, scores, valid_length, mode, out, probs;
-// outputs: dscores, dvalid_length, dmode.
-MXReturnValue AttentionSoftmaxBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
-                                       std::vector<MXTensor>* outputs, const OpResource& res) {
-  const float* dout = (*inputs)[0].data<float>();
-  const float* os = (*inputs)[5].data<float>();
-  MXTensor& probs = (*inputs)[6];
-  const float* ps = probs.data<float>();
-  const int64_t keys = probs.shape[2];
-  const int64_t rows = probs.size() / keys;
+// inputs: dcontext, dweights, dprobs, qkv, valid_length, mode, context, weights, probs;
+// outputs: dqkv, dvalid_length, dmode. dweights and dprobs are ignored (the weights are for
+// inspection, the probabilities for this backward).
+MXReturnValue SelfAttentionBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                    std::vector<MXTensor>* outputs, const OpResource& res) {
+  const float* dcontext = (*inputs)[0].data<float>();
+  const Attention at = Shape((*inputs)[3], attrs);
+  const float* qkv = (*inputs)[3].data<float>();
+  const float* weights = (*inputs)[7].data<float>();
+  const float* probs = (*inputs)[8].data<float>();
   const float p = FloatAttr(attrs, "p", 0.f);
-  const bool drop = Training((*inputs)[4]) && p > 0.f;
-  const float scale = drop ? 1.f / (1.f - p) : 1.f;
-  float* ds = (*outputs)[0].data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* di = dout + i * keys;
-    const float* oi = os + i * keys;
-    const float* pi = ps + i * keys;
-    float* gi = ds + i * keys;
-    float dot = 0.f;
+  const bool drop = Training((*inputs)[5]) && p > 0.f;
+  const float keep_scale = drop ? 1.f / (1.f - p) : 1.f;
+  const float scale = 1.f / std::sqrt(static_cast<float>(at.depth));
+  float* dqkv = (*outputs)[0].data<float>();
+  const int64_t L = at.length, d = at.depth, L16 = RoundUp(L), d16 = RoundUp(d);
+  const int64_t tasks = at.batch * at.heads;
+  const int64_t ctx_row = at.batch * at.heads * d;
+#pragma omp parallel
+  {
+    std::vector<float> vt(d * L16), kp(L * d16), qp(L * d16), dc(L * d16), ds(L * L16),
+        out(L * d16);
+#pragma omp for schedule(dynamic)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t b = t / at.heads, h = t % at.heads;
+      const float* q = at.Q(qkv, b, h);
+      float* dq = dqkv + (q - qkv);
+      const float* dct = dcontext + b * at.heads * d + h * d;
+      Pack(q, at.Row(), L, d, qp.data(), false);
+      Pack(q + d, at.Row(), L, d, kp.data(), false);
+      Pack(q + 2 * d, at.Row(), L, d, vt.data(), true);
+      Pack(dct, ctx_row, L, d, dc.data(), false);
+      const float* pt = probs + t * L * L;
+      const float* wt = weights + t * L * L;
+      // dV = weights^T dC
+      Gemm(L, d16, L, wt, 1, L, dc.data(), d16, out.data(), d16, 1.f);
+      Unpack(out.data(), L, d, dq + 2 * d, at.Row());
+      // dW = dC V^T, then through dropout and softmax: dS = P * (dP - sum(P * dP))
+      Gemm(L, L16, d, dc.data(), d16, 1, vt.data(), L16, ds.data(), L16, 1.f);
+      for (int64_t i = 0; i < L; ++i) {
+        float* gi = ds.data() + i * L16;
+        const float* pi = pt + i * L;
+        const float* wi = wt + i * L;
+        float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < keys; ++j) {
-      const float dp = drop ? (oi[j] != 0.f ? di[j] * scale : 0.f) : di[j];
-      gi[j] = dp;
-      dot += dp * pi[j];
-    }
+        for (int64_t j = 0; j < L; ++j) {
+          const float dp = drop ? (wi[j] != 0.f ? gi[j] * keep_scale : 0.f) : gi[j];
+          gi[j] = dp;
+          dot += dp * pi[j];
+        }
 #pragma omp simd
-    for (int64_t j = 0; j < keys; ++j) gi[j] = pi[j] * (gi[j] - dot);
+        for (int64_t j = 0; j < L; ++j) gi[j] = pi[j] * (gi[j] - dot);
+        for (int64_t j = L; j < L16; ++j) gi[j] = 0.f;
+      }
+      // dQ = scale dS K, dK = scale dS^T Q
+      Gemm(L, d16, L, ds.data(), L16, 1, kp.data(), d16, out.data(), d16, scale);
+      Unpack(out.data(), L, d, dq, at.Row());
+      Gemm(L, d16, L, ds.data(), 1, L16, qp.data(), d16, out.data(), d16, scale);
+      Unpack(out.data(), L, d, dq + d, at.Row());
+    }
   }
   std::memset((*outputs)[1].data<float>(), 0, sizeof(float) * (*outputs)[1].size());
   (*outputs)[2].data<float>()[0] = 0.f;
   return kOk;
 }
 
-MXReturnValue AttentionSoftmaxAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+MXReturnValue SelfAttentionAttrs(const Attrs& attrs, int* num_in, int* num_out) {
   *num_in = 3;
-  *num_out = 2;
+  *num_out = 3;
   return kOk;
 }
 
-MXReturnValue AttentionSoftmaxShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
-  const std::vector<unsigned int>& scores = (*in_shapes)[0];
+MXReturnValue SelfAttentionShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const std::vector<unsigned int>& qkv = (*in_shapes)[0];
   const std::vector<unsigned int>& valid = (*in_shapes)[1];
   const int heads = IntAttr(attrs, "heads", 1);
   const float p = FloatAttr(attrs, "p", 0.f);
-  if (scores.size() != 3 || valid.size() != 1 || heads < 1 ||
-      scores[0] != valid[0] * static_cast<unsigned int>(heads) || !(p >= 0.f && p < 1.f)) {
-    MX_ERROR_MSG << "bort_attention_softmax: scores must be (B * heads, L_q, L_k), "
-                 << "valid_length (B,), p in [0, 1)";
+  if (qkv.size() != 3 || valid.size() != 1 || heads < 1 || valid[0] != qkv[1] ||
+      qkv[2] % (3 * heads) != 0 || !(p >= 0.f && p < 1.f)) {
+    MX_ERROR_MSG << "bort_self_attention: qkv must be (L, B, 3 * heads * d), valid_length (B,), "
+                 << "p in [0, 1)";
     return kFail;
   }
-  (*out_shapes)[0] = scores;
-  (*out_shapes)[1] = scores;
+  const unsigned int L = qkv[0], B = qkv[1], H = qkv[2] / 3;
+  (*out_shapes)[0] = {L, B, H};
+  (*out_shapes)[1] = {B * heads, L, L};
+  (*out_shapes)[2] = {B * heads, L, L};
   return kOk;
 }
 
@@ -484,12 +633,12 @@ REGISTER_OP(bort_dropout)
     .setInferType(DropoutType)
     .setInferShape(DropoutShape);
 
-REGISTER_OP(bort_attention_softmax)
-    .setForward(AttentionSoftmaxForward, "cpu")
-    .setBackward(AttentionSoftmaxBackward, "cpu")
-    .setParseAttrs(AttentionSoftmaxAttrs)
+REGISTER_OP(bort_self_attention)
+    .setForward(SelfAttentionForward, "cpu")
+    .setBackward(SelfAttentionBackward, "cpu")
+    .setParseAttrs(SelfAttentionAttrs)
     .setInferType(AllFloat32)
-    .setInferShape(AttentionSoftmaxShape);
+    .setInferShape(SelfAttentionShape);
 
 REGISTER_OP(bort_sum_squares)
     .setForward(SumSquaresForward, "cpu")
