@@ -1,4 +1,5 @@
-"""The fused CPU operator against numpy, inside graphs, and the fallbacks when it is absent."""
+"""The fused CPU operators (inference and training) against numpy and MXNet's own operators,
+inside graphs, and the fallbacks when they are absent."""
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from bort import kernels as train_kernels
 from bort.inference.fast import FastModel
 from bort.inference.kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from bort.model import build_model
@@ -164,3 +166,223 @@ def test_fallbacks_without_the_library(tmp_path):
     assert 'fused False (1, 3, 8)' in broken.stdout
     assert 'fused operators unavailable' in broken.stderr
     assert not [p for p in os.listdir(tmp_path / 'kernels') if p.endswith('.so')]
+
+
+# -- the training operators (bort.kernels) ---------------------------------------------------------
+needs_train_ops = pytest.mark.skipif(not train_kernels.load_train_ops(),
+                                     reason='no C++ compiler to build the training ops')
+
+
+def _layer_norm_reference(x, gamma, beta, eps, dout):
+    """numpy float64: LayerNorm over the last axis and its gradients for ``dout``."""
+    x, dout = x.astype(np.float64), dout.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt(x.var(-1, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    g = dout * gamma
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    axes = tuple(range(x.ndim - 1))
+    return xhat * gamma + beta, dx, (dout * xhat).sum(axes), dout.sum(axes)
+
+
+def _with_grads(fn, *arrays, dout=None, grad_req='write'):
+    """fn's output and the gradients of its inputs for the head gradient ``dout``."""
+    inputs = [mx.nd.array(a) for a in arrays]
+    for a in inputs:
+        a.attach_grad(grad_req=grad_req)
+    with mx.autograd.record():
+        out = fn(*inputs)
+    out.backward(None if dout is None else mx.nd.array(dout))
+    return out.asnumpy(), [a.grad.asnumpy() for a in inputs]
+
+
+@needs_train_ops
+@pytest.mark.parametrize('case', ['random', 'constant_rows', 'large_offset', 'three_axes'])
+def test_layer_norm_forward_and_gradients(rng, case):
+    shape = (4, 5, 24) if case == 'three_axes' else (9, 40)
+    x = rng.randn(*shape).astype(np.float32) * 3 + 1
+    if case == 'constant_rows':  # variance 0: rstd = 1 / sqrt(eps), xhat = 0
+        x[:3] = 2.5
+    if case == 'large_offset':  # the mean is subtracted before squaring
+        x = (x + 1e4).astype(np.float32)
+    gamma = rng.rand(shape[-1]).astype(np.float32) + 0.5
+    beta = rng.randn(shape[-1]).astype(np.float32)
+    dout = rng.randn(*shape).astype(np.float32)
+    out, grads = _with_grads(lambda *a: train_kernels.layer_norm(mx.nd, *a, 1e-5), x, gamma,
+                             beta, dout=dout)
+    expected = _layer_norm_reference(x, gamma, beta, 1e-5, dout)
+    tol = dict(rtol=1e-3, atol=2e-3) if case == 'large_offset' else dict(rtol=1e-4, atol=1e-5)
+    for got, want in zip([out] + grads, expected):
+        np.testing.assert_allclose(got, want, **tol)
+    # and MXNet's own operator, the plain path
+    plain, plain_grads = _with_grads(lambda d, g, b: mx.nd.LayerNorm(d, g, b, eps=1e-5), x, gamma,
+                                     beta, dout=dout)
+    if case == 'large_offset':  # MXNet's float32 kernel is the less accurate one here (~5e-3)
+        tol = dict(rtol=1e-2, atol=1e-2)
+    for got, want in zip([out] + grads, [plain] + plain_grads):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@needs_train_ops
+def test_layer_norm_parameter_gradients_add(rng):
+    """grad_req 'add' (gradient accumulation) on gamma and beta: the identity in front adds."""
+    x = rng.randn(6, 16).astype(np.float32)
+    gamma, beta = np.ones(16, np.float32), np.zeros(16, np.float32)
+    params = [mx.nd.array(gamma), mx.nd.array(beta)]
+    for p in params:
+        p.attach_grad(grad_req='add')
+    for _ in range(2):
+        with mx.autograd.record():
+            out = train_kernels.layer_norm(mx.nd, mx.nd.array(x), *params, 1e-12)
+        out.backward(mx.nd.array(x))
+    _, _, dgamma, dbeta = _layer_norm_reference(x, gamma, beta, 1e-12, x)
+    np.testing.assert_allclose(params[0].grad.asnumpy(), 2 * dgamma, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(params[1].grad.asnumpy(), 2 * dbeta, rtol=1e-4, atol=1e-5)
+
+
+@needs_train_ops
+def test_dropout_mask_scale_gradient_and_seed(rng):
+    x = rng.randn(64, 257).astype(np.float32)
+    x[0, :10] = 0  # zeros: dropped or kept, the gradient follows the mask, not the value
+    dout = rng.randn(*x.shape).astype(np.float32)
+    p = 0.3
+
+    def run(seed):
+        mx.random.seed(seed)
+        return _with_grads(lambda a: train_kernels.dropout(mx.nd, a, p, train_kernels.train_mode(
+            mx.nd)), x, dout=dout)
+
+    out, (dx,) = run(1)
+    kept = dx != 0
+    assert abs(kept.mean() - (1 - p)) < 0.01  # 16k draws: sigma ~0.004
+    np.testing.assert_allclose(out[kept], x[kept] / (1 - p), rtol=1e-6)
+    assert not out[~kept].any()
+    np.testing.assert_allclose(dx[kept], dout[kept] / (1 - p), rtol=1e-6)
+    again, (dx_again,) = run(1)  # the same seed: the same mask (resume)
+    np.testing.assert_array_equal(again, out)
+    np.testing.assert_array_equal(dx_again, dx)
+    other, _ = run(2)
+    assert (other != out).any()
+    # inference (not recording): the identity
+    inference = train_kernels.dropout(mx.nd, mx.nd.array(x), p, train_kernels.train_mode(mx.nd))
+    np.testing.assert_array_equal(inference.asnumpy(), x)
+
+
+def _attention_reference(qkv, lengths, heads, dcontext):
+    """numpy float64: interleaved self-attention with padded keys masked, and d qkv."""
+    length, batch, width = qkv.shape
+    d = width // (3 * heads)
+    x = qkv.astype(np.float64).reshape(length, batch, heads, 3, d)
+    q, k, v = (x[:, :, :, i].transpose(1, 2, 0, 3) for i in range(3))  # (B, A, L, d)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+    valid = np.where((lengths <= 0) | (lengths > length), length, lengths).astype(int)
+    padded = np.arange(length)[None, :] >= valid[:, None]  # (B, L)
+    scores = np.where(padded[:, None, None, :], -np.inf, scores)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    context = probs @ v  # (B, A, L, d)
+    dc = dcontext.astype(np.float64).reshape(length, batch, heads, d).transpose(1, 2, 0, 3)
+    dprobs = dc @ v.transpose(0, 1, 3, 2)
+    dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True)) / np.sqrt(d)
+    grads = [dscores @ k, dscores.transpose(0, 1, 3, 2) @ q, probs.transpose(0, 1, 3, 2) @ dc]
+    dqkv = np.stack([g.transpose(2, 0, 1, 3) for g in grads], axis=3).reshape(qkv.shape)
+    return (context.transpose(2, 0, 1, 3).reshape(length, batch, heads * d),
+            probs.reshape(batch * heads, length, length), dqkv)
+
+
+@needs_train_ops
+@pytest.mark.parametrize('length,batch,heads,d', [(13, 3, 2, 24), (32, 2, 3, 32), (7, 2, 1, 5),
+                                                  (40, 1, 2, 64)])
+def test_self_attention_matches_numpy(rng, length, batch, heads, d):
+    """Shapes off the 16-float vectors included; a row of one key, one of all keys, one of none."""
+    qkv = (rng.randn(length, batch, 3 * heads * d) * 2).astype(np.float32)
+    lengths = np.array([length, 1, 0][:batch], np.float32)
+    dcontext = rng.randn(length, batch, heads * d).astype(np.float32)
+    mode = train_kernels.train_mode(mx.nd)
+    weights = []
+
+    def attention(a):
+        context, w = train_kernels.self_attention(mx.nd, a, mx.nd.array(lengths), heads, 0.0, mode)
+        weights.append(w)
+        return context
+
+    context, (dqkv,) = _with_grads(attention, qkv, dout=dcontext)
+    expected = _attention_reference(qkv, lengths, heads, dcontext)
+    np.testing.assert_allclose(context, expected[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights[0].asnumpy(), expected[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dqkv, expected[2], rtol=1e-4, atol=1e-5)
+    if batch > 1:
+        assert not weights[0].asnumpy()[heads:2 * heads, :, 1:].any()  # exactly 0, not small
+
+
+@needs_train_ops
+def test_self_attention_dropout_and_non_finite(rng):
+    length, batch, heads, d = 16, 2, 2, 8
+    qkv = rng.randn(length, batch, 3 * heads * d).astype(np.float32)
+    lengths = np.array([16, 9], np.float32)
+    dcontext = rng.randn(length, batch, heads * d).astype(np.float32)
+    p = 0.25
+    mx.random.seed(3)
+    weights = []
+
+    def attention(a):
+        context, w = train_kernels.self_attention(mx.nd, a, mx.nd.array(lengths), heads, p,
+                                                  train_kernels.train_mode(mx.nd))
+        weights.append(w)
+        return context
+
+    context, (dqkv,) = _with_grads(attention, qkv, dout=dcontext)
+    dropped = weights[0].asnumpy()
+    probs = _attention_reference(qkv, lengths, heads, dcontext)[1]
+    keep = (dropped != 0) | (probs == 0)
+    assert 0.65 < keep[probs > 0].mean() < 0.85
+    np.testing.assert_allclose(dropped, np.where(keep, probs / (1 - p), 0), rtol=1e-4, atol=1e-6)
+    # the gradient through the same mask, by numpy
+    x = qkv.astype(np.float64).reshape(length, batch, heads, 3, d)
+    q, k, v = (x[:, :, :, i].transpose(1, 2, 0, 3) for i in range(3))
+    w = dropped.reshape(batch, heads, length, length).astype(np.float64)
+    np.testing.assert_allclose(context, (w @ v).transpose(2, 0, 1, 3).reshape(context.shape),
+                               rtol=1e-4, atol=1e-5)
+    dc = dcontext.astype(np.float64).reshape(length, batch, heads, d).transpose(1, 2, 0, 3)
+    pr = probs.reshape(w.shape)
+    dw = (dc @ v.transpose(0, 1, 3, 2)) * keep.reshape(w.shape) / (1 - p)
+    ds = pr * (dw - (dw * pr).sum(-1, keepdims=True)) / np.sqrt(d)
+    grads = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, w.transpose(0, 1, 3, 2) @ dc]
+    expected = np.stack([g.transpose(2, 0, 1, 3) for g in grads], axis=3).reshape(qkv.shape)
+    np.testing.assert_allclose(dqkv, expected, rtol=1e-4, atol=1e-5)
+    # a NaN in the input reaches the output (the step's norm check stops on it)
+    qkv[3, 0, 0] = np.nan
+    context, _ = train_kernels.self_attention(mx.nd, mx.nd.array(qkv), mx.nd.array(lengths), heads,
+                                              0.0, train_kernels.train_mode(mx.nd))
+    assert np.isnan(context.asnumpy()[:, 0]).any()
+
+
+@needs_train_ops
+def test_global_norm_op_against_numpy(rng):
+    arrays = [rng.randn(*s).astype(np.float32) for s in [(3,), (70000,), (300, 257), (1,)]]
+    expected = np.sqrt(sum((a.astype(np.float64) ** 2).sum() for a in arrays))
+    got = train_kernels.global_norm([mx.nd.array(a) for a in arrays])
+    assert float(got.asscalar()) == pytest.approx(expected, rel=1e-6)
+    arrays[1][5] = np.inf
+    assert not np.isfinite(train_kernels.global_norm([mx.nd.array(a) for a in arrays]).asscalar())
+    arrays[1][5] = np.nan
+    assert np.isnan(train_kernels.global_norm([mx.nd.array(a) for a in arrays]).asscalar())
+
+
+def test_training_falls_back_without_the_library(tmp_path):
+    """A compiler that fails: one warning, the model trains with MXNet's own operators."""
+    code = ('import logging; logging.basicConfig(level=logging.WARNING)\n'
+            'import mxnet as mx\n'
+            'from bort.arch import Architecture\nfrom bort.model import build_model\n'
+            'arch = Architecture(num_layers=1, num_heads=2, units=8, hidden_size=16, '
+            'vocab_size=20, max_length=8, dropout=0.1)\n'
+            'model = build_model(arch, use_decoder=False)\nmodel.hybridize(static_alloc=True)\n'
+            'for _ in range(2):\n'
+            '    with mx.autograd.record():\n'
+            '        out = model(mx.nd.array([[1, 2, 3]]), None, mx.nd.array([2])).sum()\n'
+            '    out.backward()\n'
+            'print("ops", sorted(op for op in mx.nd.__dict__ if op.startswith("bort_")))\n')
+    broken = _run(code, CXX='false', BORT_CACHE=str(tmp_path))
+    assert broken.returncode == 0, broken.stderr[-2000:]
+    assert 'ops []' in broken.stdout
+    assert broken.stderr.count('fused operators unavailable') == 1

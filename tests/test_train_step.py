@@ -1,10 +1,14 @@
 """The faster training step gives the plain step's numbers.
 
 Each faster piece against its plain counterpart (or a numpy reference): the fused gradient norm,
-the clip folded into the optimizer's update, the additive attention mask of the training graph,
-the teacher's logits through the fast inference graph; then a few whole steps of pretraining
-and fine-tuning, faster path against plain path, loss and weights to 1e-5.
+the clip folded into the optimizer's update, the additive attention mask and the fused training
+operators (:mod:`bort.kernels`, each also against numpy in ``test_kernels.py``) in the training
+graph, the teacher's logits through the fast inference graph; then a few whole steps of
+pretraining (gradient accumulation: grad_req 'add') and fine-tuning, faster path against plain
+path (GluonNLP's length softmax, MXNet's own operators, the plain norm and clip), loss and
+weights to 1e-5.
 """
+import contextlib
 import math
 from types import SimpleNamespace
 
@@ -12,9 +16,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from bort import kernels
 from bort.arch import Architecture
 from bort.distributed import Comm
-from bort.model import _SelfAttentionCell, build_model
+from bort.model import BortModel, _SelfAttentionCell, build_model
 from bort.optim import NORM_CHUNK, global_norm, make_trainer, optimizer_step
 from bort.pretrain import loop as pretrain_loop
 from bort.pretrain.stream import MLMBatch
@@ -43,12 +48,23 @@ def plain_optimizer_step(trainer, params, max_norm=0.0, scale=1.0):
     return norm
 
 
-@pytest.fixture
-def length_softmax():
-    """Attention masked with GluonNLP's length softmax (the plain graph) while in use."""
-    _SelfAttentionCell.additive_mask = False
-    yield
-    _SelfAttentionCell.additive_mask = True
+class plain_graph:  # pylint: disable=invalid-name
+    """Within: models traced with GluonNLP's length softmax and MXNet's own operators."""
+
+    def __enter__(self):
+        _SelfAttentionCell.additive_mask = False
+        BortModel.fused_kernels = False
+
+    def __exit__(self, *exc):
+        _SelfAttentionCell.additive_mask = True
+        BortModel.fused_kernels = True
+
+
+def _graph_ops(model, *inputs):
+    """Operator names in the model's traced training graph."""
+    model(*inputs)  # traces (and caches) the graph
+    graph = model._cached_graph[1]  # pylint: disable=protected-access
+    return {node['op'] for node in __import__('json').loads(graph.tojson())['nodes']}
 
 
 def _batch(arch, rng, size=3, length=12, masked=3, full=False):
@@ -125,30 +141,53 @@ def test_optimizer_step_skips_non_finite():
     np.testing.assert_array_equal(params['w'].data().asnumpy(), 1.0)
 
 
+@pytest.mark.parametrize('fused', [False, True])
 @pytest.mark.parametrize('hybridize', [False, True])
-def test_additive_mask_equals_length_softmax(hybridize):
-    """Outputs and every gradient of the training graph, padded rows included."""
+def test_training_graph_equals_plain(hybridize, fused):
+    """Additive mask (and the fused operators) against the length softmax and MXNet's
+    operators: outputs and every gradient of the training graph, padded rows included."""
+    if fused and not kernels.train_ops_usable():
+        pytest.skip('the fused training operators cannot be built here')
     arch = _arch()
     batch = _batch(arch, np.random.RandomState(2)).as_nd()
     results = []
-    for additive in (True, False):
-        _SelfAttentionCell.additive_mask = additive
+    for plain in (False, True):
+        BortModel.fused_kernels = fused
         try:
-            mx.random.seed(3)
-            model = build_model(arch)
-            if hybridize:
-                model.hybridize(static_alloc=True)
-            with mx.autograd.record():
-                logits = mlm_logits(model, batch)
-                loss = (logits ** 2).mean()
-            loss.backward()
-            results.append((logits.asnumpy(), {k: p.grad().asnumpy() for k, p in
-                                               model.collect_params().items()}))
+            with plain_graph() if plain else contextlib.nullcontext():
+                mx.random.seed(3)
+                model = build_model(arch)
+                if hybridize:
+                    model.hybridize(static_alloc=True)
+                with mx.autograd.record():
+                    logits = mlm_logits(model, batch)
+                    loss = (logits ** 2).mean()
+                loss.backward()
         finally:
-            _SelfAttentionCell.additive_mask = True
+            BortModel.fused_kernels = True
+        results.append((logits.asnumpy(), {k: p.grad().asnumpy() for k, p in
+                                           model.collect_params().items()}))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for (k, a), b in zip(results[0][1].items(), results[1][1].values()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, err_msg=k)
+
+
+def test_training_graph_uses_the_fused_operators():
+    if not kernels.train_ops_usable():
+        pytest.skip('the fused training operators cannot be built here')
+    arch = _arch(dropout=0.1)
+    batch = _batch(arch, np.random.RandomState(2)).as_nd()
+    args = (batch['input_ids'], batch['segment_ids'], batch['valid_length'], batch['positions'])
+    model = build_model(arch)
+    model.hybridize()
+    ops = _graph_ops(model, *args)
+    assert {kernels.OP_LAYER_NORM, kernels.OP_DROPOUT, kernels.OP_SELF_ATTENTION} <= ops
+    assert 'LayerNorm' not in ops and '_contrib_interleaved_matmul_selfatt_qk' not in ops
+    with plain_graph():
+        model = build_model(arch)
+        model.hybridize()
+        ops = _graph_ops(model, *args)
+    assert not any(op.startswith('bort_') for op in ops) and 'LayerNorm' in ops
 
 
 def test_float16_cast_keeps_length_softmax():
@@ -203,12 +242,9 @@ def _pretrain_run(fast: bool, steps: int = 4, kd_weight: float = 0.5):
 def test_pretrain_steps_equal_plain(monkeypatch, kd_weight):
     """Fast teacher, additive mask and fused clip+update against the plain graph and step."""
     fast = _pretrain_run(True, kd_weight=kd_weight)
-    _SelfAttentionCell.additive_mask = False
-    try:
+    with plain_graph():
         monkeypatch.setattr(pretrain_loop, 'optimizer_step', plain_optimizer_step)
         plain = _pretrain_run(False, kd_weight=kd_weight)
-    finally:
-        _SelfAttentionCell.additive_mask = True
     np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5)
     np.testing.assert_allclose(fast[1], plain[1], rtol=1e-5)
     assert max(fast[1]) > 0.1  # the clip was active
@@ -243,12 +279,9 @@ def test_finetune_steps_equal_plain(monkeypatch):
         return losses, [p.data().asnumpy() for p in params]
 
     fast = run()
-    _SelfAttentionCell.additive_mask = False
-    try:
+    with plain_graph():
         monkeypatch.setattr(finetune_loop, 'optimizer_step', plain_optimizer_step)
         plain = run()
-    finally:
-        _SelfAttentionCell.additive_mask = True
     np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5)
     for a, b in zip(fast[1], plain[1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
