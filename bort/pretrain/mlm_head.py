@@ -6,9 +6,8 @@ train. Because the encoder is frozen, its outputs at the masked positions are co
 (one BERT-style masking per sequence, :func:`bort.pretrain.masking.mask_tokens`: 15 % of the real
 tokens, 80 % replaced by the mask token, 10 % by a random token, 10 % kept) and the head is fitted
 on those features with Adam, which makes fitting cheap on a CPU. The frozen encoder runs on the
-fast inference path (:class:`bort.inference.fast.FastModel`: the same outputs to ~4e-6, 8.6x
-faster than the hybridized GluonNLP encoder on MiniLM at 16 x 128 here), so encoding is the
-smaller share of a fit.
+fast inference path (:class:`bort.inference.fast.FastModel`: the same outputs to ~4e-6, several
+times faster than the hybridized GluonNLP encoder; README.md gives the measured figure).
 
 The project's reading: the head starts from the identity (dense weight = I, bias 0) with the
 output bias set to the smoothed log unigram frequencies of the training targets, so its starting
