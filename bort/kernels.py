@@ -11,10 +11,12 @@ and ``mx.sym``, each with its backward:
 - ``bort_dropout``: inverted dropout from a counter-based hash of one seeded key a call;
 - ``bort_self_attention``: the per-head products, the softmax over each row's valid keys and
   the attention dropout, from and to GluonNLP's interleaved layouts;
-- ``bort_sum_squares``: the global L2 norm of many arrays in one pass (double accumulation).
+- ``bort_sum_squares``: the global L2 norm of many arrays in one pass (double accumulation);
+- ``bort_adamw``: GluonNLP's BERT-Adam update of every parameter in one operator.
 
 :mod:`bort.model` uses them through :func:`layer_norm`, :func:`dropout` and
-:func:`self_attention`; :mod:`bort.optim` through :func:`global_norm`.
+:func:`self_attention`; :mod:`bort.optim` through :func:`global_norm` and
+:func:`adamw_update`.
 
 Two limits of MXNet's library interface shape how they are used. It does not pass the training
 flag to an operator: :func:`train_mode` derives it inside the graph from MXNet's own Dropout.
@@ -46,8 +48,9 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ['build_library', 'load_library', 'load_train_ops', 'train_ops_usable', 'layer_norm',
-           'dropout', 'self_attention', 'train_mode', 'global_norm', 'TRAIN_SOURCE',
-           'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES']
+           'dropout', 'self_attention', 'train_mode', 'global_norm', 'adamw_ready', 'adamw_update',
+           'TRAIN_SOURCE',
+           'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES', 'OP_ADAMW']
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ OP_LAYER_NORM = 'bort_layer_norm'
 OP_DROPOUT = 'bort_dropout'
 OP_SELF_ATTENTION = 'bort_self_attention'
 OP_SUM_SQUARES = 'bort_sum_squares'
+OP_ADAMW = 'bort_adamw'
 # No errno and no FP traps: lets exp/sqrt vectorize (8x on the softmax's exp); nothing here
 # reads errno or relies on traps. Not -ffast-math: NaN/inf stay IEEE.
 FLAGS = ('-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fopenmp',
@@ -152,7 +156,7 @@ def load_library(source: str, stem: str, ops: Sequence[str], what: str) -> bool:
 def load_train_ops() -> bool:
     """Build and load the training operators; True when they are usable."""
     return load_library(TRAIN_SOURCE, 'libbort_train',
-                        (OP_LAYER_NORM, OP_DROPOUT, OP_SELF_ATTENTION, OP_SUM_SQUARES),
+                        (OP_LAYER_NORM, OP_DROPOUT, OP_SELF_ATTENTION, OP_SUM_SQUARES, OP_ADAMW),
                         'training')
 
 
@@ -191,6 +195,9 @@ def dropout(F, x, p: float, mode):
 def self_attention(F, qkv, lengths, heads: int, p: float, mode):
     """Self-attention of interleaved projections, padded keys masked, dropout in training.
 
+    The attention weights are not kept between forward and backward: the backward recomputes
+    them (from the projections and the dropout stream's key).
+
     Parameters
     ----------
     qkv : (L, B, 3 * heads * d) float32
@@ -200,12 +207,10 @@ def self_attention(F, qkv, lengths, heads: int, p: float, mode):
 
     Returns
     -------
-    context : (L, B, heads * d) float32
-    weights : (B * heads, L, L) float32
-        The attention weights after dropout; their gradient is not propagated.
+    (L, B, heads * d) float32
+        The context vectors, heads side by side (GluonNLP's layout).
     """
-    out = getattr(F, OP_SELF_ATTENTION)(qkv, lengths, mode, heads=heads, p=p)
-    return out[0], out[1]
+    return getattr(F, OP_SELF_ATTENTION)(qkv, lengths, mode, heads=heads, p=p)[0]
 
 
 def global_norm(arrays: List[mx.nd.NDArray]) -> Optional[mx.nd.NDArray]:
@@ -213,7 +218,34 @@ def global_norm(arrays: List[mx.nd.NDArray]) -> Optional[mx.nd.NDArray]:
 
     Sums in double over fixed blocks: the same value for any thread count.
     """
-    if not arrays or not load_train_ops() or any(np.dtype(a.dtype) != np.float32 or
-                                                 a.context.device_type != 'cpu' for a in arrays):
+    if not arrays or not load_train_ops() or not _usable_arrays(arrays):
         return None
     return getattr(mx.nd, OP_SUM_SQUARES)(*arrays, num_arrays=len(arrays))
+
+
+def _usable_arrays(arrays: List[mx.nd.NDArray]) -> bool:
+    return all(np.dtype(a.dtype) == np.float32 and a.context.device_type == 'cpu' and
+               a.stype == 'default' for a in arrays)
+
+
+def adamw_ready(arrays: List[mx.nd.NDArray]) -> bool:
+    """:func:`adamw_update` can update these arrays (dense float32 CPU, operator built)."""
+    return bool(arrays) and load_train_ops() and _usable_arrays(arrays)
+
+
+def adamw_update(weights: List[mx.nd.NDArray], grads: List[mx.nd.NDArray],
+                 means: List[mx.nd.NDArray], variances: List[mx.nd.NDArray],
+                 rescale: mx.nd.NDArray, lrs: Sequence[float], wds: Sequence[float],
+                 beta1: float, beta2: float, epsilon: float,
+                 clip_gradient: Optional[float]) -> None:
+    """BERT-Adam (MXNet's ``adamw_update`` with ``lr`` 1 and ``eta`` the rate) in place.
+
+    ``weights``, ``means`` and ``variances`` are updated; nothing happens where ``rescale``
+    (a (1,) array) is 0 or not finite. The arrays must pass :func:`adamw_ready`.
+    """
+    inputs = [a for group in zip(weights, grads, means, variances) for a in group]
+    getattr(mx.nd, OP_ADAMW)(*inputs, rescale, out=list(weights), num_arrays=len(weights),
+                             lrs=','.join(repr(float(v)) for v in lrs),
+                             wds=','.join(repr(float(v)) for v in wds), beta1=beta1,
+                             beta2=beta2, epsilon=epsilon,
+                             clip_gradient=-1.0 if clip_gradient is None else clip_gradient)

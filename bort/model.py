@@ -58,11 +58,12 @@ class _FusedDropout(mx.gluon.nn.Dropout):
     operator hashes a counter. Same probability and scaling, another random stream."""
 
     fused = False
+    train_flag = None
 
     def hybrid_forward(self, F, x):
         # pylint: disable=arguments-differ
         if self.fused and self._rate > 0 and not self._axes:
-            return kernels.dropout(F, x, self._rate, kernels.train_mode(F))
+            return kernels.dropout(F, x, self._rate, self.train_flag)
         return super().hybrid_forward(F, x)
 
 
@@ -82,6 +83,7 @@ class _SelfAttentionCell(DotProductSelfAttentionCell):
 
     additive_mask = True
     fused = False
+    train_flag = None
 
     def hybrid_forward(self, F, qkv, valid_len, query_bias, key_bias, value_bias,
                        query_weight, key_weight, value_weight):
@@ -101,9 +103,10 @@ class _SelfAttentionCell(DotProductSelfAttentionCell):
             # valid_len: (B, L), every column the row's length (BERTEncoder's layout).
             lengths = F.BlockGrad(F.reshape(F.cast(F.slice_axis(valid_len, axis=1, begin=0,
                                                                 end=1), 'float32'), shape=(-1,)))
-            context, weights = kernels.self_attention(F, qkv_proj, lengths, heads, self._dropout,
-                                                      kernels.train_mode(F))
-            return context, weights.reshape(shape=(-1, heads, 0, 0), reverse=True)
+            # No attention weights: the fused operator does not keep them (the encoder is
+            # built without output_attention, BortModel checks).
+            return kernels.self_attention(F, qkv_proj, lengths, heads, self._dropout,
+                                          self.train_flag), None
         scores = F.contrib.interleaved_matmul_selfatt_qk(qkv_proj, heads=heads)  # (B*A, L, L)
         # valid_len: (B, L) int32, every column the row's length (BERTEncoder's layout).
         # The mask comes from the lengths alone, off the gradient's path: autograd would
@@ -198,7 +201,8 @@ class BortModel(BERTModel):
         """The fused training operators apply: float32 weights on the CPU, operators built."""
         weight = self.word_embed[0].weight
         contexts = weight._ctx_list  # pylint: disable=protected-access
-        if not self.fused_kernels or not contexts or np.dtype(weight.dtype) != np.float32:
+        if (not self.fused_kernels or not contexts or np.dtype(weight.dtype) != np.float32 or
+                self.encoder._output_attention):  # pylint: disable=protected-access
             return False
         return all(c.device_type == 'cpu' for c in contexts) and kernels.train_ops_usable()
 
@@ -232,9 +236,12 @@ class BortModel(BERTModel):
                        masked_positions=None):
         # pylint: disable=arguments-differ
         fused = self._use_fused()  # decided each time the graph is built (traced)
+        # One training flag for every fused block of this graph (a node of it, not a value).
+        flag = kernels.train_mode(F) if fused else None
         for block in self._fusable_blocks():
             if isinstance(block, (_FusedLayerNorm, _FusedDropout, _SelfAttentionCell)):
                 block.fused = fused
+                block.train_flag = flag
         if self._use_token_type_embed and token_types is None:
             token_types = F.zeros_like(inputs)
         seq_out, _ = self._encode_sequence(inputs, token_types, valid_length)

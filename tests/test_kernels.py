@@ -290,6 +290,13 @@ def _attention_reference(qkv, lengths, heads, dcontext):
             probs.reshape(batch * heads, length, length), dqkv)
 
 
+def _attention(qkv, lengths, heads, p):
+    """The fused operator's context and gradient (head gradient: ``_attention.dcontext``)."""
+    return _with_grads(lambda a: train_kernels.self_attention(
+        mx.nd, a, mx.nd.array(lengths), heads, p, train_kernels.train_mode(mx.nd)), qkv,
+        dout=_attention.dcontext)
+
+
 @needs_train_ops
 @pytest.mark.parametrize('length,batch,heads,d', [(13, 3, 2, 24), (32, 2, 3, 32), (7, 2, 1, 5),
                                                   (40, 1, 2, 64)])
@@ -297,64 +304,50 @@ def test_self_attention_matches_numpy(rng, length, batch, heads, d):
     """Shapes off the 16-float vectors included; a row of one key, one of all keys, one of none."""
     qkv = (rng.randn(length, batch, 3 * heads * d) * 2).astype(np.float32)
     lengths = np.array([length, 1, 0][:batch], np.float32)
-    dcontext = rng.randn(length, batch, heads * d).astype(np.float32)
-    mode = train_kernels.train_mode(mx.nd)
-    weights = []
-
-    def attention(a):
-        context, w = train_kernels.self_attention(mx.nd, a, mx.nd.array(lengths), heads, 0.0, mode)
-        weights.append(w)
-        return context
-
-    context, (dqkv,) = _with_grads(attention, qkv, dout=dcontext)
-    expected = _attention_reference(qkv, lengths, heads, dcontext)
+    _attention.dcontext = rng.randn(length, batch, heads * d).astype(np.float32)
+    context, (dqkv,) = _attention(qkv, lengths, heads, 0.0)
+    expected = _attention_reference(qkv, lengths, heads, _attention.dcontext)
     np.testing.assert_allclose(context, expected[0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(weights[0].asnumpy(), expected[1], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(dqkv, expected[2], rtol=1e-4, atol=1e-5)
-    if batch > 1:
-        assert not weights[0].asnumpy()[heads:2 * heads, :, 1:].any()  # exactly 0, not small
 
 
 @needs_train_ops
-def test_self_attention_dropout_and_non_finite(rng):
-    length, batch, heads, d = 16, 2, 2, 8
-    qkv = rng.randn(length, batch, 3 * heads * d).astype(np.float32)
+def test_self_attention_dropout_mask_gradient_and_non_finite(rng):
+    """Values that are one-hot rows make the context the weights themselves: W = P * keep / (1 - p)
+    exactly, padded keys 0; the gradient through the same mask (recomputed in the backward)."""
+    length, batch, heads, d, p = 16, 2, 1, 16, 0.25
+    qkv = rng.randn(length, batch, 3 * d).astype(np.float32)
+    qkv[:, :, 2 * d:] = np.eye(length, dtype=np.float32)[:, None, :]  # v_j = e_j
     lengths = np.array([16, 9], np.float32)
-    dcontext = rng.randn(length, batch, heads * d).astype(np.float32)
-    p = 0.25
+    _attention.dcontext = rng.randn(length, batch, d).astype(np.float32)
     mx.random.seed(3)
-    weights = []
-
-    def attention(a):
-        context, w = train_kernels.self_attention(mx.nd, a, mx.nd.array(lengths), heads, p,
-                                                  train_kernels.train_mode(mx.nd))
-        weights.append(w)
-        return context
-
-    context, (dqkv,) = _with_grads(attention, qkv, dout=dcontext)
-    dropped = weights[0].asnumpy()
-    probs = _attention_reference(qkv, lengths, heads, dcontext)[1]
-    keep = (dropped != 0) | (probs == 0)
+    weights, (dqkv,) = _attention(qkv, lengths, heads, p)
+    mx.random.seed(3)
+    again, (dqkv_again,) = _attention(qkv, lengths, heads, p)
+    np.testing.assert_array_equal(again, weights)  # the same seed, the same mask (resume)
+    np.testing.assert_array_equal(dqkv_again, dqkv)
+    w = weights.transpose(1, 0, 2)  # (B, L_q, L_k)
+    probs = _attention_reference(qkv, lengths, heads, _attention.dcontext)[1]
+    keep = (w != 0) | (probs == 0)
     assert 0.65 < keep[probs > 0].mean() < 0.85
-    np.testing.assert_allclose(dropped, np.where(keep, probs / (1 - p), 0), rtol=1e-4, atol=1e-6)
-    # the gradient through the same mask, by numpy
+    assert not w[1, :, 9:].any()
+    np.testing.assert_allclose(w, np.where(keep, probs / (1 - p), 0), rtol=1e-4, atol=1e-6)
+    # numpy's gradient through that mask
     x = qkv.astype(np.float64).reshape(length, batch, heads, 3, d)
     q, k, v = (x[:, :, :, i].transpose(1, 2, 0, 3) for i in range(3))
-    w = dropped.reshape(batch, heads, length, length).astype(np.float64)
-    np.testing.assert_allclose(context, (w @ v).transpose(2, 0, 1, 3).reshape(context.shape),
-                               rtol=1e-4, atol=1e-5)
-    dc = dcontext.astype(np.float64).reshape(length, batch, heads, d).transpose(1, 2, 0, 3)
-    pr = probs.reshape(w.shape)
-    dw = (dc @ v.transpose(0, 1, 3, 2)) * keep.reshape(w.shape) / (1 - p)
+    w64, pr, keep4 = (a.reshape(batch, heads, length, length).astype(np.float64)
+                      for a in (w, probs, keep))
+    dc = _attention.dcontext.astype(np.float64).reshape(length, batch, heads, d)
+    dc = dc.transpose(1, 2, 0, 3)
+    dw = (dc @ v.transpose(0, 1, 3, 2)) * keep4 / (1 - p)
     ds = pr * (dw - (dw * pr).sum(-1, keepdims=True)) / np.sqrt(d)
-    grads = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, w.transpose(0, 1, 3, 2) @ dc]
+    grads = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, w64.transpose(0, 1, 3, 2) @ dc]
     expected = np.stack([g.transpose(2, 0, 1, 3) for g in grads], axis=3).reshape(qkv.shape)
     np.testing.assert_allclose(dqkv, expected, rtol=1e-4, atol=1e-5)
     # a NaN in the input reaches the output (the step's norm check stops on it)
     qkv[3, 0, 0] = np.nan
-    context, _ = train_kernels.self_attention(mx.nd, mx.nd.array(qkv), mx.nd.array(lengths), heads,
-                                              0.0, train_kernels.train_mode(mx.nd))
-    assert np.isnan(context.asnumpy()[:, 0]).any()
+    context, _ = _attention(qkv, lengths, heads, 0.0)
+    assert np.isnan(context[:, 0]).any()
 
 
 @needs_train_ops

@@ -11,19 +11,22 @@
 //   Inverted dropout: out = x * keep / (1 - p), keep (uint8) drawn with P(keep) = 1 - p, where
 //   training; out = x, keep = 1 where not (see `mode`). Backward: dx = dout * keep / (1 - p).
 //
-// bort_self_attention(qkv, valid_length, mode; heads, p) -> (context, weights, probs)
+// bort_self_attention(qkv, valid_length, mode; heads, p) -> (context, key)
 //   MXNet's interleaved_matmul_selfatt_qk, the softmax over each row's valid keys, dropout and
 //   interleaved_matmul_selfatt_valatt in one operator. qkv: (L, B, 3 * heads * d), per head
 //   [q | k | v] of d channels; valid_length: (B,) float (len <= 0: every key).
-//   probs[b * heads + h, i, j] = softmax_j<len(q_i . k_j / sqrt(d)), 0 for j >= len (the same
-//   as a -1e9 mask: padded keys weigh exactly 0); weights = dropout(probs) as bort_dropout;
-//   context[i, b, h * d + :d] = sum_j weights[., i, j] v_j. probs is kept for the backward.
+//   P[b * heads + h, i, j] = softmax_j<len(q_i . k_j / sqrt(d)), 0 for j >= len (the same as a
+//   -1e9 mask: padded keys weigh exactly 0); W = dropout(P) as bort_dropout;
+//   context[i, b, h * d + :d] = sum_j W[., i, j] v_j. key (2,) int32: the dropout stream's key,
+//   for the backward, which recomputes P and W.
 //   Backward: dV = W^T dC, dW = dC V^T, dP = dW * keep / (1 - p), dS = P * (dP - sum_j P dP),
-//   dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d). The keep mask is read back from the weights and
-//   probs: kept <=> weight != 0, and where probs == 0 the gradient is 0 either way.
+//   dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d).
 //
 // bort_sum_squares(a_0, ..., a_{n-1}; num_arrays) -> (1,) the L2 norm of all the arrays together,
 //   accumulated in double in fixed blocks (the same result for any thread count).
+//
+// bort_adamw(weight_0, grad_0, mean_0, var_0, ..., rescale; ...): GluonNLP's BERT-Adam update of
+//   many parameters in one operator (see below).
 //
 // Why `mode`: MXNet's library interface does not pass the training flag to an operator. `mode`
 // is MXNet's own Dropout (p = 0.5) applied to a one-element array of ones: in training it is 0
@@ -418,8 +421,54 @@ Attention Shape(const MXTensor& qkv, const Attrs& attrs) {
   return at;
 }
 
-// inputs: qkv (L, B, 3H), valid_length (B,), mode; outputs: context (L, B, H), weights and
-// probs (B * heads, L, L).
+// The attention weights of one (batch row, head), rows of L16 floats in `w`, and the
+// probabilities before dropout in `probs`: scores from Q and the packed K^T, the softmax over
+// the first `len` keys, dropout from the call's key (the same bits in the backward).
+void AttentionWeights(const Attention& at, const float* q, const float* kt, int64_t len,
+                      int64_t task, uint64_t key, bool drop, uint32_t threshold, float keep_scale,
+                      float* probs, float* w) {
+  const int64_t L = at.length, L16 = RoundUp(L);
+  Gemm(L, L16, at.depth, q, at.Row(), 1, kt, L16, probs, L16,
+       1.f / std::sqrt(static_cast<float>(at.depth)));
+  for (int64_t i = 0; i < L; ++i) {
+    float* pi = probs + i * L16;
+    float* wi = w + i * L16;
+    float top = -3.0e38f;
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < len; ++j) top = pi[j] > top ? pi[j] : top;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < len; ++j) {
+      const float e = FastExp(pi[j] - top);
+      pi[j] = e;
+      sum += e;
+    }
+    const float inv = 1.f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) pi[j] *= inv;
+    for (int64_t j = len; j < L16; ++j) pi[j] = 0.f;
+    if (drop) {
+      const int64_t base = (task * L + i) * L;
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) {
+        wi[j] = Bits(key, base + j) >= threshold ? pi[j] * keep_scale : 0.f;
+      }
+      for (int64_t j = L; j < L16; ++j) wi[j] = 0.f;
+    } else {
+      std::memcpy(wi, pi, sizeof(float) * L16);
+    }
+  }
+}
+
+int64_t ValidKeys(const float* valid, int64_t b, int64_t L) {
+  const int64_t len = static_cast<int64_t>(valid[b] + 0.5f);
+  return len <= 0 || len > L ? L : len;
+}
+
+// inputs: qkv (L, B, 3H), valid_length (B,), mode; outputs: context (L, B, H) and the dropout
+// key (2,) int32. The weights are not kept: the backward recomputes them (one product of the
+// six and a softmax), cheaper on 2 cores than writing, zero-filling (MXNet's gradient of an
+// unused output) and reading back two (B * heads, L, L) arrays a layer.
 MXReturnValue SelfAttentionForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                    std::vector<MXTensor>* outputs, const OpResource& res) {
   const Attention at = Shape((*inputs)[0], attrs);
@@ -430,73 +479,43 @@ MXReturnValue SelfAttentionForward(const Attrs& attrs, std::vector<MXTensor>* in
   const uint64_t key = drop ? DrawKey(res) : 0;
   const uint32_t threshold = DropThreshold(p);
   const float keep_scale = drop ? 1.f / (1.f - p) : 1.f;
-  const float scale = 1.f / std::sqrt(static_cast<float>(at.depth));
   float* context = (*outputs)[0].data<float>();
-  float* weights = (*outputs)[1].data<float>();
-  float* probs = (*outputs)[2].data<float>();
+  uint32_t* key_out = (*outputs)[1].data<uint32_t>();
+  key_out[0] = static_cast<uint32_t>(key >> 32);
+  key_out[1] = static_cast<uint32_t>(key);
   const int64_t L = at.length, d = at.depth, L16 = RoundUp(L), d16 = RoundUp(d);
   const int64_t tasks = at.batch * at.heads;
 #pragma omp parallel
   {
-    std::vector<float> kt(d * L16), vp(L * d16), sc(L * L16), out(L * d16);
+    std::vector<float> kt(d * L16), vp(L * d16), pr(L * L16), w(L * L16), out(L * d16);
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t b = t / at.heads, h = t % at.heads;
       const float* q = at.Q(qkv, b, h);
       Pack(q + d, at.Row(), L, d, kt.data(), true);       // K^T: d x L16
       Pack(q + 2 * d, at.Row(), L, d, vp.data(), false);  // V: L x d16
-      Gemm(L, L16, d, q, at.Row(), 1, kt.data(), L16, sc.data(), L16, scale);
-      int64_t len = static_cast<int64_t>(valid[b] + 0.5f);
-      len = len <= 0 || len > L ? L : len;
-      float* pt = probs + t * L * L;
-      float* wt = weights + t * L * L;
-      for (int64_t i = 0; i < L; ++i) {
-        const float* si = sc.data() + i * L16;
-        float* pi = pt + i * L;
-        float* wi = wt + i * L;
-        float top = -3.0e38f;
-#pragma omp simd reduction(max : top)
-        for (int64_t j = 0; j < len; ++j) top = si[j] > top ? si[j] : top;
-        float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < len; ++j) {
-          const float e = FastExp(si[j] - top);
-          pi[j] = e;
-          sum += e;
-        }
-        const float inv = 1.f / sum;
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) pi[j] *= inv;
-        for (int64_t j = len; j < L; ++j) pi[j] = 0.f;
-        if (drop) {
-          const int64_t base = (t * L + i) * L;
-#pragma omp simd
-          for (int64_t j = 0; j < L; ++j) {
-            wi[j] = Bits(key, base + j) >= threshold ? pi[j] * keep_scale : 0.f;
-          }
-        } else {
-          std::memcpy(wi, pi, sizeof(float) * L);
-        }
-      }
-      Gemm(L, d16, L, wt, L, 1, vp.data(), d16, out.data(), d16, 1.f);
+      AttentionWeights(at, q, kt.data(), ValidKeys(valid, b, L), t, key, drop, threshold,
+                       keep_scale, pr.data(), w.data());
+      Gemm(L, d16, L, w.data(), L16, 1, vp.data(), d16, out.data(), d16, 1.f);
       Unpack(out.data(), L, d, context + b * at.heads * d + h * d, at.batch * at.heads * d);
     }
   }
   return kOk;
 }
 
-// inputs: dcontext, dweights, dprobs, qkv, valid_length, mode, context, weights, probs;
-// outputs: dqkv, dvalid_length, dmode. dweights and dprobs are ignored (the weights are for
-// inspection, the probabilities for this backward).
+// inputs: dcontext, dkey, qkv, valid_length, mode, context, key; outputs: dqkv, dvalid_length,
+// dmode.
 MXReturnValue SelfAttentionBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                     std::vector<MXTensor>* outputs, const OpResource& res) {
   const float* dcontext = (*inputs)[0].data<float>();
-  const Attention at = Shape((*inputs)[3], attrs);
-  const float* qkv = (*inputs)[3].data<float>();
-  const float* weights = (*inputs)[7].data<float>();
-  const float* probs = (*inputs)[8].data<float>();
+  const Attention at = Shape((*inputs)[2], attrs);
+  const float* qkv = (*inputs)[2].data<float>();
+  const float* valid = (*inputs)[3].data<float>();
+  const uint32_t* key_in = (*inputs)[6].data<uint32_t>();
+  const uint64_t key = (static_cast<uint64_t>(key_in[0]) << 32) | key_in[1];
   const float p = FloatAttr(attrs, "p", 0.f);
-  const bool drop = Training((*inputs)[5]) && p > 0.f;
+  const bool drop = Training((*inputs)[4]) && p > 0.f;
+  const uint32_t threshold = DropThreshold(p);
   const float keep_scale = drop ? 1.f / (1.f - p) : 1.f;
   const float scale = 1.f / std::sqrt(static_cast<float>(at.depth));
   float* dqkv = (*outputs)[0].data<float>();
@@ -505,29 +524,29 @@ MXReturnValue SelfAttentionBackward(const Attrs& attrs, std::vector<MXTensor>* i
   const int64_t ctx_row = at.batch * at.heads * d;
 #pragma omp parallel
   {
-    std::vector<float> vt(d * L16), kp(L * d16), qp(L * d16), dc(L * d16), ds(L * L16),
-        out(L * d16);
+    std::vector<float> kt(d * L16), vt(d * L16), kp(L * d16), qp(L * d16), dc(L * d16),
+        pr(L * L16), w(L * L16), ds(L * L16), out(L * d16);
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t b = t / at.heads, h = t % at.heads;
       const float* q = at.Q(qkv, b, h);
       float* dq = dqkv + (q - qkv);
-      const float* dct = dcontext + b * at.heads * d + h * d;
       Pack(q, at.Row(), L, d, qp.data(), false);
       Pack(q + d, at.Row(), L, d, kp.data(), false);
+      Pack(q + d, at.Row(), L, d, kt.data(), true);
       Pack(q + 2 * d, at.Row(), L, d, vt.data(), true);
-      Pack(dct, ctx_row, L, d, dc.data(), false);
-      const float* pt = probs + t * L * L;
-      const float* wt = weights + t * L * L;
-      // dV = weights^T dC
-      Gemm(L, d16, L, wt, 1, L, dc.data(), d16, out.data(), d16, 1.f);
+      Pack(dcontext + b * at.heads * d + h * d, ctx_row, L, d, dc.data(), false);
+      AttentionWeights(at, q, kt.data(), ValidKeys(valid, b, L), t, key, drop, threshold,
+                       keep_scale, pr.data(), w.data());
+      // dV = W^T dC
+      Gemm(L, d16, L, w.data(), 1, L16, dc.data(), d16, out.data(), d16, 1.f);
       Unpack(out.data(), L, d, dq + 2 * d, at.Row());
       // dW = dC V^T, then through dropout and softmax: dS = P * (dP - sum(P * dP))
       Gemm(L, L16, d, dc.data(), d16, 1, vt.data(), L16, ds.data(), L16, 1.f);
       for (int64_t i = 0; i < L; ++i) {
         float* gi = ds.data() + i * L16;
-        const float* pi = pt + i * L;
-        const float* wi = wt + i * L;
+        const float* pi = pr.data() + i * L16;
+        const float* wi = w.data() + i * L16;
         float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
         for (int64_t j = 0; j < L; ++j) {
@@ -553,7 +572,17 @@ MXReturnValue SelfAttentionBackward(const Attrs& attrs, std::vector<MXTensor>* i
 
 MXReturnValue SelfAttentionAttrs(const Attrs& attrs, int* num_in, int* num_out) {
   *num_in = 3;
-  *num_out = 3;
+  *num_out = 2;
+  return kOk;
+}
+
+MXReturnValue SelfAttentionType(const Attrs& attrs, std::vector<int>* in_types,
+                                std::vector<int>* out_types) {
+  for (int type : *in_types) {
+    if (type != mxnet::ext::kFloat32) return kFail;
+  }
+  (*out_types)[0] = mxnet::ext::kFloat32;
+  (*out_types)[1] = mxnet::ext::kInt32;
   return kOk;
 }
 
@@ -568,10 +597,8 @@ MXReturnValue SelfAttentionShape(const Attrs& attrs, Shapes* in_shapes, Shapes* 
                  << "p in [0, 1)";
     return kFail;
   }
-  const unsigned int L = qkv[0], B = qkv[1], H = qkv[2] / 3;
-  (*out_shapes)[0] = {L, B, H};
-  (*out_shapes)[1] = {B * heads, L, L};
-  (*out_shapes)[2] = {B * heads, L, L};
+  (*out_shapes)[0] = {qkv[0], qkv[1], qkv[2] / 3};
+  (*out_shapes)[1] = {2};
   return kOk;
 }
 
@@ -617,6 +644,110 @@ MXReturnValue SumSquaresShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out
   return kOk;
 }
 
+// -- BERT-Adam -------------------------------------------------------------------------------------
+// inputs: weight_0, grad_0, mean_0, var_0, ..., weight_{n-1}, ..., var_{n-1}, rescale (1,);
+// outputs: the n weights (MXNet aliases them to the inputs: out=weights); mean and var are
+// mutated inputs. Attributes: num_arrays, lrs and wds (n comma-separated values), beta1,
+// beta2, epsilon, clip_gradient (< 0: none). Per element, in MXNet's adamw_update order:
+//   g = clip(grad * rescale), mean = b1 mean + (1 - b1) g, var = b2 var + (1 - b2) g^2,
+//   weight = weight - lr (mean / (sqrt(var) + eps) + wd weight);
+// skipped where rescale is 0 or not finite, as MXNet's. One pass over each parameter's four
+// arrays in blocks spread over the threads, where MXNet runs one operator per 4 parameters.
+std::vector<float> FloatList(const Attrs& attrs, const char* key) {
+  std::vector<float> values;
+  auto it = attrs.find(key);
+  if (it == attrs.end()) return values;
+  size_t start = 0;
+  const std::string& text = it->second;
+  while (start < text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    values.push_back(std::stof(text.substr(start, end - start)));
+    start = end + 1;
+  }
+  return values;
+}
+
+MXReturnValue AdamWForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                           std::vector<MXTensor>* outputs, const OpResource& res) {
+  const int n = IntAttr(attrs, "num_arrays", 1);
+  const float rescale = (*inputs)[4 * n].data<float>()[0];
+  if (!std::isfinite(rescale) || rescale == 0.f) return kOk;
+  const std::vector<float> lrs = FloatList(attrs, "lrs"), wds = FloatList(attrs, "wds");
+  if (static_cast<int>(lrs.size()) != n || static_cast<int>(wds.size()) != n) {
+    MX_ERROR_MSG << "bort_adamw: lrs and wds need num_arrays values";
+    return kFail;
+  }
+  const float beta1 = FloatAttr(attrs, "beta1", 0.9f), beta2 = FloatAttr(attrs, "beta2", 0.999f);
+  const float eps = FloatAttr(attrs, "epsilon", 1e-6f);
+  const float clip = FloatAttr(attrs, "clip_gradient", -1.f);
+  struct Piece {
+    int array;
+    int64_t begin, end;
+  };
+  std::vector<Piece> pieces;
+  for (int a = 0; a < n; ++a) {
+    const int64_t size = (*inputs)[4 * a].size();
+    for (int64_t b = 0; b < size; b += kNormBlock) {
+      pieces.push_back({a, b, b + kNormBlock < size ? b + kNormBlock : size});
+    }
+  }
+  const int64_t count = static_cast<int64_t>(pieces.size());
+#pragma omp parallel for schedule(dynamic, 2)
+  for (int64_t k = 0; k < count; ++k) {
+    const Piece& piece = pieces[k];
+    const int a = piece.array;
+    const float* w = (*inputs)[4 * a].data<float>();
+    const float* g = (*inputs)[4 * a + 1].data<float>();
+    float* mean = (*inputs)[4 * a + 2].data<float>();
+    float* var = (*inputs)[4 * a + 3].data<float>();
+    float* out = (*outputs)[a].data<float>();
+    const float lr = lrs[a], wd = wds[a];
+#pragma omp simd
+    for (int64_t i = piece.begin; i < piece.end; ++i) {
+      float scaled = g[i] * rescale;
+      if (clip >= 0.f) scaled = scaled > clip ? clip : (scaled < -clip ? -clip : scaled);
+      const float m = beta1 * mean[i] + (1.f - beta1) * scaled;
+      const float v = beta2 * var[i] + (1.f - beta2) * scaled * scaled;
+      mean[i] = m;
+      var[i] = v;
+      out[i] = w[i] - lr * (m / (std::sqrt(v) + eps) + wd * w[i]);
+    }
+  }
+  return kOk;
+}
+
+MXReturnValue AdamWAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  const int n = IntAttr(attrs, "num_arrays", 1);
+  *num_in = 4 * n + 1;
+  *num_out = n;
+  return n >= 1 ? kOk : kFail;
+}
+
+MXReturnValue AdamWShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const int n = IntAttr(attrs, "num_arrays", 1);
+  for (int a = 0; a < n; ++a) {
+    for (int k = 1; k < 4; ++k) {
+      if ((*in_shapes)[4 * a + k] != (*in_shapes)[4 * a]) {
+        MX_ERROR_MSG << "bort_adamw: weight, grad, mean and var of array " << a
+                     << " differ in shape";
+        return kFail;
+      }
+    }
+    (*out_shapes)[a] = (*in_shapes)[4 * a];
+  }
+  return kOk;
+}
+
+MXReturnValue AdamWMutate(const Attrs& attrs, std::vector<int>* indices) {
+  const int n = IntAttr(attrs, "num_arrays", 1);
+  for (int a = 0; a < n; ++a) {
+    indices->push_back(4 * a + 2);
+    indices->push_back(4 * a + 3);
+  }
+  return kOk;
+}
+
 }  // namespace
 
 REGISTER_OP(bort_layer_norm)
@@ -637,7 +768,7 @@ REGISTER_OP(bort_self_attention)
     .setForward(SelfAttentionForward, "cpu")
     .setBackward(SelfAttentionBackward, "cpu")
     .setParseAttrs(SelfAttentionAttrs)
-    .setInferType(AllFloat32)
+    .setInferType(SelfAttentionType)
     .setInferShape(SelfAttentionShape);
 
 REGISTER_OP(bort_sum_squares)
@@ -645,6 +776,13 @@ REGISTER_OP(bort_sum_squares)
     .setParseAttrs(SumSquaresAttrs)
     .setInferType(AllFloat32)
     .setInferShape(SumSquaresShape);
+
+REGISTER_OP(bort_adamw)
+    .setForward(AdamWForward, "cpu")
+    .setParseAttrs(AdamWAttrs)
+    .setInferType(AllFloat32)
+    .setInferShape(AdamWShape)
+    .setMutateInputs(AdamWMutate);
 
 MXReturnValue initialize(int version) {
   // The custom-operator API of MXNet 1.9 (library version 11).
