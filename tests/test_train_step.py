@@ -285,3 +285,49 @@ def test_finetune_steps_equal_plain(monkeypatch):
     np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5)
     for a, b in zip(fast[1], plain[1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('clip_gradient', [None, 0.3])
+def test_fused_bertadam_equals_gluonnlp(monkeypatch, tmp_path, fused, clip_gradient):
+    """One operator for every parameter == GluonNLP's BERTAdam in groups (no decay on biases,
+    a gradient clip, a skipped non-finite step, states saved and loaded in between)."""
+    from bort import optim  # pylint: disable=import-outside-toplevel
+    if not fused:
+        monkeypatch.setattr(optim.kernels, 'adamw_ready', lambda arrays: False)
+    rng = np.random.RandomState(11)
+    sides = []
+    for name in ('fused', 'plain'):
+        params = mx.gluon.ParameterDict()
+        for key, shape in (('w', (40, 3)), ('big', (NORM_CHUNK * 5 + 3,)), ('x_bias', (3,)),
+                           ('ln_gamma', (7,))):
+            params.get(key, shape=shape)
+        params.initialize(mx.init.Constant(0.5))
+        if name == 'plain':
+            for key, param in params.items():
+                param.wd_mult = 0.0 if optim.no_decay(key) else 1.0
+            trainer = mx.gluon.Trainer(params, 'bertadam', {'learning_rate': 0.01, 'wd': 0.01,
+                                                            'epsilon': 1e-6}, kvstore=None)
+        else:
+            trainer = make_trainer(params, Comm(), 'bertadam', lr=0.01, weight_decay=0.01)
+            assert type(trainer._optimizer).__name__ == 'FusedBERTAdam'  # pylint: disable=protected-access
+        trainer._optimizer.clip_gradient = clip_gradient  # pylint: disable=protected-access
+        sides.append((params, trainer))
+    for step, scale in enumerate([2.0, 0.5, float('inf'), 1.0]):
+        grads = {k: rng.randn(*p.shape).astype(np.float32) * (5 if step == 1 else 1)
+                 for k, p in sides[0][0].items()}
+        grads['big'][:7] = 0  # untouched rows: the moments still decay
+        for side, (params, trainer) in enumerate(sides):
+            for key, param in params.items():
+                param.grad()[:] = grads[key]
+                param.data()._fresh_grad = True  # pylint: disable=protected-access
+            trainer.update(scale)  # inf: rescale 0, the update skipped
+            if step == 1:  # a checkpoint and resume
+                trainer.save_states(str(tmp_path / f'{side}.states'))
+                trainer.load_states(str(tmp_path / f'{side}.states'))
+    assert type(sides[0][1]._optimizer).__name__ == 'FusedBERTAdam'  # pylint: disable=protected-access
+    for (key, a), b in zip(sides[0][0].items(), sides[1][0].values()):
+        # Float32 rounding (the operators contract a * b + c differently), amplified where the
+        # second moment is small.
+        np.testing.assert_allclose(a.data().asnumpy(), b.data().asnumpy(), rtol=1e-5, atol=1e-5,
+                                   err_msg=key)
