@@ -14,7 +14,7 @@ and ``mx.sym``, each with its backward:
 - ``bort_sum_squares``: the global L2 norm of many arrays in one pass (double accumulation);
 - ``bort_adamw``: GluonNLP's BERT-Adam update of every parameter in one operator.
 
-:mod:`bort.model` uses them through :func:`layer_norm`, :func:`dropout` and
+:mod:`bort.model` uses them through :class:`FusedLayerNorm`, :class:`FusedDropout` and
 :func:`self_attention`; :mod:`bort.optim` through :func:`global_norm` and
 :func:`adamw_update`.
 
@@ -47,7 +47,7 @@ from typing import List, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-__all__ = ['build_library', 'load_library', 'load_train_ops', 'train_ops_usable', 'layer_norm',
+__all__ = ['FusedLayerNorm', 'FusedDropout', 'build_library', 'load_library', 'load_train_ops', 'train_ops_usable', 'layer_norm',
            'dropout', 'self_attention', 'train_mode', 'global_norm', 'adamw_ready', 'adamw_update',
            'TRAIN_SOURCE',
            'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES', 'OP_ADAMW']
@@ -221,6 +221,38 @@ def global_norm(arrays: List[mx.nd.NDArray]) -> Optional[mx.nd.NDArray]:
     if not arrays or not load_train_ops() or not _usable_arrays(arrays):
         return None
     return getattr(mx.nd, OP_SUM_SQUARES)(*arrays, num_arrays=len(arrays))
+
+
+# -- Gluon blocks ------------------------------------------------------------------------------
+class FusedLayerNorm(mx.gluon.nn.LayerNorm):
+    """Gluon's LayerNorm over the last axis, through :func:`layer_norm` when ``fused`` (set by
+    :class:`bort.model.BortModel` each time its graph is built): MXNet 1.9's backward of
+    LayerNorm is a generic reduction, ~15 ms a call on a 1024 x 384 input on 2 cores, the fused
+    one under 1 ms. Same parameters, same names."""
+
+    fused = False
+
+    def hybrid_forward(self, F, data, gamma, beta):
+        # pylint: disable=arguments-differ
+        if self.fused and self._axis == -1:
+            return layer_norm(F, data, gamma, beta, self._epsilon)
+        return super().hybrid_forward(F, data, gamma, beta)
+
+
+class FusedDropout(mx.gluon.nn.Dropout):
+    """Gluon's Dropout, through :func:`dropout` when ``fused``, reading ``train_flag`` (a
+    :func:`train_mode` node shared by the graph): MXNet draws one ``std::mt19937`` number per
+    element (~9 ns an element on 2 cores), the fused operator hashes a counter. Same probability
+    and scaling, another random stream."""
+
+    fused = False
+    train_flag = None
+
+    def hybrid_forward(self, F, x):
+        # pylint: disable=arguments-differ
+        if self.fused and self._rate > 0 and not self._axes:
+            return dropout(F, x, self._rate, self.train_flag)
+        return super().hybrid_forward(F, x)
 
 
 def _usable_arrays(arrays: List[mx.nd.NDArray]) -> bool:

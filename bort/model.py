@@ -37,36 +37,6 @@ class CheckpointMismatchError(UserError, ValueError):
 MASK_VALUE = -1e9
 
 
-class _FusedLayerNorm(mx.gluon.nn.LayerNorm):
-    """Gluon's LayerNorm over the last axis, through :func:`bort.kernels.layer_norm` when
-    ``fused`` (set by :class:`BortModel` each time its graph is built): MXNet 1.9's backward of
-    LayerNorm is a generic reduction, ~15 ms a call on a 1024 x 384 input on 2 cores, the
-    fused one ~1 ms. Same parameters, same names."""
-
-    fused = False
-
-    def hybrid_forward(self, F, data, gamma, beta):
-        # pylint: disable=arguments-differ
-        if self.fused and self._axis == -1:
-            return kernels.layer_norm(F, data, gamma, beta, self._epsilon)
-        return super().hybrid_forward(F, data, gamma, beta)
-
-
-class _FusedDropout(mx.gluon.nn.Dropout):
-    """Gluon's Dropout, through :func:`bort.kernels.dropout` when ``fused``: MXNet draws one
-    ``std::mt19937`` number per element (~6 ms a 1024 x 384 call on 2 cores), the fused
-    operator hashes a counter. Same probability and scaling, another random stream."""
-
-    fused = False
-    train_flag = None
-
-    def hybrid_forward(self, F, x):
-        # pylint: disable=arguments-differ
-        if self.fused and self._rate > 0 and not self._axes:
-            return kernels.dropout(F, x, self._rate, self.train_flag)
-        return super().hybrid_forward(F, x)
-
-
 class _SelfAttentionCell(DotProductSelfAttentionCell):
     """GluonNLP's self-attention with padded keys masked by an additive bias (float32).
 
@@ -181,9 +151,9 @@ class BortModel(BERTModel):
         # fused path (same parameters).
         for block in self._fusable_blocks():
             if type(block) is mx.gluon.nn.LayerNorm:  # pylint: disable=unidiomatic-typecheck
-                block.__class__ = _FusedLayerNorm
+                block.__class__ = kernels.FusedLayerNorm
             elif type(block) is mx.gluon.nn.Dropout:  # pylint: disable=unidiomatic-typecheck
-                block.__class__ = _FusedDropout
+                block.__class__ = kernels.FusedDropout
         self._infer_param_shapes()
         # That shape inference traced the graph before the weights had a context; trace again
         # at the first call, when whether the fused operators apply is known.
@@ -239,7 +209,8 @@ class BortModel(BERTModel):
         # One training flag for every fused block of this graph (a node of it, not a value).
         flag = kernels.train_mode(F) if fused else None
         for block in self._fusable_blocks():
-            if isinstance(block, (_FusedLayerNorm, _FusedDropout, _SelfAttentionCell)):
+            if isinstance(block, (kernels.FusedLayerNorm, kernels.FusedDropout,
+                                  _SelfAttentionCell)):
                 block.fused = fused
                 block.train_flag = flag
         if self._use_token_type_embed and token_types is None:
