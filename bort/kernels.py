@@ -4,8 +4,9 @@ MXNet 1.9 on CPU spends a fine-tuning step of a MiniLM-sized model (8 x 128 toke
 largely outside the dense layers' products: LayerNorm's backward (~15 ms a call, a generic
 reduction), Dropout (one ``std::mt19937`` draw per element), attention (its per-head products
 as BLAS calls of (128 x 32) x (32 x 128), ~5x the time of their arithmetic, the mask's
-broadcast and the softmax around them), and the gradient norm. :func:`load_train_ops` makes these available in ``mx.nd``
-and ``mx.sym``, each with its backward:
+broadcast and the softmax around them), the gradient norm and the Adam update (one operator
+per 4 parameters). :func:`load_train_ops` makes these available in ``mx.nd`` and ``mx.sym``,
+those of the graph with their backward:
 
 - ``bort_layer_norm``: LayerNorm, forward and backward one pass over each row;
 - ``bort_dropout``: inverted dropout from a counter-based hash of one seeded key a call;
@@ -47,10 +48,10 @@ from typing import List, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-__all__ = ['FusedLayerNorm', 'FusedDropout', 'build_library', 'load_library', 'load_train_ops', 'train_ops_usable', 'layer_norm',
-           'dropout', 'self_attention', 'train_mode', 'global_norm', 'adamw_ready', 'adamw_update',
-           'TRAIN_SOURCE',
-           'OP_LAYER_NORM', 'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES', 'OP_ADAMW']
+__all__ = ['FusedLayerNorm', 'FusedDropout', 'build_library', 'load_library', 'load_train_ops',
+           'train_ops_usable', 'layer_norm', 'dropout', 'self_attention', 'train_mode',
+           'global_norm', 'adamw_ready', 'adamw_update', 'TRAIN_SOURCE', 'OP_LAYER_NORM',
+           'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES', 'OP_ADAMW']
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ def layer_norm(F, x, gamma, beta, eps: float):
 
 
 def dropout(F, x, p: float, mode):
-    """Inverted dropout of ``x`` with probability ``p`` in training (``mode``: :func:`train_mode`)."""
+    """Inverted dropout of ``x`` with probability ``p`` where ``mode`` (:func:`train_mode`)
+    says training; the identity otherwise."""
     return getattr(F, OP_DROPOUT)(x, mode, p=p)[0]
 
 

@@ -76,7 +76,7 @@ int64_t Rows(const MXTensor& t) { return t.size() / t.shape.back(); }
 
 bool Training(const MXTensor& mode) { return *const_cast<MXTensor&>(mode).data<float>() != 1.f; }
 
-// -- random bits ------------------------------------------------------------------------------
+// -- random bits ----------------------------------------------------------------------------------
 uint64_t DrawKey(const OpResource& res) {
   mxnet::ext::mx_cpu_rand_t& gen = res.get_cpu_rand_states()[0];
   const uint64_t hi = gen(), lo = gen();
@@ -121,7 +121,7 @@ inline float FastExp(float x) {
   return e * two_k.f;
 }
 
-// -- LayerNorm ----------------------------------------------------------------------------------
+// -- LayerNorm ------------------------------------------------------------------------------------
 MXReturnValue LayerNormForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                std::vector<MXTensor>* outputs, const OpResource& res) {
   MXTensor& x = (*inputs)[0];
@@ -254,7 +254,7 @@ MXReturnValue LayerNormShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_
   return kOk;
 }
 
-// -- dropout ------------------------------------------------------------------------------------
+// -- dropout --------------------------------------------------------------------------------------
 MXReturnValue DropoutForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                              std::vector<MXTensor>* outputs, const OpResource& res) {
   MXTensor& x = (*inputs)[0];
@@ -323,7 +323,7 @@ MXReturnValue DropoutShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_sh
   return kOk;
 }
 
-// -- self-attention ------------------------------------------------------------------------------
+// -- self-attention -------------------------------------------------------------------------------
 // Small matrix products of one (batch row, head): 16-float vectors (GCC's vector extension:
 // AVX-512 where the CPU has it, pairs of AVX2 registers otherwise), R rows x W vectors of C
 // held in registers while one row of B and R scalars of A stream past. MXNet's interleaved
@@ -342,10 +342,11 @@ inline void Block(int64_t r0, int64_t c0, int64_t depth, const float* a, int64_t
                   float alpha) {
   Vec acc[R][W];
   for (int r = 0; r < R; ++r)
-    for (int w = 0; w < W; ++w) acc[r][w] = Vec{} ;
+    for (int w = 0; w < W; ++w) acc[r][w] = Vec{};
   for (int64_t k = 0; k < depth; ++k) {
     Vec bv[W];
-    for (int w = 0; w < W; ++w) bv[w] = *reinterpret_cast<const Vec*>(b + k * ldb + c0 + w * kLanes);
+    const float* row = b + k * ldb + c0;
+    for (int w = 0; w < W; ++w) bv[w] = *reinterpret_cast<const Vec*>(row + w * kLanes);
     for (int r = 0; r < R; ++r) {
       const float av = a[(r0 + r) * a_row + k * a_col];
       for (int w = 0; w < W; ++w) acc[r][w] += av * bv[w];
@@ -361,7 +362,9 @@ inline void Rows(int64_t rows, int64_t c0, int64_t depth, const float* a, int64_
                  int64_t a_col, const float* b, int64_t ldb, float* c, int64_t ldc,
                  float alpha) {
   int64_t r0 = 0;
-  for (; r0 + R <= rows; r0 += R) Block<R, W>(r0, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  for (; r0 + R <= rows; r0 += R) {
+    Block<R, W>(r0, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  }
   for (; r0 < rows; ++r0) Block<1, W>(r0, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
 }
 
@@ -374,7 +377,9 @@ void Gemm(int64_t rows, int64_t cols, int64_t depth, const float* a, int64_t a_r
     Rows<6, 4>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
   for (; c0 + 2 * kLanes <= cols; c0 += 2 * kLanes)
     Rows<8, 2>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
-  for (; c0 < cols; c0 += kLanes) Rows<8, 1>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  for (; c0 < cols; c0 += kLanes) {
+    Rows<8, 1>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+  }
 }
 
 // Rows (count x width) at `src` with row stride `stride` into `dst` (count x RoundUp(width)),
@@ -400,7 +405,9 @@ void Pack(const float* src, int64_t stride, int64_t count, int64_t width, float*
 // Padded rows (count x RoundUp(width)) back to rows with stride `stride`.
 void Unpack(const float* src, int64_t count, int64_t width, float* dst, int64_t stride) {
   const int64_t ld = RoundUp(width);
-  for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * stride, src + i * ld, sizeof(float) * width);
+  for (int64_t i = 0; i < count; ++i) {
+    std::memcpy(dst + i * stride, src + i * ld, sizeof(float) * width);
+  }
 }
 
 struct Attention {
@@ -644,7 +651,7 @@ MXReturnValue SumSquaresShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out
   return kOk;
 }
 
-// -- BERT-Adam -------------------------------------------------------------------------------------
+// -- BERT-Adam ------------------------------------------------------------------------------------
 // inputs: weight_0, grad_0, mean_0, var_0, ..., weight_{n-1}, ..., var_{n-1}, rescale (1,);
 // outputs: the n weights (MXNet aliases them to the inputs: out=weights); mean and var are
 // mutated inputs. Attributes: num_arrays, lrs and wds (n comma-separated values), beta1,
