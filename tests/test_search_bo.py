@@ -280,8 +280,9 @@ def test_resume_continues_the_same_study(tiny_inputs, tmp_path, monkeypatch, whe
     again = run_search(bo_config(tiny_inputs, out))
     assert counter.trained == [] and again['table'] == resumed['table']
     assert _study_rows(out) == _study_rows(tmp_path / 'whole')
-    # Other objectives on the same study are refused.
-    with pytest.raises(ValueError, match='other settings'):
+    # Other objectives on the same study are refused, before anything is written.
+    with pytest.raises(evaluate_module.SettingsMismatchError,
+                       match='other settings.*bo_objectives differs'):
         run_search(bo_config(tiny_inputs, out, bo_objectives='error,latency,params'))
 
 
