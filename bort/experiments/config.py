@@ -32,7 +32,8 @@ MODELS = ('teacher',) + tuple(s[0] for s in STUDENTS)
 #: :class:`~bort.search.SearchConfig` settings over its defaults (``full``: the default search).
 BUDGETS: Dict[str, Dict[str, Any]] = {
     'small': {
-        'search': {'epsilon': 12, 'noise_seeds': 1, 'noise_candidates': 2},
+        'search': {'epsilon': 12, 'noise_seeds': 1, 'noise_candidates': 2,
+                   'fidelity_factor': 0},
         'corpus_bytes': 2_000_000, 'pretrain_steps': 500, 'pretrain_batch_size': 16,
         'seq_len': 64, 'eval_batches': 20, 'seeds': (0, 1), 'epochs': 2,
         'max_train_examples': 1000, 'agora_models': ('winner_kd',), 'agora_lrs': (1e-4, 5e-5),
