@@ -267,6 +267,8 @@ def test_report_from_constructed_figures_shows_every_no(tmp_path):
     assert agora['answer'] == 'within noise'  # 69 vs 69.5 on 500 rows
     assert '**not met**' in report  # the teacher's 60 % against Agora's 2/3
     assert '| winner, distilled |' in report and '0.20M token slots' in report
+    # 400,000 tokens in 6,300 sequences of at most 64 slots: 99 % filled.
+    assert '≈ 0.20M real tokens' in report
     assert json.loads((tmp_path / 'report.json').read_text())['total_seconds'] > 0
 
 

@@ -42,7 +42,7 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
     'full': {
         'search': {},
         'corpus_bytes': 5_000_000, 'pretrain_steps': 3000, 'pretrain_batch_size': 32,
-        'seq_len': 64, 'eval_batches': 30, 'seeds': (0, 1, 2), 'epochs': 3,
+        'seq_len': 64, 'eval_batches': 60, 'seeds': (0, 1, 2), 'epochs': 3,
         'max_train_examples': 4000,
         'agora_models': ('winner_kd', 'winner_mlm', 'comparison_kd'),
         'agora_lrs': (1e-4, 5e-5, 2e-4), 'latency_repeats': 20,

@@ -19,7 +19,7 @@ from .config import MODELS, STUDENTS, MiniatureConfig
 from .stages import StageLog
 from .verdicts import Z, binomial_se, compare, spread
 
-__all__ = ['verdicts', 'write_report', 'first_rise', 'REPORT_FILE', 'PNG_FILES']
+__all__ = ['verdicts', 'write_report', 'first_rise', 'fill_ratio', 'REPORT_FILE', 'PNG_FILES']
 
 REPORT_FILE = 'report.md'
 PNG_FILES = ('pretrain_curves.png', 'finetune_scores.png', 'latency.png', 'stage_times.png')
@@ -145,11 +145,21 @@ def _pyplot():
     return plt
 
 
-def _plot_pretraining(path: str, pre: Dict[str, Dict], ref: Dict) -> None:
+def fill_ratio(data: Dict, seq_len: int) -> float:
+    """Real tokens per token slot of the prepared data: its token count over its sequences
+    times their maximum length (docstrings are short documents, so most slots are padding)."""
+    sequences = data.get('sequences')
+    count = sum(sequences.values()) if isinstance(sequences, dict) else sequences
+    if not count or not data.get('tokens'):
+        return float('nan')
+    return min(1.0, float(data['tokens']) / (float(count) * seq_len))
+
+
+def _plot_pretraining(path: str, pre: Dict[str, Dict], ref: Dict, fill: float) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, figures in pre.items():
-        tokens = [p['tokens'] / 1e6 for p in figures['curve']]
+        tokens = [p['tokens'] * fill / 1e6 for p in figures['curve']]
         axes[0].plot(tokens, [100 * p['acc'] for p in figures['curve']], 'o-', label=LABELS[name])
         axes[1].plot(tokens, [p['loss'] for p in figures['curve']], 'o-', label=LABELS[name])
     axes[0].axhline(100 * ref['most_frequent_rate'], color='grey', ls=':',
@@ -159,7 +169,7 @@ def _plot_pretraining(path: str, pre: Dict[str, Dict], ref: Dict) -> None:
     axes[0].set_title('held-out masked-LM top-1 (%)')
     axes[1].set_title('held-out masked-LM cross-entropy (nats)')
     for ax in axes:
-        ax.set_xlabel('tokens seen (millions)')
+        ax.set_xlabel('real tokens seen (millions, ≈ token slots × fill)')
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -249,7 +259,8 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
     groups = _stage_groups(stages)
     total = sum(g['seconds'] for g in groups.values())
     pngs = [os.path.join(out, name) for name in PNG_FILES]
-    _plot_pretraining(pngs[0], pre, ref)
+    fill = fill_ratio(data, int(config.seq_len))
+    _plot_pretraining(pngs[0], pre, ref, fill)
     columns = [f'{t} dev' for t in config.tasks] + (['RTE held-out'] if sizes.get('RTE-heldout')
                                                     else [])
     table = {m: {f'{t} dev': _acc(stages, m, t) for t in config.tasks} for m in MODELS}
@@ -295,7 +306,9 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
               f'{config.seq_len} tokens, unknown-token ratio {100 * data["unk_ratio"]:.2f} %). '
               f'Every run: {config.pretrain_steps} steps × {config.pretrain_batch_size} '
               f'sequences × {config.seq_len} = **{config.tokens_per_run() / 1e6:.2f}M token '
-              f'slots**, BERT-Adam lr {config.pretrain_lr:g}, warm-up {config.pretrain_warmup:g} '
+              f'slots**, ≈ {config.tokens_per_run() * fill / 1e6:.2f}M real tokens (the '
+              f'sequences fill {100 * fill:.0f} % of their {config.seq_len} slots on average: '
+              f'a docstring is a short document), BERT-Adam lr {config.pretrain_lr:g}, warm-up {config.pretrain_warmup:g} '
               f'then linear decay; distilled runs {config.mlm_weight:g}·MLM + '
               f'{config.kd_weight:g}·T²·KD at T = {config.temperature:g}, the MLM-only run '
               f'1.0·MLM. Held-out: {ref["batches"]} fixed batches, {ref["positions"]} masked '
@@ -310,8 +323,9 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
         lines.append(f'| {LABELS[name]} | {_tuple(f["arch"])} | {f["params"] / 1e6:.2f} | '
                      f'{100 * f["final_acc"]:.2f} | {100 * f["final_top5"]:.2f} | '
                      f'{f["final_loss"]:.3f} | '
-                     + (f'{rise["tokens"] / 1e6:.2f}M tokens (step {rise["step"]})' if rise
-                        else f'**not reached** in {f["tokens"] / 1e6:.2f}M tokens')
+                     + (f'≈ {rise["tokens"] * fill / 1e6:.2f}M real tokens (step '
+                        f'{rise["step"]})' if rise else
+                        f'**not reached** in ≈ {f["tokens"] * fill / 1e6:.2f}M real tokens')
                      + f' | {f["tokens_per_s"] or 0:.0f} | {seconds / 60:.1f} |')
     lines += ['', '![pretraining curves](pretrain_curves.png)', '',
               '## Table 4 in miniature: GLUE dev scores, plain fine-tuning', '',
@@ -376,7 +390,8 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
         loads = [x for x in g['load'] if x is not None]
         work = ''
         if group.startswith('pretrain/'):
-            work = f'{stages.figures(group)["tokens"] / 1e6:.2f}M token slots'
+            slots = stages.figures(group)['tokens']
+            work = f'{slots / 1e6:.2f}M token slots, ≈ {slots * fill / 1e6:.2f}M real tokens'
         elif group in ('finetune', 'agora'):
             seen = sum(stages.figures(n)['examples_seen'] for n in stages.records
                        if n.startswith(group + '/'))
