@@ -359,11 +359,12 @@ def run_main(main: Callable[[], object], expected: Tuple[Type[BaseException], ..
     log = logging.getLogger(logger)
     try:
         main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if os.environ.get(DEBUG_ENV) == '1':
             raise
         _ensure_logging()
-        log.error('interrupted')
+        # A loop that wrote a resumable checkpoint re-raises with what to do next.
+        log.error('%s', str(err) or 'interrupted')
         sys.exit(130)
     except Exception as err:  # pylint: disable=broad-except
         message = str(err) if isinstance(err, expected) else _one_line(err)

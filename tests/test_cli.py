@@ -288,6 +288,14 @@ def test_ctrl_c_is_one_line_and_status_130(caplog, monkeypatch):
         raise KeyboardInterrupt
     code, lines = _exit_of(interrupted, caplog, monkeypatch)
     assert code == 130 and lines == ['interrupted']
+    caplog.clear()
+
+    def interrupted_with_a_checkpoint():
+        raise KeyboardInterrupt('interrupted at step 7: checkpoint written; run again with '
+                                '--resume')
+    code, lines = _exit_of(interrupted_with_a_checkpoint, caplog, monkeypatch)
+    assert code == 130 and lines == ['interrupted at step 7: checkpoint written; run again with '
+                                     '--resume']
 
 
 def test_a_command_prints_one_line_and_no_traceback(tmp_path):
