@@ -160,8 +160,8 @@ def _docstring_text(config: MiniatureConfig, folder: str) -> str:
     """The held-back docstring text (after --corpus_skip_bytes), cut at a document boundary."""
     # pylint: disable=import-outside-toplevel
     from ..pretrain.corpus import python_docs_corpus
-    from ..search.config import default_cache_dir
-    cache = os.path.expanduser(config.cache_dir) if config.cache_dir else default_cache_dir()
+    from ..pretrain.names import cache_root
+    cache = os.path.expanduser(config.cache_dir) if config.cache_dir else cache_root()
     total = config.corpus_skip_bytes + int(config.corpus_bytes)
     full = os.path.join(cache, 'teachers', f'python_docs_{total}.txt')
     if not os.path.isfile(full):

@@ -21,9 +21,10 @@ from typing import Dict, Tuple
 from ..arch import PAPER_SEARCH_SPACE
 from ..cli import Range, at_least, check_fields, non_negative, opt, positive, probability, unit_interval
 from ..errors import ConfigError
+from ..pretrain.names import cache_root
 
 __all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'OBJECTIVES', 'SAMPLERS', 'resolve_grid',
-           'default_cache_dir', 'parse_objectives', 'validate_bo', 'run_fingerprint']
+           'parse_objectives', 'validate_bo', 'run_fingerprint']
 
 #: The four knobs of the architecture family, in the paper's <D, A, H, I> order.
 KNOBS = ('num_layers', 'num_heads', 'units', 'hidden_size')
@@ -38,17 +39,15 @@ GRIDS: Dict[str, Dict[str, Tuple[int, ...]]] = {
 }
 
 
+#: Strategies by name, filled by :func:`bort.search.strategies.register_strategy`. The registry
+#: lives here so that ``--strategy``'s choices need no import of the strategies (which import
+#: this module); importing any ``bort.search`` module runs the package, which registers them all.
+STRATEGIES: Dict[str, type] = {}
+
+
 def strategy_names() -> Tuple[str, ...]:
-    """The registered strategies (bort.search.strategies.STRATEGIES) and ``compare``."""
-    # pylint: disable=import-outside-toplevel  (strategies import this module)
-    from . import bo  # noqa: F401  registers 'bo'
-    from .strategies import STRATEGIES
+    """The registered strategies and ``compare``."""
     return tuple(sorted(STRATEGIES)) + ('compare',)
-
-
-def default_cache_dir() -> str:
-    """``$BORT_CACHE`` or ``~/.cache/bort``: where the teacher and the corpus are built once."""
-    return os.environ.get('BORT_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'bort')
 
 
 @dataclass
@@ -76,7 +75,7 @@ class SearchConfig:
     hidden_size: Tuple[int, ...] = opt((), "I values (replace the grid's)", nargs='*', type=int, check=at_least(1))
     strategy: str = opt('fptas', "how candidates are chosen: 'fptas' (the paper's), 'bo' "
                         "(bort.search.bo) or 'compare' (both at one budget)",
-                        choices=lambda: strategy_names())
+                        choices=strategy_names)
     epsilon: int = opt(8, 'interval size ε of the FPTAS: one candidate every ε positions of Ξ '
                        'sorted by p (ties by i); 1 is exhaustive', check=at_least(1))
     max_candidates: int = opt(0, 'stop after training this many candidates in this run '
@@ -189,7 +188,7 @@ class SearchConfig:
 
     @property
     def resolved_cache_dir(self) -> str:
-        return os.path.expanduser(self.cache_dir) if self.cache_dir else default_cache_dir()
+        return os.path.expanduser(self.cache_dir) if self.cache_dir else cache_root()
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)

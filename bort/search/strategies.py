@@ -33,15 +33,12 @@ import logging
 from typing import Dict, List, Type
 
 from ..arch import Architecture
-from .config import SearchConfig
+from .config import STRATEGIES, SearchConfig
 from .space import SearchSpace, epsilon_select, order_space
 
 __all__ = ['Strategy', 'FPTASStrategy', 'STRATEGIES', 'register_strategy', 'make_strategy']
 
 log = logging.getLogger(__name__)
-
-STRATEGIES: Dict[str, Type['Strategy']] = {}
-
 
 def register_strategy(cls: Type['Strategy']) -> Type['Strategy']:
     """Class decorator: make ``cls`` selectable as ``--strategy cls.name``."""
