@@ -13,8 +13,9 @@ import pytest
 import run_finetune
 import toy_glue
 from bort.finetune import agora
-from bort.finetune.agora import (Labeller, LabellerError, prune_worst_one, prune_worst_ties,
-                                 run_agora, theta_grid)
+from bort.finetune.agora import run_agora, theta_grid
+from bort.finetune.labeller import Labeller, LabellerError
+from bort.finetune.pruning import prune_worst_one, prune_worst_ties
 from bort.finetune.config import AgoraConfig
 from bort.finetune.classifier import HeadConfig, build_classifier, save_classifier
 from bort.finetune.loop import finetune

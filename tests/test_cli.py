@@ -208,7 +208,7 @@ def test_prune_help_names_every_rule():
     # --prune is checked when Agora starts (its rules live in bort.finetune.agora, which
     # imports the config): the help text must at least name them all.
     from dataclasses import fields
-    from bort.finetune.agora import PRUNE_RULES
+    from bort.finetune.pruning import PRUNE_RULES
     from bort.finetune.config import AgoraConfig
     text = next(f for f in fields(AgoraConfig) if f.name == 'prune').metadata['help']
     assert all(rule in text for rule in PRUNE_RULES)

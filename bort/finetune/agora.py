@@ -10,7 +10,7 @@ sets and a transformation function (:mod:`bort.finetune.transforms`). Each itera
 2. take the best student (ties: the first θ in Θ's order) and its dev mistakes;
 3. transform the mistakes into new points, label them with the teacher (never with the dev
    gold labels) and add them to the training set;
-4. prune Θ with a pluggable rule (:data:`PRUNE_RULES`); the default, ``worst_ties``, is the
+4. prune Θ with a pluggable rule (:data:`bort.finetune.pruning.PRUNE_RULES`); the default, ``worst_ties``, is the
    project's reading of "remove the longest common sequence rooted at the first element":
    sort Θ by score ascending and remove the worst θ and every θ tied with it;
 5. repeat until Θ is empty.
@@ -49,7 +49,7 @@ import numpy as np
 
 from ..checkpoint import (ResumeMismatchError, resume_differences, settings_record, step_seed,
                           write_json_atomic)
-from .classifier import encode_examples, load_classifier, predict_scores
+from .labeller import Labeller, agora_accuracy, check_labeller, dev_mistakes
 from ..distributed import Comm
 from ..errors import UserError
 from ..runlock import hold_run_folder, replace_folder
@@ -57,15 +57,13 @@ from ..stopping import INTERRUPTED, RunBudget
 from .config import (PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig,
                      with_output_dir)
 from .loop import BEST, finetune, load_split, remove_checkpoints, resolve_pretrained
-from .pruning import PRUNE_RULES, Theta, prune_worst_one, prune_worst_ties
+from .pruning import PRUNE_RULES, Theta
 from ..log import MetricsLog
 from .tasks import Example, TaskSpec, get_task
 from ..tokenizers import load_tokenizer
 from .transforms import make_transform
 
-__all__ = ['AgoraResult', 'Labeller', 'LabellerError', 'theta_grid',
-           'PRUNE_RULES', 'prune_worst_ties', 'prune_worst_one', 'agora_accuracy',
-           'dev_mistakes', 'check_labeller', 'run_agora', 'THETA_KEYS']
+__all__ = ['AgoraResult', 'theta_grid', 'run_agora', 'THETA_KEYS']
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +89,6 @@ class AgoraResult:
     stopped: Optional[str] = None
 
 
-class LabellerError(UserError, ValueError):
-    """The labeller (``--teacher``) does not qualify (too weak on dev, or made for other labels).
-    """
-
-
 def theta_grid(config: AgoraConfig) -> List[Theta]:
     """Θ from the config: one known set in CHS mode, else the grid."""
     if config.chs:
@@ -108,93 +101,6 @@ def theta_grid(config: AgoraConfig) -> List[Theta]:
                              config.lrs, config.seeds)
     return [dict(zip(('batch_size', 'warmup_ratio', 'weight_decay', 'lr', 'seed'), values))
             for values in grid]
-
-
-def _predictions(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
-    if spec.is_regression:
-        return np.round(scores[:, 0])
-    return np.argmax(scores, axis=1)
-
-
-def _correct(spec: TaskSpec, examples: Sequence[Example], scores: np.ndarray) -> np.ndarray:
-    labels = np.asarray([ex.label for ex in examples], dtype=np.float64)
-    return _predictions(spec, scores) == (np.round(labels) if spec.is_regression else labels)
-
-
-def agora_accuracy(task: Any, examples: Sequence[Example], scores: np.ndarray) -> float:
-    """Example-level accuracy (regression: rounded), the score Agora compares."""
-    return float(np.mean(_correct(get_task(task), examples, scores)))
-
-
-def dev_mistakes(task: Any, examples: Sequence[Example], scores: np.ndarray) -> List[int]:
-    """Indices of the examples that ``scores`` gets wrong (see :func:`agora_accuracy`)."""
-    return np.flatnonzero(~_correct(get_task(task), examples, scores)).tolist()
-
-
-class Labeller:
-    """Agora's labeller (the paper's Socrates, set by ``--teacher``): a classifier fine-tuned on
-    the task whose predictions label the new points, with its own tokenizer and max length.
-
-    Named apart from the masked-LM teacher of distillation (:class:`bort.pretrain.teacher.Teacher`).
-
-    Parameters
-    ----------
-    folder : str
-        A fine-tuned folder, or a fine-tuning run folder holding ``best/``.
-    comm : Comm, optional
-    batch_size : int
-    """
-
-    def __init__(self, folder: str, comm: Optional[Comm] = None, batch_size: int = 32):
-        if os.path.isdir(os.path.join(folder, BEST)):
-            folder = os.path.join(folder, BEST)
-        self.folder = folder
-        self.comm = comm or Comm()
-        self.model = load_classifier(folder, self.comm.ctx)
-        self.model.hybridize(static_alloc=True)
-        self.tokenizer = load_tokenizer(folder)
-        self.task = get_task(self.model.head_config.task)
-        self.batch_size = batch_size
-
-    def scores(self, examples: Sequence[Example]) -> np.ndarray:
-        """(N, num_classes) scores of the labeller."""
-        encoded = encode_examples(self.tokenizer, examples, self.model.head_config.max_length)
-        return predict_scores(self.model, encoded, self.tokenizer.pad_id, self.batch_size,
-                              self.comm)
-
-    def label(self, examples: Sequence[Example]) -> List[Example]:
-        """Copies of ``examples`` carrying the labeller's labels (class index or float)."""
-        if not examples:
-            return []
-        scores = self.scores(examples)
-        if self.task.is_regression:  # the raw score, not its rounding, is the label
-            return [dataclasses.replace(ex, label=float(s))
-                    for ex, s in zip(examples, scores[:, 0])]
-        return [dataclasses.replace(ex, label=int(p))
-                for ex, p in zip(examples, np.argmax(scores, axis=1))]
-
-
-def check_labeller(labeller: Labeller, task: Any, dev: Sequence[Example],
-                  min_accuracy: float = 2 / 3) -> float:
-    """The labeller's dev accuracy, after checking it qualifies.
-
-    Raises
-    ------
-    LabellerError
-        The labeller predicts other labels than the task's, or its dev accuracy does not exceed
-        ``min_accuracy``.
-    """
-    spec = get_task(task)
-    if labeller.task.labels != spec.labels:
-        raise LabellerError(f'teacher {labeller.folder} was fine-tuned on {labeller.task.name} '
-                           f'(labels {labeller.task.labels}); {spec.name} has labels '
-                           f'{spec.labels}')
-    accuracy = agora_accuracy(spec, dev, labeller.scores(dev))
-    if not accuracy > min_accuracy:
-        raise LabellerError(f'teacher {labeller.folder} has dev accuracy {accuracy:.4f} on '
-                           f'{spec.name}; Agora needs a teacher above {min_accuracy:.4f} '
-                           f'(2/3 unless --min_teacher_accuracy says otherwise)')
-    return accuracy
 
 
 def _key(theta: Theta) -> str:
