@@ -10,7 +10,7 @@ shape (default: batch 1 x seq 128, batch 1 x seq 512, batch 32 x seq 128), in on
   full-length rows: what a batch with padding costs;
 - ``fast-unpadded``: the fast path without zero channels appended to 1024-wide dense-layer
   inputs (``pad_inputs=False``): what that padding gains;
-- ``int8``: :class:`bort.inference.quantize.QuantizedModel` (oneDNN INT8, channel-wise, naive calibration;
+- ``int8``: :class:`bort.inference.quantized.QuantizedModel` (oneDNN INT8, channel-wise, naive calibration;
   random weights, so it is calibrated on random tokens: this measures speed only, see
   ``benchmarks/int8_accuracy.py`` for accuracy on a real task);
 - ``torch``: a transformers ``BertModel`` with the same weights, obtained through the interop

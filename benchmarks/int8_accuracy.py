@@ -34,8 +34,8 @@ configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before M
 
 from bort.batching import bucket_batches, pad_batch  # noqa: E402
 from bort.inference.fast import FastModel  # noqa: E402
-from bort.inference.quantize import (CALIB_MODES, QuantizeConfig, QuantizedModel, compare_outputs,
-                                     quantize_encoder)
+from bort.inference.quantize import CALIB_MODES, QuantizeConfig, compare_outputs, quantize_encoder
+from bort.inference.quantized import QuantizedModel
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
                     'glue', 'SST-2')

@@ -14,8 +14,8 @@ import pytest
 from bort.inference.fast import FastModel
 from bort.inference.kernels import OP_ADD_LAYER_NORM, load_fused_ops
 from bort.model import build_model
-from bort.inference.quantize import (CONFIG_FILE, PARAMS_FILE, SYMBOL_FILE, QuantizeConfig,
-                                     QuantizedModel, compare_outputs, quantize_encoder)
+from bort.inference.quantize import QuantizeConfig, compare_outputs, quantize_encoder
+from bort.inference.quantized import CONFIG_FILE, PARAMS_FILE, SYMBOL_FILE, QuantizedModel
 
 REL_TOL = 0.03
 ARGMAX_AGREEMENT = 0.9

@@ -278,7 +278,7 @@ def measure_latency(model_or_callable, batch_size: int, seq_len: int, warmup: in
     ----------
     model_or_callable : model or callable
         A model with an ``arch`` attribute (:class:`bort.model.BortModel`, hybridized or not,
-        :class:`bort.inference.fast.FastModel`, :class:`bort.inference.quantize.QuantizedModel`), fed random token
+        :class:`bort.inference.fast.FastModel`, :class:`bort.inference.quantized.QuantizedModel`), fed random token
         ids of shape (batch_size, seq_len), every row full length; or a zero-argument callable
         that runs one forward pass on inputs of that shape (for instance a torch model).
     batch_size, seq_len : int

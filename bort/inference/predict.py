@@ -4,7 +4,7 @@ A fine-tuned folder and a file of inputs in a task's format give a predictions f
 task's leaderboard format, on one of three encoder engines with the same call
 ``encoder(tokens, token_types, valid_length)``: ``fast`` (default;
 :class:`bort.inference.fast.FastModel`, float32, fused oneDNN graph), ``int8``
-(:class:`bort.inference.quantize.QuantizedModel`, from ``--int8-model`` or quantized on the spot,
+(:class:`bort.inference.quantized.QuantizedModel`, from ``--int8-model`` or quantized on the spot,
 calibrated on the first ``--calib-rows`` inputs) or ``plain`` (the GluonNLP model). Inputs are
 sorted by length, batched, padded to a few bucket sizes and scored; predictions come back in file
 order, with a progress bar and sentences/s at the end::
@@ -195,7 +195,7 @@ def load_predictor(folder: str, engine: str = 'fast', int8_model: Optional[str] 
     folder : str
     engine : {'fast', 'int8', 'plain'}
     int8_model : str, optional
-        A saved :class:`bort.inference.quantize.QuantizedModel` of this encoder (``int8`` engine).
+        A saved :class:`bort.inference.quantized.QuantizedModel` of this encoder (``int8`` engine).
     calib_encoded : sequence of encoded inputs, optional
         Calibration inputs when the ``int8`` engine quantizes (no ``int8_model``).
     quantize_config : bort.inference.quantize.QuantizeConfig, optional
@@ -215,7 +215,8 @@ def load_predictor(folder: str, engine: str = 'fast', int8_model: Optional[str] 
         encoder = FastModel.from_model(model.backbone, ctx=ctx)
     else:
         # pylint: disable=import-outside-toplevel
-        from .quantize import QuantizedModel, quantize_encoder
+        from .quantize import quantize_encoder
+        from .quantized import QuantizedModel
         if int8_model:
             encoder = QuantizedModel.load(int8_model, ctx=ctx)
             if encoder.arch.tuple != arch.tuple:
