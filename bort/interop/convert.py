@@ -1,4 +1,4 @@
-"""Checkpoint interop: Hugging Face and GluonNLP model-zoo checkpoints in, Hugging Face out.
+"""Checkpoint conversion (``python -m bort.interop.convert``): Hugging Face and GluonNLP in, HF out.
 
 ``python -m bort.interop.convert import SRC OUT``
     SRC is a Hugging Face BERT/RoBERTa-family folder (``config.json`` + ``model.safetensors`` or

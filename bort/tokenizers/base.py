@@ -1,4 +1,4 @@
-"""Tokenizers and vocabularies, fully offline: byte-level BPE, WordPiece and sentencepiece BPE.
+"""The tokenizer interface every family implements, its special-token sets and vocabulary readers.
 
 Every tokenizer has the same small interface (:class:`Tokenizer`): ``tokenize``, ``encode``,
 ``decode``, ``vocab_size``, the special ids ``cls_id, sep_id, pad_id, mask_id, unk_id``,
