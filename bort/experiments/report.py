@@ -291,6 +291,11 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
              f'error of one accuracy on the evaluation set (pretraining: '
              f'{ref["positions"]} held-out masked positions, one seed per run; search: the '
              f'seed noise σ of e).', '']
+    counts = {}
+    for v in judged:
+        counts[v['answer']] = counts.get(v['answer'], 0) + 1
+    lines += [f'{len(judged)} claims: ' + ', '.join(f'{n} {a}' for a, n in counts.items())
+              + '.', '']
     lines += [f'- {v["text"]}' for v in judged]
     lines += ['', '## Table 1 in miniature: the search', '', search['table'].strip(), '',
               f'Winner {_tuple(_knobs(search["winner"]))} ({search["winner"]["params"] / 1e6:.2f}M '
