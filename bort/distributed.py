@@ -113,6 +113,20 @@ class Comm:
         return items[self.rank::self.size]
 
 
+def _without_operator_libraries() -> None:
+    """Keep the project's C++ operator libraries out of a Horovod worker.
+
+    With Horovod's MXNet extension in the process, MXNet 1.9 dies in ``mx.library.load``
+    (floating-point exception) when a library is loaded after it, and with ``free(): invalid
+    pointer`` when one loaded before it runs. Workers therefore use MXNet's own operators: the
+    same numbers as the fused ones (tested), at their speed.
+    """
+    if os.environ.get('BORT_FUSED_OPS') != '0':
+        os.environ['BORT_FUSED_OPS'] = '0'
+        log.info('Horovod worker: fused C++ operators off (they cannot share a process with '
+                 "Horovod's MXNet extension); MXNet's own operators are used")
+
+
 def init_comm(use_horovod: Optional[bool] = None, gpu: bool = False) -> Comm:
     """Start (or skip) Horovod and pick this worker's device.
 
@@ -127,6 +141,7 @@ def init_comm(use_horovod: Optional[bool] = None, gpu: bool = False) -> Comm:
         use_horovod = launched_by_horovod()
     if not use_horovod:
         return Comm(ctx=mx.gpu(0) if gpu else mx.cpu())
+    _without_operator_libraries()
     try:
         import horovod.mxnet as hvd  # the only Horovod import of the project
     except ImportError as err:

@@ -42,6 +42,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from typing import List, Optional, Sequence
 
@@ -140,6 +141,12 @@ def load_library(source: str, stem: str, ops: Sequence[str], what: str) -> bool:
     _LOADED[source] = ''
     if os.environ.get('BORT_FUSED_OPS', '1') == '0':
         log.info('fused operators disabled by BORT_FUSED_OPS=0')
+        return False
+    if 'horovod.mxnet' in sys.modules:
+        # MXNet 1.9 dies loading or running a library next to Horovod's MXNet extension
+        # (bort.distributed.init_comm turns them off for its workers; this catches the rest).
+        log.warning('fused operators unavailable, %s uses MXNet\'s own (slower): Horovod is '
+                    'loaded in this process', what)
         return False
     try:
         path = build_library(source, stem)
