@@ -151,6 +151,10 @@ class TeacherTargets:
         comm.barrier()
         files = self._files()
         missing = [i for i, (path, _, _) in enumerate(files) if not os.path.exists(path)]
+        # Every worker must list the same missing files before any is written: a worker that
+        # looked after another had written one would shard a shorter list, and a file would
+        # fall to nobody.
+        comm.barrier()
         mine = comm.shard(missing)
         before = self.calls
         for index in (progress(mine, desc='teacher cache', unit='batch') if progress else mine):
