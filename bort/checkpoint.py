@@ -259,11 +259,16 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank) % (2 ** 31 - 1)
 
 
+def _json_default(value: Any) -> Any:
+    """NumPy scalars as numbers (not their string), anything else unknown as its string."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
 def write_json_atomic(path: str, value: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w') as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        json.dump(value, f, indent=2, sort_keys=True, default=_json_default)
         f.write('\n')
     os.replace(tmp, path)
 
@@ -328,9 +333,10 @@ class CheckpointManager:
             return []
         # Only exact names: step-N.tmp (being written) and step-N.old-PID (being replaced)
         # are not checkpoints.
-        names = sorted(n for n in os.listdir(self.folder)
-                       if re.fullmatch(r'step-\d+', n)
-                       and os.path.isdir(os.path.join(self.folder, n)))
+        names = sorted((n for n in os.listdir(self.folder)
+                        if re.fullmatch(r'step-\d+', n)
+                        and os.path.isdir(os.path.join(self.folder, n))),
+                       key=lambda n: int(n[len('step-'):]))  # step-10000000 after step-9999999
         return [os.path.join(self.folder, n) for n in names]
 
     def save(self, step: int, model: BortModel, trainer: Optional[mx.gluon.Trainer],

@@ -160,3 +160,14 @@ def test_step_seed_is_deterministic_and_distinct():
     assert len(set(seeds.values())) == len(seeds)
     assert all(0 <= v < 2 ** 31 - 1 for v in seeds.values())
     assert step_seed(1, 10, 2) == seeds[(1, 10, 2)]
+
+
+def test_numpy_scalars_are_written_as_numbers_and_steps_sort_by_number(tmp_path):
+    path = str(tmp_path / 'state.json')
+    write_json_atomic(path, {'loss': np.float32(0.5), 'step': np.int64(7), 'where': tmp_path})
+    with open(path) as f:
+        assert json.load(f) == {'loss': 0.5, 'step': 7, 'where': str(tmp_path)}
+    for step in (9_999_999, 10_000_000, 2):
+        os.makedirs(tmp_path / 'run' / CheckpointManager.name(step))
+    names = [os.path.basename(p) for p in CheckpointManager(str(tmp_path / 'run')).list()]
+    assert names == ['step-0000002', 'step-9999999', 'step-10000000']
