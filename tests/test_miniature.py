@@ -272,6 +272,25 @@ def test_report_from_constructed_figures_shows_every_no(tmp_path):
     assert json.loads((tmp_path / 'report.json').read_text())['total_seconds'] > 0
 
 
+def test_partial_report_leaves_out_what_has_not_run(tmp_path):
+    config = MiniatureConfig(glue_dir='g', out=str(tmp_path), agora_models=('winner_kd',)
+                             ).resolved()
+    log = _constructed_stages(tmp_path)
+    for name in [n for n in log.records if n.startswith(('finetune/', 'agora/'))] + [
+            'latency', 'pretrain/comparison_kd']:
+        del log.records[name]
+    result = write_report(config, log, {}, missing=['pretrain/comparison_kd', 'latency'])
+    report = open(result['report']).read()
+    assert 'partial' in report and 'pretrain/comparison_kd, latency' in report
+    claims = [v['claim'] for v in result['verdicts']]
+    assert any(c.startswith('Pretraining (Table 3)') for c in claims)
+    assert not any(c.startswith(('SST-2', 'RTE', 'Latency', 'Pretraining: the searched'))
+                   for c in claims)
+    assert '## Table 4' not in report and '## Inference latency' not in report
+    assert [os.path.basename(p) for p in result['pngs']] == ['pretrain_curves.png',
+                                                            'stage_times.png']
+
+
 # -- one whole tiny run -------------------------------------------------------------------------------
 WORDS = ('the a model layer teacher student search error cost tree river stone light water '
          'green small large fast slow runs reads writes finds keeps loses under over near '
@@ -353,10 +372,18 @@ def test_whole_tiny_run_and_its_cache(tmp_path):
     assert kd['arch'] == [winner[k] for k in ('num_layers', 'num_heads', 'units',
                                               'hidden_size')]
     assert kd['tokens'] == 6 * 4 * 16 and len(kd['curve']) == 2
-    # A second run finds every stage finished and only rewrites the report.
+    # --report_only: the report of what is finished, the rest listed as missing.
+    os.remove(os.path.join(out, 'latency', DONE_FILE))
+    partial = main(argv + ['--report_only'])
+    assert partial['missing'] == ['latency'] and not os.path.exists(
+        os.path.join(out, 'latency', DONE_FILE))
+    assert 'partial' in open(partial['report']).read()
+    # A second run finds every stage finished (the latency again) and rewrites the report.
     again = run_miniature(MiniatureConfig(**_config_values(argv)))
-    assert all(r['cached'] for r in again['stages'].values())
-    assert [v['text'] for v in again['verdicts']] == [v['text'] for v in result['verdicts']]
+    assert [n for n, r in again['stages'].items() if not r['cached']] == ['latency']
+    def stored(verdicts):  # the latency was measured again; everything else was read back
+        return [v['text'] for v in verdicts if not v['claim'].startswith('Latency')]
+    assert stored(again['verdicts']) == stored(result['verdicts'])
     # Another budget on the same folder is refused before anything runs.
     with pytest.raises(ConfigError, match='pretrain_steps'):
         run_miniature(MiniatureConfig(**dict(_config_values(argv), pretrain_steps=7)))

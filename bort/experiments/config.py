@@ -50,7 +50,7 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
 }
 
 #: Fields that do not change any result: a rerun on the same --out may change them.
-RESULT_FREE_FIELDS = ('out', 'progress')
+RESULT_FREE_FIELDS = ('out', 'progress', 'report_only')
 
 
 @dataclass
@@ -149,6 +149,8 @@ class MiniatureConfig:
     # -- run -----------------------------------------------------------------------------------
     seed: int = opt(0, 'seed of the search, the data and pretraining', check=non_negative)
     progress: bool = opt(False, 'tqdm bars of the stages')
+    report_only: bool = opt(False, 'run nothing: write report.md from the stages finished so '
+                            'far (also while the run goes on), listing the missing ones')
 
     def __post_init__(self):
         for name in ('corpus', 'tasks', 'seeds', 'agora_models', 'agora_lrs'):

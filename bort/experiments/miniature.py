@@ -32,10 +32,10 @@ from ..checkpoint import write_json_atomic
 from ..errors import ConfigError, UserError
 from .config import BUDGETS, MODELS, RESULT_FIELDS, STUDENTS, MiniatureConfig
 from .finetuning import dev_size, split_glue, stage_agora, stage_finetune
-from .stages import StageLog, run_stage
+from .stages import StageLog, read_done, run_stage, stage_done
 
-__all__ = ['run_miniature', 'choose_comparison', 'check_same_settings', 'split_glue',
-           'pretrain_curve', 'CONFIG_FILE', 'main']
+__all__ = ['run_miniature', 'report_finished', 'stage_names', 'choose_comparison',
+           'check_same_settings', 'split_glue', 'pretrain_curve', 'CONFIG_FILE', 'main']
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,45 @@ def stage_latency(config: MiniatureConfig, models: Dict[str, str], folder: str) 
 
 
 # -- the whole experiment --------------------------------------------------------------------------
+def stage_names(config: MiniatureConfig) -> List[str]:
+    """Every stage of the experiment ``config`` describes, in the order they run (each one's
+    folder is ``<out>/<name>``)."""
+    names = ['teacher', 'search', 'data', 'reference']
+    names += [f'pretrain/{name}' for name, _, _ in STUDENTS] + ['glue']
+    names += [f'finetune/{m}_{t}_s{s}' for t in config.tasks for s in config.seeds
+              for m in MODELS]
+    names += [f'agora/{m}_s{s}' for m in config.agora_models for s in config.seeds]
+    return names + ['latency']
+
+
+def _sizes(config: MiniatureConfig, glue: Dict) -> Dict[str, int]:
+    sizes = {t: dev_size(t, glue['train']) for t in config.tasks}
+    if 'RTE' in config.tasks and config.rte_heldout:
+        sizes['RTE-heldout'] = config.rte_heldout
+    return sizes
+
+
+def report_finished(config: MiniatureConfig) -> Dict[str, Any]:
+    """Write the report of the stages finished so far in ``config.out`` (nothing is run; the
+    run may still be going on); the missing stages are listed in it."""
+    from .report import write_report  # pylint: disable=import-outside-toplevel
+    config = config.resolved()
+    config.validate()
+    if not os.path.isfile(os.path.join(config.out, CONFIG_FILE)):
+        raise UserError(f'{config.out} holds no miniature run (no {CONFIG_FILE}): nothing to '
+                        f'report')
+    check_same_settings(config.out, config)
+    stages, missing = StageLog(), []
+    for name in stage_names(config):
+        folder = os.path.join(config.out, name)
+        if stage_done(folder):
+            stages.add(name, dict(read_done(folder), cached=True))
+        else:
+            missing.append(name)
+    sizes = _sizes(config, stages.figures('glue')) if 'glue' in stages.records else {}
+    return write_report(config, stages, sizes, missing)
+
+
 def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
     """Run (or continue) the miniature experiment ``config`` describes; write the report.
 
@@ -318,6 +357,8 @@ def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
     from ..pretrain.default_teacher import resolve_model_dir
     from ..runlock import hold_folder
     from .report import write_report
+    if config.report_only:
+        return report_finished(config)
     config = config.resolved()
     config.validate()
     out = config.out
@@ -342,9 +383,7 @@ def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
             models[name] = figures['model']
         glue = run_stage('glue', os.path.join(out, 'glue'), lambda f: split_glue(
             config.glue_dir, config.tasks, f, config.rte_heldout, config.seed), stages)
-        glue['sizes'] = {t: dev_size(t, glue['train']) for t in config.tasks}
-        if 'RTE' in config.tasks and config.rte_heldout:
-            glue['sizes']['RTE-heldout'] = config.rte_heldout
+        sizes = _sizes(config, glue)
         for task in config.tasks:
             for seed in config.seeds:
                 for name in MODELS:
@@ -365,7 +404,7 @@ def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
                           'comparison': models['comparison_kd']}
         run_stage('latency', os.path.join(out, 'latency'),
                   lambda f: stage_latency(config, latency_models, f), stages)
-        return write_report(config, stages, glue['sizes'])
+        return write_report(config, stages, sizes)
 
 
 # -- command line ----------------------------------------------------------------------------------
