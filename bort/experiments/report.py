@@ -462,9 +462,15 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
              f'(stages run in earlier sessions count with the time they took then). Teacher: '
              f'`{teacher}`.', '']
     if missing:
-        lines += [f'**Not finished yet ({len(missing)} stages)**: ' + ', '.join(missing)
-                  + '. Their tables and verdicts are missing below; rerun the same command to '
-                    'continue the run.', '']
+        shown: Dict[str, int] = {}
+        for name in missing:  # the many fine-tuning runs as one count each
+            key = name.split('/')[0] + ' runs' if name.startswith(('finetune/', 'agora/')) \
+                else name
+            shown[key] = shown.get(key, 0) + 1
+        lines += [f'**Not finished yet ({len(missing)} stages)**: ' + ', '.join(
+            f'{n} {k}' if k.endswith(' runs') else k for k, n in shown.items())
+            + '. Their tables and verdicts are missing below; rerun the same command to '
+              'continue the run.', '']
     counts: Dict[str, int] = {}
     for v in judged:
         counts[v['answer']] = counts.get(v['answer'], 0) + 1
