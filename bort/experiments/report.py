@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..checkpoint import write_json_atomic
 from .config import MODELS, STUDENTS, MiniatureConfig
+from .plots import plot_bars, plot_pretraining, plot_scores
 from .stages import StageLog
 from .verdicts import Z, binomial_se, compare, spread
 
@@ -150,14 +151,6 @@ def _knobs(record: Dict) -> List[int]:
     return [record[k] for k in ('num_layers', 'num_heads', 'units', 'hidden_size')]
 
 
-# -- PNGs ------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    return plt
-
-
 def fill_ratio(data: Dict, seq_len: int) -> float:
     """Real tokens per token slot of the prepared data: its token count over its sequences
     times their maximum length (docstrings are short documents, so most slots are padding)."""
@@ -166,69 +159,6 @@ def fill_ratio(data: Dict, seq_len: int) -> float:
     if not count or not data.get('tokens'):
         return float('nan')
     return min(1.0, float(data['tokens']) / (float(count) * seq_len))
-
-
-def _plot_pretraining(path: str, pre: Dict[str, Dict], ref: Dict, fill: float) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, figures in pre.items():
-        tokens = [p['tokens'] * fill / 1e6 for p in figures['curve']]
-        axes[0].plot(tokens, [100 * p['acc'] for p in figures['curve']], 'o-', label=LABELS[name])
-        axes[1].plot(tokens, [p['loss'] for p in figures['curve']], 'o-', label=LABELS[name])
-    axes[0].axhline(100 * ref['most_frequent_rate'], color='grey', ls=':',
-                    label='most frequent token')
-    axes[0].axhline(100 * ref['teacher_acc'], color='black', ls='--', label='teacher')
-    axes[1].axhline(ref['teacher_loss'], color='black', ls='--', label='teacher')
-    axes[0].set_title('held-out masked-LM top-1 (%)')
-    axes[1].set_title('held-out masked-LM cross-entropy (nats)')
-    for ax in axes:
-        ax.set_xlabel('real tokens seen (millions, ≈ token slots × fill)')
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_scores(path: str, columns: List[str], table: Dict[str, Dict[str, List[float]]]) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(columns)), 4))
-    rows = list(table)
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        for j, column in enumerate(columns):
-            values = [100 * v for v in table[row].get(column, [])]
-            if not values:
-                continue
-            s = spread(values)
-            x = j + (i - (len(rows) - 1) / 2) * width
-            ax.bar(x, s.mean, width * 0.9, color=f'C{i}', label=row if j == 0 else None,
-                   yerr=s.sd if s.n > 1 else None, capsize=3)
-            ax.plot([x] * len(values), values, 'k.', ms=4)
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns)
-    ax.set_ylabel('accuracy (%), mean ± sd over seeds; dots: seeds')
-    ax.legend(fontsize=8)
-    low = min((100 * min(v) for r in table.values() for v in r.values() if v), default=0)
-    ax.set_ylim(max(0, low - 10), None)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_bars(path: str, labels: List[str], values: List[float], errors: Optional[List] = None,
-               ylabel: str = '', title: str = '') -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 2), 4))
-    ax.bar(range(len(labels)), values, yerr=errors, capsize=3,
-           color=[f'C{i % 10}' for i in range(len(labels))])
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0, ha='right'
-                       if len(labels) > 6 else 'center', fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -428,7 +358,8 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
     if have('search'):
         body += _search_lines(config, stages.figures('search'))
     if pre and have('reference') and data:
-        _plot_pretraining(png(PNG_FILES[0]), pre, stages.figures('reference'), fill)
+        plot_pretraining(png(PNG_FILES[0]), {LABELS[n]: f for n, f in pre.items()},
+                         stages.figures('reference'), fill)
         body += _pretrain_lines(config, stages, pre, stages.figures('reference'), data, fill)
     columns = [f'{t} dev' for t in config.tasks] + (['RTE held-out'] if sizes.get('RTE-heldout')
                                                     else [])
@@ -437,20 +368,20 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
         if sizes.get('RTE-heldout'):
             table[m]['RTE held-out'] = _acc(stages, m, 'RTE', 'heldout')
     if any(v for row in table.values() for v in row.values()):
-        _plot_scores(png(PNG_FILES[1]), columns, {LABELS[m]: table[m] for m in MODELS})
+        plot_scores(png(PNG_FILES[1]), columns, {LABELS[m]: table[m] for m in MODELS})
         body += _finetune_lines(config, sizes, columns, table)
     if config.agora_models and any(n.startswith('agora/') for n in stages.records):
         body += _agora_lines(config, stages)
     if lat:
         names = list(lat['models'])
-        _plot_bars(png(PNG_FILES[2]), [f'{n} {_tuple(lat["models"][n]["arch"])}' for n in names],
+        plot_bars(png(PNG_FILES[2]), [f'{n} {_tuple(lat["models"][n]["arch"])}' for n in names],
                    [lat['models'][n]['median_ms'] for n in names],
                    [[lat['models'][n]['median_ms'] - lat['models'][n]['q25_ms'] for n in names],
                     [lat['models'][n]['q75_ms'] - lat['models'][n]['median_ms'] for n in names]],
                    ylabel='ms per batch (median, IQR)',
                    title=f'fast path, batch {lat["batch_size"]} x {lat["seq_len"]} tokens')
         body += _latency_lines(lat)
-    _plot_bars(png(PNG_FILES[3]), list(groups), [g['seconds'] / 60 for g in groups.values()],
+    plot_bars(png(PNG_FILES[3]), list(groups), [g['seconds'] / 60 for g in groups.values()],
                ylabel='minutes', title='wall time per stage')
     body += _time_lines(stages, groups, total, fill)
 
