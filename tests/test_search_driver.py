@@ -366,3 +366,20 @@ def test_trust_checks_end_to_end(tiny_inputs, tmp_path):
     assert 'Kendall τ(e after s, e after 2·s)' in result['table']
     again = run_search(config)  # everything stored: nothing retrained, the same table
     assert again['table'] == result['table']
+
+
+def test_unigram_decoder_bias_starts_candidates_at_the_unigram(tiny_inputs, tmp_path):
+    """With --decoder_bias unigram and a negligible step, every candidate's e is the unigram
+    baseline's (log frequencies of the training tokens, counted here with numpy); with 'zero'
+    it is the uniform distribution's."""
+    results = {}
+    for bias in ('unigram', 'zero'):
+        config = tiny_config(tiny_inputs, tmp_path / bias, decoder_bias=bias, steps=1, lr=1e-12)
+        results[bias] = run_search(config)
+    base = json.loads((tmp_path / 'zero' / 'results.json').read_text())['baseline']
+    for record in results['unigram']['candidates']:
+        assert record['error'] == pytest.approx(base['unigram'], abs=0.05)
+    for record in results['zero']['candidates']:
+        assert record['error'] == pytest.approx(base['uniform'], abs=0.05)
+    assert abs(base['unigram'] - base['uniform']) > 0.2  # the two starts are told apart
+

@@ -24,7 +24,7 @@ from .report import score_records
 from .space import arch_key
 from .targets import TeacherTargets
 from .trust import (SEPARATION, fidelity_choice, fidelity_summary, noise_choice, pooled_noise,
-                    unigram_log_probs, verdict, w_interval)
+                    verdict, w_interval)
 
 __all__ = ['train_batches', 'measure_trust', 'score_with_trust', 'unigram_baseline']
 
@@ -146,7 +146,7 @@ def unigram_baseline(targets: TeacherTargets, offset: float = 0.0) -> Dict:
         Subtracted as from every e (the teacher's entropy with ``--error kl``).
     """
     data = targets.data
-    log_q = unigram_log_probs([original_tokens(b) for b in data.train], data.vocab_size)
+    log_q = data.unigram_log_probs()
     return {'context_free': targets.heldout_cross_entropy_of(targets.heldout_mean_log_probs())
             - offset,
             'unigram': targets.heldout_cross_entropy_of(log_q) - offset,

@@ -97,6 +97,11 @@ class SearchConfig:
     clip: float = opt(1.0, 'global gradient-norm clipping constant (0: none)', check=non_negative)
     warmup_ratio: float = opt(0.1, 'warm-up proportion of s', check=unit_interval)
     schedule: str = opt('linear', 'decay after warm-up', choices=('linear', 'noam', 'constant'))
+    decoder_bias: str = opt('zero', "initial output bias of every candidate's masked-LM decoder: "
+                            "'zero' (the paper's from-scratch training) or 'unigram' (log "
+                            'frequencies of the training tokens, so that no step is spent '
+                            'learning token frequencies and e measures what the context adds)',
+                            choices=('zero', 'unigram'))
     temperature: float = opt(1.0, "softening temperature of both distributions in the "
                              "distillation objective and in e (1: the plain masked-LM "
                              "distributions)", check=positive)
@@ -212,7 +217,7 @@ class SearchConfig:
         """
         keys = ('teacher', 'corpus', 'corpus_bytes', 'steps', 'batch_size', 'seq_len',
                 'optimizer', 'lr', 'momentum', 'weight_decay', 'clip', 'warmup_ratio',
-                'schedule', 'temperature', 'mask_ratio', 'train_batches', 'heldout_batches',
+                'schedule', 'decoder_bias', 'temperature', 'mask_ratio', 'train_batches', 'heldout_batches',
                 'cache_topk', 'cache_tail', 'seed')
         values = {k: getattr(self, k) for k in keys}
         if teacher_weights:

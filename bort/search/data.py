@@ -23,6 +23,7 @@ from ..pretrain.masking import MaskingConfig
 from ..pretrain.mlm_head import pack_sequences, read_documents
 from ..pretrain.stream import MLMBatch, mask_batch
 from ..tokenizers import Tokenizer
+from .trust import unigram_log_probs
 
 __all__ = ['SearchData', 'make_search_data', 'corpus_sequences', 'original_tokens']
 
@@ -48,6 +49,13 @@ class SearchData:
 
     def for_step(self, step: int) -> MLMBatch:
         return self.train[step % len(self.train)]
+
+    def unigram_log_probs(self, smoothing: float = 0.5) -> np.ndarray:
+        """(vocab_size,) float64 log q of the training tokens' unigram (add-``smoothing``
+        counts; :func:`bort.search.trust.unigram_log_probs`): the "learned nothing but
+        frequencies" prediction."""
+        return unigram_log_probs([original_tokens(b) for b in self.train], self.vocab_size,
+                                 smoothing)
 
     def summary(self) -> dict:
         tokens = sum(b.num_tokens for b in self.train)
