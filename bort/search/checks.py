@@ -133,7 +133,7 @@ def score_with_trust(records: Sequence[Dict], teacher: Dict, repeats: Dict,
                     'acceptance': acceptance}
 
 
-def unigram_baseline(targets: TeacherTargets, offset: float = 0.0) -> Dict:
+def unigram_baseline(targets: TeacherTargets, steps: int, offset: float = 0.0) -> Dict:
     """e of models that learned nothing from context, on the same held-out positions:
     ``context_free``, the teacher's own distribution averaged over those positions (the lowest
     e any model ignoring the context can reach: a candidate above it has learned nothing from
@@ -142,13 +142,16 @@ def unigram_baseline(targets: TeacherTargets, offset: float = 0.0) -> Dict:
     Parameters
     ----------
     targets : TeacherTargets
+    steps : int
+        s: the unigram is that of the batches an s-step candidate trains on.
     offset : float
         Subtracted as from every e (the teacher's entropy with ``--error kl``).
     """
     data = targets.data
-    log_q = data.unigram_log_probs()
+    used = data.train[:min(steps, len(data.train))]
+    log_q = data.unigram_log_probs(steps)
     return {'context_free': targets.heldout_cross_entropy_of(targets.heldout_mean_log_probs())
             - offset,
             'unigram': targets.heldout_cross_entropy_of(log_q) - offset,
             'uniform': math.log(data.vocab_size) - offset, 'smoothing': 0.5,
-            'tokens': int(sum(len(original_tokens(b)) for b in data.train))}
+            'tokens': int(sum(len(original_tokens(b)) for b in used))}

@@ -50,12 +50,14 @@ class SearchData:
     def for_step(self, step: int) -> MLMBatch:
         return self.train[step % len(self.train)]
 
-    def unigram_log_probs(self, smoothing: float = 0.5) -> np.ndarray:
-        """(vocab_size,) float64 log q of the training tokens' unigram (add-``smoothing``
-        counts; :func:`bort.search.trust.unigram_log_probs`): the "learned nothing but
-        frequencies" prediction."""
-        return unigram_log_probs([original_tokens(b) for b in self.train], self.vocab_size,
-                                 smoothing)
+    def unigram_log_probs(self, steps: int, smoothing: float = 0.5) -> np.ndarray:
+        """(vocab_size,) float64 log q of the unigram of the tokens an ``steps``-step candidate
+        trains on (add-``smoothing`` counts; :func:`bort.search.trust.unigram_log_probs`): the
+        "learned nothing but frequencies" prediction. Only those batches count, so a search
+        with the fidelity check (more batches, for the longer runs) gives its s-step
+        candidates the same unigram as one without."""
+        used = self.train[:min(steps, len(self.train))]
+        return unigram_log_probs([original_tokens(b) for b in used], self.vocab_size, smoothing)
 
     def summary(self) -> dict:
         tokens = sum(b.num_tokens for b in self.train)

@@ -280,7 +280,7 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
     if config.error == 'kl' or targets.cached:  # online, the entropy costs teacher passes
         teacher['heldout_entropy'] = (evaluator.error_offset if config.error == 'kl'
                                       else targets.heldout_entropy())
-    baseline = unigram_baseline(targets, evaluator.error_offset)
+    baseline = unigram_baseline(targets, config.steps, evaluator.error_offset)
     ranked, trust = score_with_trust(records, teacher, repeats, config, baseline)
     evaluated = {arch_key(r): r for r in ranked}
     ref_rows = []
