@@ -155,3 +155,26 @@ def test_verdict_counts_candidates_above_the_context_free_floor():
     assert out['below_context_free'] == 1  # only 6.10 < 6.25 − 3·0.02
     assert '2 of 3 candidates are not below the context-free floor' in out['text']
     assert 'context-free' not in verdict(ranked, 0.02, TEACHER, context_free=7.0)['text']
+
+
+def test_verdict_when_only_the_longer_runs_learn_from_context():
+    """Above the floor after s steps, below it after k·s: the text says whether the s-step order
+    carries over (τ ≥ 0.6) or not."""
+    ranked = _records([6.30, 6.28, 6.29], [10, 20, 30], [1, 2, 3])
+
+    def fidelity(tau):
+        return {'factor': 4, 'candidates': 3, 'tau_error': tau, 'p_error': 0.5, 'tau_w': 1.0,
+                'p_w': 0.3, 'rows': [{'tuple': [1, 1, 1, 1], 'error_short': 6.30,
+                                      'error_long': 6.10},
+                                     {'tuple': [2, 1, 1, 1], 'error_short': 6.28,
+                                      'error_long': 6.05},
+                                     {'tuple': [3, 1, 1, 1], 'error_short': 6.29,
+                                      'error_long': 6.24}]}
+    agrees = verdict(ranked, 0.01, TEACHER, fidelity=fidelity(1.0), context_free=6.25)
+    assert agrees['below_context_free'] == 0
+    assert agrees['below_context_free_long'] == 2  # 6.24 is not below 6.25 − 3·0.01
+    assert '2 of 3 are after 4·s' in agrees['text']
+    assert 'token frequencies' not in agrees['text']
+    disagrees = verdict(ranked, 0.01, TEACHER, fidelity=fidelity(-0.33), context_free=6.25)
+    assert 'how fast token frequencies are learned' in disagrees['text']
+    assert 'does not rank e as longer training does' in disagrees['text']

@@ -260,11 +260,20 @@ def verdict(ranked: Sequence[Dict], sigma: float, teacher: Dict,
         margin = SEPARATION * sigma if measured else 0.0
         learned = sum(1 for e in errors if e < context_free - margin)
         out['below_context_free'] = learned
+        rows = (fidelity or {}).get('rows') or []
+        long_learned = sum(1 for r in rows if r['error_long'] < context_free - margin)
+        out['below_context_free_long'] = long_learned if rows else None
         if learned < len(errors):
             text += (f' **{len(errors) - learned} of {len(errors)} candidates are not below the '
-                     f'context-free floor ({context_free:.3f}) by {SEPARATION:g}σ**: for them e '
-                     f'measures how fast token frequencies are learned, not what the '
-                     f'architecture learns from context.')
+                     f'context-free floor ({context_free:.3f}) by {SEPARATION:g}σ**')
+            if long_learned and fidelity.get('tau_error', float('nan')) >= 0.6:
+                text += (f" after s steps, but {long_learned} of {len(rows)} are after "
+                         f"{fidelity['factor']}·s, in an order that agrees with the s-step one "
+                         f"(τ above): e ranks early learning, and that order predicts what "
+                         f"longer training learns from the context.")
+            else:
+                text += (': for them e measures how fast token frequencies are learned, not '
+                         'what the architecture learns from context.')
     out['text'] = text
     return out
 
