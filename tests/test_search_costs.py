@@ -1,4 +1,5 @@
 """Measured inference cost under load: candidates timed in the same rounds as the teacher."""
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,12 @@ def test_ordering_survives_cpu_load(tmp_path):
     quiet = CostModel(config)
     quiet.set_reference(teacher)
     quiet.costs([teacher, small, large])
-    busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(3)]
+    # Spinning interpreters and one multi-threaded BLAS loop (like another training process).
+    busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(2)]
+    busy.append(subprocess.Popen(
+        [sys.executable, '-c', 'import numpy as np\na = np.ones((600, 600))\n'
+         'while True: a = np.tanh(a @ a / 600)'], env=dict(os.environ, OPENBLAS_NUM_THREADS='2',
+                                                             OMP_NUM_THREADS='2')))
     try:
         loaded = CostModel(config)
         loaded.set_reference(teacher)
@@ -43,3 +49,29 @@ def test_ordering_survives_cpu_load(tmp_path):
     # the cores would move absolute times: within a factor 1.5 of the quiet figure.
     for arch in (small, large):
         assert loaded.record(arch)['ratio'] == pytest.approx(quiet.record(arch)['ratio'], rel=0.5)
+
+
+def test_time_in_child_uses_its_own_threads_and_clock():
+    """The child process times every encoder with the requested thread count and clock; a
+    3×-FLOPs encoder takes longer than the small one."""
+    from bort.inference.isolated import time_in_child
+    small, large = _arch(1), _arch(3)
+    timed = time_in_child({'small': small.to_dict(), 'large': large.to_dict()}, 1, 64,
+                          warmup=2, repeats=5, threads=1, clock='process')
+    assert timed['threads'] == 1 and timed['clock'] == 'process'
+    assert timed['thread_env']['MXNET_ENGINE_TYPE'] == 'NaiveEngine'
+    assert set(timed['samples']) == {'small', 'large'}
+    assert all(len(v) == 5 and min(v) > 0 for v in timed['samples'].values())
+    median = {k: sorted(v)[2] for k, v in timed['samples'].items()}
+    assert median['large'] > 1.5 * median['small']
+
+
+def test_in_process_timing_still_available(tmp_path):
+    """--latency_threads 0 times in the search process (its own threads, wall clock)."""
+    teacher, small = _arch(3), _arch(1)
+    config = SearchConfig(cost='measured', latency_seq_len=32, latency_warmup=1,
+                          latency_repeats=3, latency_threads=0)
+    model = CostModel(config, folder=str(tmp_path))
+    model.set_reference(teacher)
+    assert model.cost(small) > 0
+    assert model.settings['child_threads'] == 0 and model.settings['clock'] == 'wall'

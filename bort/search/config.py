@@ -145,6 +145,12 @@ class SearchConfig:
                     '(deterministic operation count)', choices=('measured', 'flops'))
     latency_batch_size: int = opt(1, 'batch size of the latency measurement', check=at_least(1))
     latency_seq_len: int = opt(128, 'sequence length of the latency measurement and of flops', check=at_least(1))
+    latency_threads: int = opt(1, 'OpenMP threads per timed call, in a separate timing process '
+                               '(0: in the search process, with its threads); one thread keeps '
+                               'the order when other processes load the cores', check=non_negative)
+    latency_clock: str = opt('process', "clock of a separate timing process: 'process' (its CPU "
+                             "time: others' load not counted) or 'wall'",
+                             choices=('process', 'wall'))
     latency_warmup: int = opt(3, 'warm-up runs before timing', check=non_negative)
     latency_repeats: int = opt(15, 'timed runs (the median is kept)', check=at_least(1))
     latency_group: int = opt(8, 'architectures timed side by side, runs interleaved', check=at_least(1))

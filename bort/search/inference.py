@@ -67,6 +67,8 @@ class CostModel:
         self.seq_len = config.latency_seq_len
         self.warmup = config.latency_warmup
         self.repeats = config.latency_repeats
+        self.threads = config.latency_threads
+        self.clock = config.latency_clock if config.latency_threads else 'wall'
         self.with_decoder = config.params_with_decoder
         self.group = max(1, config.latency_group)
         self.ctx = ctx or mx.cpu()
@@ -85,7 +87,8 @@ class CostModel:
     @property
     def settings(self) -> Dict:
         return {'kind': self.kind, 'batch_size': self.batch_size, 'seq_len': self.seq_len,
-                'warmup': self.warmup, 'repeats': self.repeats, 'timing': 'ratio-to-teacher'}
+                'warmup': self.warmup, 'repeats': self.repeats, 'timing': 'ratio-to-teacher',
+                'child_threads': self.threads, 'clock': self.clock}
 
     def set_reference(self, arch: Architecture) -> None:
         """Time ``arch`` (the teacher) in every group; candidates' i become ratios to it."""
@@ -140,13 +143,18 @@ class CostModel:
         timed = list(archs)
         if ref_key is not None and all(_shape_key(a) != ref_key for a in timed):
             timed.insert(0, self.reference)  # the teacher beside every group
-        models = {}
-        for arch in timed:
-            model = build_model(arch.replace(use_pooler=False), use_decoder=False, ctx=self.ctx)
-            model.hybridize(static_alloc=True)
-            models[_shape_key(arch)] = model
-        results = compare_latency(models, self.batch_size, self.seq_len, warmup=self.warmup,
-                                  repeats=self.repeats, ctx=self.ctx)
+        if self.threads:
+            results = self._time_in_child(timed)
+        else:
+            models = {}
+            for arch in timed:
+                model = build_model(arch.replace(use_pooler=False), use_decoder=False,
+                                    ctx=self.ctx)
+                model.hybridize(static_alloc=True)
+                models[_shape_key(arch)] = model
+            results = compare_latency(models, self.batch_size, self.seq_len,
+                                      warmup=self.warmup, repeats=self.repeats, ctx=self.ctx)
+            del models
         ref = results.get(ref_key) if ref_key is not None else None
         if ref is not None and ref_key not in self.measured:
             # i(T) is fixed at its first measurement: later groups (a resumed search, BO's
@@ -174,11 +182,27 @@ class CostModel:
                 self.measured[key] = entry
         # Gluon blocks sit in reference cycles: collect now, or every group's weights and
         # memory plans stay alive until the collector happens to run (GBs over a grid).
-        del models, results
+        del results
         gc.collect()
         self._dirty = True
         log.info('inference cost: %d encoders timed (batch %d, sequence %d, %d runs each)',
                  len(archs), self.batch_size, self.seq_len, self.repeats)
+
+    def _time_in_child(self, archs: Sequence[Architecture]) -> Dict:
+        """LatencyResults of ``archs`` (keyed by shape) timed in a child process with
+        :attr:`threads` threads (:func:`bort.inference.isolated.time_in_child`)."""
+        # pylint: disable=import-outside-toplevel
+        from ..inference.isolated import time_in_child
+        from ..inference.latency import LatencyResult
+        encoders = {_shape_key(a): a.replace(use_pooler=False).to_dict() for a in archs}
+        timed = time_in_child(encoders, self.batch_size, self.seq_len, self.warmup,
+                              self.repeats, threads=self.threads, clock=self.clock)
+        return {key: LatencyResult(samples=samples, batch_size=self.batch_size,
+                                   seq_len=self.seq_len, warmup=self.warmup,
+                                   repeats=self.repeats, device=timed['device'],
+                                   threads=timed['threads'], thread_env=timed['thread_env'],
+                                   label=key, clock=timed['clock'])
+                for key, samples in timed['samples'].items()}
 
     def save(self) -> None:
         """Write ``costs.json`` if new measurements were made."""

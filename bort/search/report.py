@@ -130,7 +130,9 @@ def format_table(ranked: Sequence[Dict], teacher: Dict, references: Sequence[Dic
                          f"{gain({'error': baseline[key]})} |")
     if cost['kind'] == 'measured':
         how = (f"inference: CPU seconds per sample at batch {cost['batch_size']}, "
-               f"sequence length {cost['seq_len']}, {cost.get('threads', '?')} threads "
+               f"sequence length {cost['seq_len']}, {cost.get('threads', '?')} thread(s) "
+               + (f"in a separate timing process, {cost.get('clock', 'wall')} clock "
+                  if cost.get('child_threads') else '') +
                f"({cost.get('device', 'cpu')}), {cost['repeats']} runs after "
                f"{cost['warmup']} warm-up, each candidate timed in the same rounds as the "
                f"teacher: the median ratio to the teacher times i(T) [p10, p90 of the ratio]")
