@@ -109,7 +109,8 @@ def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchC
     start = time.time()
     model = build_model(arch, use_decoder=True, ctx=ctx)
     if config.decoder_bias == 'unigram':
-        output_bias(model).set_data(mx.nd.array(targets.data.unigram_log_probs(config.steps), ctx=ctx))
+        log_q = targets.data.unigram_log_probs(config.steps)  # of the batches it trains on
+        output_bias(model).set_data(mx.nd.array(log_q, ctx=ctx))
     model.hybridize(static_alloc=True)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
     # A candidate trains alone on its worker: a local (size-1) communicator, no gradient averaging.
