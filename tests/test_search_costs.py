@@ -58,11 +58,11 @@ def test_time_in_child_uses_its_own_threads_and_clock():
     small, large = _arch(1), _arch(3)
     timed = time_in_child({'small': small.to_dict(), 'large': large.to_dict()}, 1, 64,
                           warmup=2, repeats=5, threads=1, clock='process')
-    assert timed['threads'] == 1 and timed['clock'] == 'process'
-    assert timed['thread_env']['MXNET_ENGINE_TYPE'] == 'NaiveEngine'
-    assert set(timed['samples']) == {'small', 'large'}
-    assert all(len(v) == 5 and min(v) > 0 for v in timed['samples'].values())
-    median = {k: sorted(v)[2] for k, v in timed['samples'].items()}
+    assert all(r.threads == 1 and r.clock == 'process' for r in timed.values())
+    assert all(r.thread_env['MXNET_ENGINE_TYPE'] == 'NaiveEngine' for r in timed.values())
+    assert set(timed) == {'small', 'large'}
+    assert all(len(r.samples) == 5 and min(r.samples) > 0 for r in timed.values())
+    median = {k: sorted(r.samples)[2] for k, r in timed.items()}
     assert median['large'] > 1.5 * median['small']
 
 

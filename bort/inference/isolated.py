@@ -23,11 +23,14 @@ import subprocess
 import sys
 from typing import Dict, Mapping
 
+from .latency import LatencyResult
+
 __all__ = ['time_in_child']
 
 
 def time_in_child(archs: Mapping[str, Dict], batch_size: int, seq_len: int, warmup: int,
-                  repeats: int, threads: int = 1, clock: str = 'process') -> Dict:
+                  repeats: int, threads: int = 1,
+                  clock: str = 'process') -> Dict[str, LatencyResult]:
     """Time encoders side by side in a child process with ``threads`` OpenMP threads.
 
     Parameters
@@ -45,9 +48,9 @@ def time_in_child(archs: Mapping[str, Dict], batch_size: int, seq_len: int, warm
 
     Returns
     -------
-    dict
-        ``samples`` (label -> list of seconds per call), ``device``, ``threads``,
-        ``thread_env``, ``clock``.
+    dict of label -> LatencyResult
+        As :func:`bort.inference.latency.compare_latency` returns, with the child's threads,
+        thread environment and clock.
 
     Raises
     ------
@@ -65,7 +68,12 @@ def time_in_child(archs: Mapping[str, Dict], batch_size: int, seq_len: int, warm
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ['no output'])[-1]
         raise RuntimeError(f'latency measurement in a child process failed: {last}')
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    timed = json.loads(done.stdout.strip().splitlines()[-1])
+    return {label: LatencyResult(samples=samples, batch_size=batch_size, seq_len=seq_len,
+                                 warmup=warmup, repeats=repeats, device=timed['device'],
+                                 threads=timed['threads'], thread_env=timed['thread_env'],
+                                 label=label, clock=timed['clock'])
+            for label, samples in timed['samples'].items()}
 
 
 def _child() -> None:

@@ -148,10 +148,9 @@ def unigram_baseline(targets: TeacherTargets, steps: int, offset: float = 0.0) -
         Subtracted as from every e (the teacher's entropy with ``--error kl``).
     """
     data = targets.data
-    used = data.train[:min(steps, len(data.train))]
     log_q = data.unigram_log_probs(steps)
     return {'context_free': targets.heldout_cross_entropy_of(targets.heldout_mean_log_probs())
             - offset,
             'unigram': targets.heldout_cross_entropy_of(log_q) - offset,
             'uniform': math.log(data.vocab_size) - offset, 'smoothing': 0.5,
-            'tokens': int(sum(len(original_tokens(b)) for b in used))}
+            'tokens': int(sum(len(original_tokens(b)) for b in data.trained_on(steps)))}

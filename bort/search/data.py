@@ -13,8 +13,8 @@ out, the next ones train. A corpus too small for the requested batches is cycled
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import List, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -46,18 +46,25 @@ class SearchData:
     train: List[MLMBatch]
     heldout: List[MLMBatch]
     vocab_size: int
+    _unigram: Dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def for_step(self, step: int) -> MLMBatch:
         return self.train[step % len(self.train)]
 
-    def unigram_log_probs(self, steps: int, smoothing: float = 0.5) -> np.ndarray:
-        """(vocab_size,) float64 log q of the unigram of the tokens an ``steps``-step candidate
-        trains on (add-``smoothing`` counts; :func:`bort.search.trust.unigram_log_probs`): the
-        "learned nothing but frequencies" prediction. Only those batches count, so a search
-        with the fidelity check (more batches, for the longer runs) gives its s-step
-        candidates the same unigram as one without."""
-        used = self.train[:min(steps, len(self.train))]
-        return unigram_log_probs([original_tokens(b) for b in used], self.vocab_size, smoothing)
+    def trained_on(self, steps: int) -> List[MLMBatch]:
+        """The distinct training batches a ``steps``-step candidate sees."""
+        return self.train[:min(steps, len(self.train))]
+
+    def unigram_log_probs(self, steps: int) -> np.ndarray:
+        """(vocab_size,) float64 log q of the unigram of the tokens a ``steps``-step candidate
+        trains on (add-0.5 counts; :func:`bort.search.trust.unigram_log_probs`): the "learned
+        nothing but frequencies" prediction. Only those batches count, so a search with the
+        fidelity check (more batches, for the longer runs) gives its s-step candidates the
+        same unigram as one without. Computed once per ``steps`` and kept."""
+        if steps not in self._unigram:
+            self._unigram[steps] = unigram_log_probs(
+                [original_tokens(b) for b in self.trained_on(steps)], self.vocab_size)
+        return self._unigram[steps]
 
     def summary(self) -> dict:
         tokens = sum(b.num_tokens for b in self.train)

@@ -137,6 +137,7 @@ class CostModel:
         """Time a group of encoders with interleaved repeats (A, B, C, A, B, C, ...), so that
         load from elsewhere on the machine hits them alike."""
         # pylint: disable=import-outside-toplevel
+        from ..inference.isolated import time_in_child
         from ..inference.latency import compare_latency
         from ..model import build_model
         ref_key = _shape_key(self.reference) if self.reference is not None else None
@@ -144,7 +145,9 @@ class CostModel:
         if ref_key is not None and all(_shape_key(a) != ref_key for a in timed):
             timed.insert(0, self.reference)  # the teacher beside every group
         if self.threads:
-            results = self._time_in_child(timed)
+            encoders = {_shape_key(a): a.replace(use_pooler=False).to_dict() for a in timed}
+            results = time_in_child(encoders, self.batch_size, self.seq_len, self.warmup,
+                                    self.repeats, threads=self.threads, clock=self.clock)
         else:
             models = {}
             for arch in timed:
@@ -187,22 +190,6 @@ class CostModel:
         self._dirty = True
         log.info('inference cost: %d encoders timed (batch %d, sequence %d, %d runs each)',
                  len(archs), self.batch_size, self.seq_len, self.repeats)
-
-    def _time_in_child(self, archs: Sequence[Architecture]) -> Dict:
-        """LatencyResults of ``archs`` (keyed by shape) timed in a child process with
-        :attr:`threads` threads (:func:`bort.inference.isolated.time_in_child`)."""
-        # pylint: disable=import-outside-toplevel
-        from ..inference.isolated import time_in_child
-        from ..inference.latency import LatencyResult
-        encoders = {_shape_key(a): a.replace(use_pooler=False).to_dict() for a in archs}
-        timed = time_in_child(encoders, self.batch_size, self.seq_len, self.warmup,
-                              self.repeats, threads=self.threads, clock=self.clock)
-        return {key: LatencyResult(samples=samples, batch_size=self.batch_size,
-                                   seq_len=self.seq_len, warmup=self.warmup,
-                                   repeats=self.repeats, device=timed['device'],
-                                   threads=timed['threads'], thread_env=timed['thread_env'],
-                                   label=key, clock=timed['clock'])
-                for key, samples in timed['samples'].items()}
 
     def save(self) -> None:
         """Write ``costs.json`` if new measurements were made."""
