@@ -25,9 +25,20 @@ def test_glue_classification_tsv(tmp_path):
     assert submission_path('AX', tmp_path).name == 'AX.tsv'
 
 
-def test_stsb_floats_clipped_to_range(tmp_path):
+def test_stsb_floats_clipped_to_range_at_full_precision(tmp_path):
     text = write_submission('STS-B', [0, 1, 2], [3.14159, -0.2, 5.7], tmp_path).read_text()
-    assert text == 'index\tprediction\n0\t3.142\n1\t0.000\n2\t5.000\n'
+    assert text == 'index\tprediction\n0\t3.14159\n1\t0.0\n2\t5.0\n'
+
+
+def test_stsb_submission_keeps_pearson_on_a_narrow_range(tmp_path):
+    # Scores 1e-4 apart: rounding to 3 decimals would collapse them and change Pearson.
+    rng = np.random.RandomState(0)
+    scores = (2.5 + 1e-4 * rng.randn(50)).astype(np.float32)
+    gold = scores + 1e-5 * rng.randn(50)
+    path = write_submission('STS-B', list(range(50)), scores, tmp_path)
+    written = np.array([float(line.split('\t')[1]) for line in path.read_text().split('\n')[1:-1]])
+    np.testing.assert_array_equal(written, scores.astype(np.float64))
+    assert np.corrcoef(written, gold)[0, 1] == np.corrcoef(scores, gold)[0, 1]
 
 
 def test_superglue_label_spellings():

@@ -6,7 +6,7 @@ user uploads (one file per task at the zip's top level):
 * GLUE (``CoLA.tsv``, ``MNLI-m.tsv``, ``AX.tsv``, ...): a TSV with the header
   ``index<TAB>prediction`` and one row per test example, the label spelt as in GLUE's files
   (``entailment``, ``not_entailment``, ``0``/``1``); STS-B scores are clipped to [0, 5] and
-  written with three decimals.
+  written at full precision (they read back as the same floats).
 * SuperGLUE (``BoolQ.jsonl``, ..., ``AX-b.jsonl``, ``AX-g.jsonl``): one ``{"idx": .., "label":
   ..}`` object a line, labels spelt as the server wants (``"true"`` for BoolQ and WiC, ``"True"``
   for WSC, the choice index for COPA, the entity text for ReCoRD). MultiRC nests answers in
@@ -57,7 +57,9 @@ def _glue_tsv(spec: TaskSpec, ids: Sequence[Any], predictions: Sequence[Any]) ->
     lines = ['index\tprediction']
     for idx, pred in zip(ids, predictions):
         if spec.is_regression:
-            value = f'{min(max(float(pred), 0.0), 5.0):.3f}'
+            # Full precision (the shortest text that reads back as the same float): rounding
+            # to 3 decimals changed Pearson on narrow score ranges.
+            value = repr(min(max(float(pred), 0.0), 5.0))
         else:
             value = str(spec.submission_label(pred))
         lines.append(f'{_plain(idx)}\t{value}')
