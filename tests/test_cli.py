@@ -189,9 +189,9 @@ def test_a_wrong_choice_exits_with_status_2_and_one_error_line():
     run = subprocess.run([sys.executable, os.path.join(REPO, 'run_finetune.py'), '--head', 'big'],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 2
-    errors = [line for line in run.stderr.splitlines() if 'error:' in line]
-    assert errors == ["run_finetune.py: error: argument --head: invalid choice: 'big' "
-                      "(choose from 'auto', 'linear', 'two_layer', 'released')"]
+    assert run.stderr.strip().splitlines() == [  # one line, not the usage block before it
+        "run_finetune.py: error: argument --head: invalid choice: 'big' "
+        "(choose from 'auto', 'linear', 'two_layer', 'released') (see --help)"]
 
 
 def test_configs_live_in_config_modules_and_their_packages_re_export_them():
@@ -313,3 +313,80 @@ def test_abbreviated_flags_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_configs(parser, [_Checked], ['--interv', '5'])
     assert exit_info.value.code == 2 and 'unrecognized arguments: --interv' in capsys.readouterr().err
+
+
+# -- a flag error is one line; a settings file is checked like the flags -----------------------
+@pytest.mark.parametrize('argv,message', [
+    (['--steps', 'abc'], "argument --steps: invalid int value: 'abc'"),
+    (['--stpes', '3'], 'unrecognized arguments: --stpes 3'),
+    (['--mode', 'c'], "argument --mode: invalid choice: 'c'"),
+])
+def test_a_flag_error_is_one_line_not_the_usage_block(argv, message, capsys):
+    parser = cli.make_parser(prog='prog')
+    cli.add_dataclass_flags(parser, Settings)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_configs(parser, [Settings], argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f'prog: error: {message}') and err[0].endswith('(see --help)')
+
+
+def test_a_subcommand_flag_error_is_one_line(capsys):
+    parser = cli.make_parser(prog='prog')
+    cli.add_subcommands(parser, {'go': Settings})
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_subcommand(parser, {'go': Settings}, ['go', '--steps', 'x'])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('text,message', [
+    ('{"steps": "abc"}', r':2: steps must be an integer, got \'abc\''),
+    ('{"steps": 3.7}', r':2: steps must be an integer, got 3\.7'),
+    ('{"steps": true}', r':2: steps must be an integer, got True'),
+    ('{"resume": "no"}', r':2: resume must be true or false, got \'no\''),
+    ('{"lr": "fast"}', r':2: lr must be a number, got \'fast\''),
+    ('{"out_dir": 5}', r':2: out_dir must be a string, got 5'),
+    ('{"seeds": 3}', r':2: seeds must be a list, got 3'),
+    ('{"seeds": [1, "x"]}', r':2: seeds must be a list of integers, got \[1, \'x\'\]'),
+    ('{"heads": 2.5}', r':2: heads must be an integer, got 2\.5'),
+    ('{"steps": null}', r':2: steps must be an integer, got None'),
+    ('{\n  "lr": 1,\n\n  "steps": [4]}', r':4: steps must be an integer, got \[4\]'),
+])
+def test_a_settings_file_value_of_the_wrong_type_is_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / 's.json'
+    path.write_text(text.replace('{"', '{\n"') if '\n' not in text else text)
+    parser = cli.make_parser(prog='prog')
+    cli.add_dataclass_flags(parser, Settings)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_configs(parser, [Settings], ['--config', str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    import re
+    assert re.search(re.escape(str(path)) + message, err[0]), err[0]
+
+
+def test_a_settings_file_with_good_values_of_every_type_passes(tmp_path):
+    path = tmp_path / 's.json'
+    path.write_text(json.dumps({'steps': 1e4, 'lr': 1, 'resume': True, 'seeds': [3],
+                                'heads': None, 'out-dir': 'o', 'mode': 'b'}))
+    settings = _parse(['--config', str(path)])
+    assert settings == Settings(out_dir='o', steps=10000, lr=1.0, resume=True, seeds=[3],
+                                mode='b', heads=None)
+    assert isinstance(settings.steps, int) and isinstance(settings.lr, float)
+
+
+def test_scripts_refuse_a_bad_settings_file_before_making_their_folder(tmp_path, capsys):
+    import run_pretraining
+    out = tmp_path / 'run'
+    for bad in ({'total_steps': 3.7}, {'resume': 'no'}, {'batch_size': 'big'}):
+        path = tmp_path / 'kd.json'
+        path.write_text(json.dumps(dict(bad, data=str(tmp_path), output_dir=str(out))))
+        with pytest.raises(SystemExit) as exit_info:
+            run_pretraining.main(['--config', str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and list(bad)[0] in err[0]
+        assert not out.exists()
