@@ -2,8 +2,9 @@
 
 The lock is an advisory ``fcntl.flock`` on ``<folder>/.bort.lock``, so the kernel releases it
 when the holding process ends in any way (``kill -9`` included) and a killed run can be resumed
-straight away; the file itself stays and says who held it last. Under ``horovodrun`` only rank 0
-takes it (the workers of one run share the folder by design).
+straight away (forked worker processes do not inherit it); the file itself stays and says who
+held it last. Under ``horovodrun`` only rank 0 takes it (the workers of one run share the folder
+by design). A run refused before it wrote anything removes the folder it made.
 
 A command that replaces a whole folder (data preparation, a quantized artefact, a copied best
 model) builds the new content in a sibling (:func:`building_folder`) and swaps it in with
@@ -20,12 +21,12 @@ import shutil
 import socket
 import sys
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import UserError
 
 __all__ = ['FolderInUseError', 'hold_folder', 'hold_run_folder', 'building_folder',
-           'replace_folder', 'LOCK_FILE']
+           'replace_folder', 'LOCK_FILE', 'DISPOSABLE']
 
 LOCK_FILE = '.bort.lock'
 
@@ -44,9 +45,43 @@ def _holder(path: str) -> str:
         return 'another process'
 
 
+#: The folders this process holds: real path -> [lock file descriptor, nesting depth].
+_HELD: Dict[str, List[int]] = {}
+#: What a command may have written into a folder it made before failing (its log, the lock):
+#: a folder holding nothing else is removed when the run fails.
+DISPOSABLE = (LOCK_FILE, 'log.txt', 'search.log')
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a worker pool), close the inherited lock descriptors: the lock belongs
+    to the parent, and a child keeping a copy kept a killed parent's folder locked until the
+    child ended (10-45 s for ``prepare --num-workers``)."""
+    for fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _is_disposable(folder: str) -> bool:
+    try:
+        return set(os.listdir(folder)) <= set(DISPOSABLE)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def hold_folder(folder: str, is_root: bool = True, what: Optional[str] = None) -> Iterator[str]:
     """Hold ``folder`` (created if missing) for the duration of the ``with`` block.
+
+    A process that already holds ``folder`` may hold it again (a command holds its folder
+    before opening its log there, then calls a library function that holds it too). When the
+    block ends with an exception and the folder was made by this call and holds nothing but
+    the lock and a log (:data:`DISPOSABLE`), it is removed: a refused run leaves nothing behind.
 
     Parameters
     ----------
@@ -65,7 +100,16 @@ def hold_folder(folder: str, is_root: bool = True, what: Optional[str] = None) -
     if not is_root:
         yield folder
         return
+    created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key][1] -= 1
+        return
     path = os.path.join(folder, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -80,9 +124,15 @@ def hold_folder(folder: str, is_root: bool = True, what: Optional[str] = None) -
                 'command': what or ' '.join(sys.argv)}
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(info) + '\n').encode('utf-8'))
+        _HELD[key] = [fd, 1]
         try:
             yield folder
+        except BaseException:
+            if created and _is_disposable(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         finally:
+            _HELD.pop(key, None)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -147,8 +147,7 @@ def test_a_truncated_shard_is_named_before_the_first_step(tmp_path, data):
     config = _config(tmp_path, data)
     with pytest.raises(DataFormatError, match=f'{shard}: unreadable shard, truncated'):
         pretrain(config)
-    assert not [n for n in os.listdir(config.output_dir) if n.startswith('step-')]
-    assert not os.path.exists(os.path.join(config.output_dir, 'metrics.jsonl'))
+    assert not os.path.exists(config.output_dir)  # the refused run removed the folder it made
 
 
 def test_arch_json_missing_a_field_is_named(tmp_path, tiny_arch):

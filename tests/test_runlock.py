@@ -84,3 +84,65 @@ def test_a_refused_run_stops_on_every_worker(tmp_path):
         proc.wait()
     with hold_run_folder(str(tmp_path / 'run'), _Worker(0)) as folder:
         assert os.path.isfile(os.path.join(folder, LOCK_FILE))
+
+
+def test_a_run_may_hold_its_own_folder_again(tmp_path):
+    """A command holds its folder before it opens its log there; the library function it calls
+    holds the same folder again (re-entrant in one process), and the folder is free after."""
+    folder = str(tmp_path / 'run')
+    with hold_folder(folder):
+        with hold_folder(folder + '/'):  # the same folder, spelled otherwise
+            pass
+        proc = subprocess.run([sys.executable, '-c', _HOLDER, folder], capture_output=True,
+                              text=True, timeout=60)
+        assert 'in use by another run' in proc.stderr  # still held after the inner block
+    proc = _start_holder(folder)  # and free once the outer one ends
+    proc.kill()
+    proc.wait()
+
+
+def test_a_failed_run_removes_the_folder_it_made_and_nothing_else(tmp_path):
+    new = tmp_path / 'new'
+    with pytest.raises(ValueError):
+        with hold_folder(str(new)):
+            (new / 'log.txt').write_text('refused: bad input\n')
+            raise ValueError('bad input')
+    assert not new.exists()
+    # A folder that was there before, or that holds results, stays.
+    old = tmp_path / 'old'
+    old.mkdir()
+    kept = tmp_path / 'kept'
+    for folder in (old, kept):
+        with pytest.raises(ValueError):
+            with hold_folder(str(folder)):
+                if folder == kept:
+                    (folder / 'step-0000001').mkdir()
+                raise ValueError('later failure')
+        assert folder.exists()
+    assert (kept / 'step-0000001').is_dir()
+
+
+_FORKING_HOLDER = textwrap.dedent('''
+    import multiprocessing, sys, time
+    from bort.runlock import hold_folder
+    with hold_folder(sys.argv[1], what='forking holder'):
+        child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))
+        child.start()
+        print(child.pid, flush=True)
+        time.sleep(60)
+''')
+
+
+def test_forked_workers_do_not_keep_a_killed_runs_lock(tmp_path):
+    """kill -9 of a command with worker processes (data preparation) frees its folder at
+    once: the workers do not inherit the lock."""
+    proc = subprocess.Popen([sys.executable, '-c', _FORKING_HOLDER, str(tmp_path / 'run')],
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with hold_folder(str(tmp_path / 'run')):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
