@@ -57,10 +57,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from bort.finetune.config import with_output_dir
     from bort.finetune.run import run_finetune_job
     from bort.log import setup_logging
+    from bort.runlock import hold_run_folder
     config = with_output_dir(config, options.finetuned)  # the log file goes there too
     comm = init_comm(gpu=options.gpu)
-    setup_logging(comm, log_file=os.path.join(config.output_dir, 'log.txt'))
-    summary = run_finetune_job(config, agora_config, options, comm)
+    # The folder is held before the log file opens in it: a refused second run writes nothing
+    # into the first run's log.txt, and a run refused for bad input removes the folder it made.
+    with hold_run_folder(config.output_dir, comm):
+        setup_logging(comm, log_file=os.path.join(config.output_dir, 'log.txt'))
+        summary = run_finetune_job(config, agora_config, options, comm)
     if comm.is_root:
         emit(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return summary

@@ -1,0 +1,88 @@
+"""The commands as a user meets them: a refused run touches nothing of the run it met, Ctrl-C
+at any moment ends in one line, and every damaged or empty input is named before hours of work.
+"""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import toy_glue
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_HOLDER = textwrap.dedent('''
+    import sys, time
+    from bort.runlock import hold_folder
+    with hold_folder(sys.argv[1], what='the first run'):
+        print('held', flush=True)
+        time.sleep(120)
+''')
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """main() sets up logging; give the next test its handlers back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def holder():
+    procs = []
+
+    def start(folder):
+        proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(folder)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == 'held'
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _config_file(tmp_path, config, name='config.json'):
+    path = tmp_path / name
+    path.write_text(json.dumps(vars(config)))
+    return str(path)
+
+
+def test_a_refused_finetuning_run_writes_nothing_into_the_first_runs_log(tmp_path, holder):
+    import run_finetune
+    from bort.cli import run_main
+    config = toy_glue.finetune_config(tmp_path, epochs=1)
+    os.makedirs(config.output_dir)
+    log_txt = os.path.join(config.output_dir, 'log.txt')
+    with open(log_txt, 'w') as f:
+        f.write('the first run\n')
+    holder(config.output_dir)
+    argv = ['--config', _config_file(tmp_path, config)]
+    with pytest.raises(SystemExit) as exit_info:  # as the script runs it
+        run_main(lambda: run_finetune.main(argv), logger='run_finetune')
+    assert exit_info.value.code == 2
+    with open(log_txt) as f:
+        assert f.read() == 'the first run\n'
+
+
+def test_a_finetuning_run_refused_for_bad_input_leaves_no_folder(tmp_path):
+    import run_finetune
+    from bort.errors import DataFormatError
+    config = toy_glue.finetune_config(tmp_path, epochs=1)
+    os.remove(os.path.join(config.data_dir, 'RTE', 'train.tsv'))
+    with pytest.raises((DataFormatError, FileNotFoundError), match='train.tsv'):
+        run_finetune.main(['--config', _config_file(tmp_path, config)])
+    assert not os.path.exists(config.output_dir)
