@@ -43,8 +43,8 @@ import mxnet as mx
 import numpy as np
 
 from .distributed import Comm
-from .errors import ConfigError, UserError
-from .model import BortModel, load_params, save_model, PARAMS_FILE
+from .errors import ConfigError, UserError, read_json
+from .model import BortModel, load_params, save_arrays, save_model, PARAMS_FILE
 from .runlock import replace_folder
 
 __all__ = ['CheckpointManager', 'step_seed', 'write_json_atomic', 'save_trainer_state',
@@ -193,7 +193,7 @@ def save_trainer_state(trainer: mx.gluon.Trainer, prefix: str) -> None:
             'index_update_count': {str(k): int(v)
                                    for k, v in optimizer._index_update_count.items()},
             'states': layout}
-    mx.nd.save(prefix + '.params', arrays)
+    save_arrays(prefix + '.params', arrays)
     write_json_atomic(prefix + '.json', meta)
 
 
@@ -207,14 +207,13 @@ def load_trainer_state(trainer: mx.gluon.Trainer, prefix: str, ctx: mx.Context) 
         The files are not this format, or were written for another optimizer.
     """
     source = prefix + '.json'
-    try:
-        with open(source, encoding='utf-8') as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as err:
-        raise CheckpointFormatError(f'{source}: not valid JSON ({err.msg}, line {err.lineno})') \
-            from None
-    if not isinstance(meta, dict) or meta.get('format') != TRAINER_FORMAT:
+    meta = read_json(source, what='trainer state file', error=CheckpointFormatError)
+    if meta.get('format') != TRAINER_FORMAT:
         raise CheckpointFormatError(f'{source}: not a {TRAINER_FORMAT} file')
+    missing = sorted({'optimizer', 'num_update', 'index_update_count', 'states'} - set(meta))
+    if missing:
+        raise CheckpointFormatError(f'{source}: damaged trainer state file ({", ".join(missing)} '
+                                    f'missing)')
     # pylint: disable=protected-access
     if not trainer._kv_initialized:
         trainer._init_kvstore()
@@ -225,7 +224,11 @@ def load_trainer_state(trainer: mx.gluon.Trainer, prefix: str, ctx: mx.Context) 
     if meta['optimizer'] != type(optimizer).__name__:
         raise CheckpointFormatError(f'{source}: written for optimizer {meta["optimizer"]}, '
                                     f'this run uses {type(optimizer).__name__}')
-    arrays = mx.nd.load(prefix + '.params') if meta['states'] else {}
+    try:
+        arrays = mx.nd.load(prefix + '.params') if meta['states'] else {}
+    except mx.base.MXNetError:  # its message is a C++ trace naming no file
+        raise CheckpointFormatError(f'{prefix}.params: not a readable MXNet arrays file '
+                                    f'(truncated or damaged)') from None
     if not isinstance(arrays, dict):
         raise CheckpointFormatError(f'{prefix}.params: expected named arrays')
     states = {int(k): _unflatten_state(v, f'state{k}', arrays, ctx, source)
@@ -392,10 +395,21 @@ class CheckpointManager:
                                         f'({self.comm.size})')
             load_trainer_state(trainer, prefix, self.comm.ctx)
         if restore_rng:
-            with open(os.path.join(path, RNG_FILE), encoding='utf-8') as f:
-                _set_rng_state(json.load(f))
-        with open(os.path.join(path, 'state.json')) as f:
-            return json.load(f)
+            source = os.path.join(path, RNG_FILE)
+            try:
+                _set_rng_state(read_json(source, what='random state file',
+                                         error=CheckpointFormatError))
+            except (KeyError, TypeError, ValueError, IndexError) as err:
+                if isinstance(err, CheckpointFormatError):
+                    raise
+                raise CheckpointFormatError(f'{source}: damaged random state file '
+                                            f'({type(err).__name__}: {err})') from None
+        source = os.path.join(path, 'state.json')
+        state = read_json(source, what='checkpoint state file', error=CheckpointFormatError)
+        if not isinstance(state.get('step'), int) or isinstance(state['step'], bool):
+            raise CheckpointFormatError(f'{source}: damaged checkpoint state file (no integer '
+                                        f'"step")')
+        return state
 
     def _prune(self) -> None:
         if not self.keep:

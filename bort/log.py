@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
 from .cli import LOG_DATEFMT, LOG_FORMAT
 from .distributed import Comm
+from .errors import DataFormatError
 
 __all__ = ['setup_logging', 'MetricsLog', 'progress']
 
@@ -55,12 +56,21 @@ class MetricsLog:
     """Append one JSON object per line to ``metrics.jsonl`` (rank 0 only).
 
     Each record gets a wall-clock ``time``; reading the file back gives the run's history, also
-    after a resume (records are appended, never rewritten).
+    after a resume (records are appended, never rewritten). An existing file is read when the
+    log is opened, so that a damaged one (a line cut short by a crash or a full disk) is named
+    before the run appends to it, not when its curves are plotted hours later.
+
+    Raises
+    ------
+    DataFormatError
+        From the constructor and :meth:`read`: a line of the file is not a JSON object.
     """
 
     def __init__(self, path: str, comm: Optional[Comm] = None):
         self.path = path
         self.comm = comm or Comm()
+        if self.comm.is_root:
+            self.read()
 
     def write(self, record: Dict) -> None:
         if not self.comm.is_root:
@@ -69,8 +79,20 @@ class MetricsLog:
         with open(self.path, 'a') as f:
             f.write(json.dumps(dict(record, time=round(time.time(), 3)), default=float) + '\n')
 
-    def read(self):
+    def read(self) -> List[Dict]:
+        """Every record of the file, in order ([] when there is no file yet)."""
         if not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        records, number = [], 0
+        try:
+            with open(self.path, encoding='utf-8') as f:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        records.append(json.loads(line))
+                        if not isinstance(records[-1], dict):
+                            raise ValueError('not an object')
+        except ValueError:  # JSON and UTF-8 errors alike
+            raise DataFormatError('not a JSON record (cut short by a crash or a full disk, or '
+                                  'edited): repair or delete that line, then run again',
+                                  self.path, max(number, 1)) from None
+        return records

@@ -9,6 +9,7 @@ its files): the architecture always travels with the weights.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
@@ -21,7 +22,7 @@ from . import kernels
 from .arch import Architecture, load_arch, save_arch
 from .errors import UserError
 
-__all__ = ['BortModel', 'build_model', 'load_params', 'save_model', 'load_model',
+__all__ = ['BortModel', 'build_model', 'load_params', 'save_model', 'load_model', 'save_arrays',
            'CheckpointMismatchError', 'param_dict', 'count_parameters', 'PARAMS_FILE']
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,28 @@ def _read_params(path: str):
             f'interrupted copy or a full disk); copy or write it again') from None
 
 
+def save_arrays(path: str, arrays) -> None:
+    """``mx.nd.save(path, arrays)`` through a temporary file renamed once complete.
+
+    Raises
+    ------
+    OSError
+        MXNet's writer failed part-way (a full disk, a quota): ``ENOSPC`` naming ``path``
+        instead of MXNet's C++ trace, which names no file; ``path`` is left as it was.
+    """
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        mx.nd.save(tmp, arrays)
+    except mx.base.MXNetError as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        # MXNet's message is a C++ trace ending in "FileStream.Write incomplete".
+        code = errno.ENOSPC if 'Write incomplete' in str(err) else errno.EIO
+        raise OSError(code, f'{os.strerror(code)} (MXNet could not write the arrays)',
+                      path) from None
+    os.replace(tmp, path)
+
+
 def load_params(model: mx.gluon.Block, path: str, ctx=None,
                 ignore_extra: Tuple[str, ...] = ()) -> None:
     """Load a weights file strictly: every parameter present, every shape equal, nothing extra.
@@ -363,9 +386,7 @@ def save_model(model: BortModel, folder: str) -> str:
     arrays = {name: param.data().as_in_context(mx.cpu())
               for name, param in model._collect_params_with_prefix().items()}  # pylint: disable=protected-access
     path = os.path.join(folder, PARAMS_FILE)
-    tmp = path + '.tmp'
-    mx.nd.save(tmp, arrays)
-    os.replace(tmp, path)
+    save_arrays(path, arrays)
     save_arch(model.arch, os.path.join(folder, 'arch.json'))
     return path
 

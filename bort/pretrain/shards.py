@@ -18,7 +18,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, read_json
 from .masking import MaskingConfig, mask_tokens
 
 __all__ = ['SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard', 'check_shard',
@@ -168,16 +168,32 @@ def original_tokens(arrays: Dict[str, np.ndarray]) -> np.ndarray:
     return tokens
 
 
+#: The integer fields of meta.json the training loops read.
+_META_INTS = ('vocab_size', 'cls_id', 'sep_id', 'pad_id', 'mask_id')
+
+
 def read_meta(folder: str) -> Dict:
-    """The ``meta.json`` of a prepared data folder."""
+    """The ``meta.json`` of a prepared data folder.
+
+    Raises
+    ------
+    DataFormatError
+        The file is damaged (not JSON, not this format, a field missing), naming it.
+    """
     path = os.path.join(folder, META_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} not found: is {folder} a folder written by '
                                 f'`python -m bort.pretrain.prepare`?')
-    with open(path) as f:
-        meta = json.load(f)
+    meta = read_json(path, what=f'{META_FILE} of prepared data')
     if meta.get('format') != META_FORMAT:
         raise DataFormatError(f'{path}: not a {META_FORMAT} file')
+    wrong = [key for key in _META_INTS if not isinstance(meta.get(key), int)
+             or isinstance(meta[key], bool)]
+    if not isinstance(meta.get('tokenizer'), str):
+        wrong.append('tokenizer')
+    if wrong:
+        raise DataFormatError(f'{path}: damaged ({", ".join(wrong)} missing or of the wrong '
+                              f'type); prepare the data again')
     return meta
 
 
