@@ -3,6 +3,7 @@ candidate, config or teacher-cache file, the data folder's meta.json, metrics.js
 dev file and a full disk: each is one error naming the file (a UserError: one line and exit
 status 2 in every command), found before any training, never a traceback."""
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -104,3 +105,46 @@ def test_a_full_disk_inside_mxnets_writer_is_one_error_naming_the_file(tmp_path,
     message = _one_line(err.value)
     assert message is not None and os.path.join(folder, 'model.params') in message
     assert 'Traceback' not in message and '\n' not in message
+
+
+# -- a search's stored files ------------------------------------------------------------------
+from test_search_driver import tiny_config, tiny_inputs  # noqa: E402,F401  (a fixture)
+
+
+@pytest.fixture
+def stopped_search(tiny_inputs, tmp_path):  # noqa: F811
+    """A search stopped after one candidate (its folder holds config.json, one stored
+    candidate and the teacher cache), to damage and resume."""
+    from bort.search import run_search
+    config = tiny_config(tiny_inputs, tmp_path / 'search', max_candidates=1)
+    run_search(config)
+    return dataclasses.replace(config, max_candidates=0)
+
+
+def _search_file(config, pattern):
+    found = sorted(glob.glob(os.path.join(config.out, pattern)))
+    assert found, pattern
+    return found[0]
+
+
+@pytest.mark.parametrize('pattern,content', [
+    ('candidates/*.json', None), ('candidates/*.json', '[]'), ('config.json', None),
+    ('teacher_cache/*/*.npz', None)])
+def test_a_damaged_search_file_is_named(stopped_search, pattern, content):
+    from bort.search import run_search
+    path = _search_file(stopped_search, pattern)
+    if content is None:
+        _damage(path)
+    else:
+        with open(path, 'w') as f:
+            f.write(content)
+    with pytest.raises(UserError, match=re.escape(path) + r'(:\d+)?: '):
+        run_search(stopped_search)
+
+
+def test_a_damaged_latency_cache_is_named(tiny_inputs, tmp_path):  # noqa: F811
+    from bort.search.inference import COSTS_FILE, CostModel
+    path = tmp_path / COSTS_FILE
+    path.write_text('{"settings": {"kind": "measured"}, "measu')
+    with pytest.raises(UserError, match=re.escape(str(path)) + r':1: '):
+        CostModel(tiny_config(tiny_inputs, tmp_path, cost='measured'), str(tmp_path))

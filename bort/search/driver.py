@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 from ..arch import Architecture, get_arch
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
+from ..errors import read_json
 from ..log import progress as rank0_progress
 from ..model import PARAMS_FILE
 from ..pretrain.default_teacher import file_digest, resolve_teacher
@@ -101,8 +102,7 @@ def _check_resume(config: SearchConfig) -> None:
     path = os.path.join(config.out, CONFIG_FILE)
     if not os.path.exists(path):
         return
-    with open(path, encoding='utf-8') as f:
-        saved = json.load(f)
+    saved = read_json(path, what='search config file')
     if saved.get('run_fingerprint') in (None, run_fingerprint(config)):
         return
     known = {f.name for f in dataclasses.fields(SearchConfig)}
@@ -123,8 +123,8 @@ def _check_stored(store: ResultStore) -> None:
         return
     for name in sorted(os.listdir(store.folder)):
         if name.endswith('.json'):
-            with open(os.path.join(store.folder, name), encoding='utf-8') as f:
-                found = json.load(f).get('fingerprint')
+            found = read_json(os.path.join(store.folder, name),
+                              what='stored candidate').get('fingerprint')
             if found != store.fingerprint:
                 raise SettingsMismatchError(
                     f'{os.path.join(store.folder, name)} was computed with other search '

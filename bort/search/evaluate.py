@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ from ..arch import Architecture
 from ..checkpoint import write_json_atomic
 from ..costs import flops
 from ..distributed import Comm
-from ..errors import UserError
+from ..errors import UserError, read_json
 from .config import SearchConfig
 from .inference import CostModel
 from .space import arch_key
@@ -127,8 +126,7 @@ class ResultStore:
         path = self.path(arch)
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            record = json.load(f)
+        record = read_json(path, what='stored candidate')
         if record.pop('fingerprint', None) != self.fingerprint:
             raise SettingsMismatchError(
                 f'{path} was computed with other search settings (its fingerprint differs '

@@ -31,6 +31,7 @@ import numpy as np
 from ..arch import Architecture
 from ..checkpoint import write_json_atomic
 from ..costs import flops, num_parameters
+from ..errors import read_json
 from .config import SearchConfig
 
 __all__ = ['CostModel', 'COSTS_FILE']
@@ -77,8 +78,7 @@ class CostModel:
         self.environment: Dict = {}
         self.reference: Optional[Architecture] = None
         if self.path and os.path.exists(self.path):
-            with open(self.path) as f:
-                saved = json.load(f)
+            saved = read_json(self.path, what='cost cache')
             if saved.get('settings') == self.settings:
                 self.measured = saved.get('measured', {})
                 self.environment = saved.get('environment', {})

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
 
+from ..errors import DataFormatError
 from ..pretrain.losses import soft_cross_entropy, topk_soft_cross_entropy
 from ..distributed import Comm
 from ..pretrain.teacher import Teacher
@@ -71,6 +74,17 @@ def _save_npz(path: str, **arrays) -> None:
     with open(tmp, 'wb') as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
+
+
+def _read_npz(path: str) -> Dict[str, np.ndarray]:
+    """The arrays of a teacher-cache file; a damaged one is named (never unpickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        raise DataFormatError(f'{path}: damaged teacher-cache file (truncated, e.g. by a crash '
+                              f'or a full disk); delete it and run again to recompute it') \
+            from None
 
 
 @dataclass
@@ -168,8 +182,7 @@ class TeacherTargets:
                           logsumexp=_logsumexp(logits / self.temperature).astype(np.float32))
         comm.barrier()
         for path, batch, full in files:
-            with np.load(path) as arrays:
-                target = _Target(real_rows(batch), **{k: arrays[k] for k in arrays.files})
+            target = _Target(real_rows(batch), **_read_npz(path))
             (self._heldout if full else self._train).append(target)
         if missing:
             log.info('teacher cache: %d of %d batches computed (%d on this worker)',
