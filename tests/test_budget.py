@@ -196,13 +196,13 @@ def test_a_model_that_learnt_nothing_is_named_in_one_warning(tmp_path, caplog):
     config = toy_glue.finetune_config(tmp_path, epochs=1, lr=1e-9)
     with caplog.at_level(logging.WARNING):
         finetune(config, show_progress=False)
-    warned = [r for r in caplog.records if 'majority class' in r.getMessage()]
+    warned = [r for r in caplog.records if 'most frequent answer' in r.getMessage()]
     assert len(warned) == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         finetune(toy_glue.finetune_config(tmp_path, epochs=4, output_dir=str(tmp_path / 'ok')),
                  show_progress=False)
-    assert 'majority class' not in caplog.text
+    assert 'most frequent answer' not in caplog.text
 
 
 def test_predict_with_finetuned_writes_beside_it(tmp_path):

@@ -86,3 +86,38 @@ def test_a_finetuning_run_refused_for_bad_input_leaves_no_folder(tmp_path):
     with pytest.raises((DataFormatError, FileNotFoundError), match='train.tsv'):
         run_finetune.main(['--config', _config_file(tmp_path, config)])
     assert not os.path.exists(config.output_dir)
+
+
+def test_an_empty_dev_file_is_named_before_training(tmp_path):
+    from bort.errors import DataFormatError
+    from bort.finetune import finetune
+    config = toy_glue.finetune_config(tmp_path, epochs=1)
+    dev = os.path.join(config.data_dir, 'RTE', 'dev.tsv')
+    with open(dev) as f:
+        header = f.readline()
+    with open(dev, 'w') as f:
+        f.write(header)
+    with pytest.raises(DataFormatError, match=f'{dev}: no RTE dev example'):
+        finetune(config)
+    assert not os.path.exists(config.output_dir)  # refused before a step (or a checkpoint)
+
+
+def test_copa_majority_warning_counts_questions_not_pairs(caplog):
+    import numpy as np
+    from bort.finetune.loop import warn_if_majority
+    from bort.finetune.tasks import Example, get_task
+    spec = get_task('COPA')
+    examples, scores = [], []
+    for q in range(100):
+        gold = 0 if q < 57 else 1  # 57 questions answered by choice 0
+        for choice in (0, 1):
+            examples.append(Example(f'copa-{q}-{choice}', 'premise', 'choice',
+                                    int(choice == gold), group=q, idx=q, choice=choice,
+                                    gold=gold))
+            # always prefers choice 0: a constant answer
+            scores.append([0.0, 1.0] if choice == 0 else [1.0, 0.0])
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_majority(spec, examples, np.array(scores))
+    message = caplog.records[-1].getMessage()
+    assert 'dev accuracy 0.5700 over 100 questions with 1 distinct prediction' in message
+    assert 'the most frequent answer alone scores 0.5700' in message

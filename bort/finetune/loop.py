@@ -45,7 +45,8 @@ from ..distributed import Comm
 from ..errors import DataFormatError
 from ..batching import bucket_batches
 from ..log import MetricsLog
-from .metrics import primary_metric
+from .castings import aggregate
+from .metrics import majority_baseline, primary_metric
 from ..optim import learning_rate, make_trainer, optimizer_step
 from ..runlock import hold_run_folder
 from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
@@ -287,19 +288,21 @@ def warn_if_majority(spec, examples: Sequence[Example], scores: np.ndarray) -> b
     bool
         Whether it warned (never for regression tasks or unlabelled examples).
     """
-    if spec.is_regression or not len(examples) or any(ex.label is None for ex in examples):
+    if spec.is_regression or spec.casting == 'record' or not len(examples) \
+            or any(ex.label is None for ex in examples):
+        return False  # ReCoRD: open answers, no majority class
+    # Per question, as the task's metric counts (COPA: 100 questions, not 200 pairs).
+    answers = aggregate(spec, examples, scores)
+    accuracy, majority, distinct = majority_baseline(answers.predictions, answers.labels)
+    if distinct > 1 and accuracy > majority + 0.005:
         return False
-    labels = np.asarray([ex.label for ex in examples], dtype=np.int64)
-    predicted = np.argmax(scores, axis=1)
-    majority = float(np.bincount(labels).max() / len(labels))
-    accuracy = float(np.mean(predicted == labels))
-    if len(np.unique(predicted)) > 1 and accuracy > majority + 0.005:
-        return False
-    log.warning('dev accuracy %.4f with %d distinct predicted class(es); the majority class '
-                'alone scores %.4f: the model has not learnt the task. Train longer (more '
-                '--epochs or --max_minutes), lower --weight_decay (the released 110 shrinks '
-                'every weight by lr x 110 a step) or start from a better pretrained --model',
-                accuracy, len(np.unique(predicted)), majority)
+    log.warning('dev accuracy %.4f over %d %s with %d distinct prediction(s); the most '
+                'frequent answer alone scores %.4f: the model has not learnt the task. Train '
+                'longer (more --epochs or --max_minutes), lower --weight_decay (the released '
+                '110 shrinks every weight by lr x 110 a step) or start from a better '
+                'pretrained --model', accuracy, len(answers.predictions),
+                'questions' if spec.casting in ('copa', 'race') else 'examples', distinct,
+                majority)
     return True
 
 
@@ -315,6 +318,9 @@ def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Examp
         raise DataFormatError(f'no {spec.name} training example: nothing to fine-tune on',
                               os.path.join(config.data_dir, spec.files.get('train', '')))
     dev = list(dev) if dev is not None else load_split(config, 'dev')
+    if not dev:  # found now, not after a whole training epoch
+        raise DataFormatError(f'no {spec.name} dev example: nothing to evaluate on',
+                              os.path.join(config.data_dir, spec.files.get('dev', '')))
     train_enc = encode_examples(tokenizer, train, config.max_length)
     dev_enc = encode_examples(tokenizer, dev, config.max_length)
     labels = _labels(train)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import stats
@@ -36,7 +36,7 @@ from sklearn import metrics as skm
 from .tasks import TaskSpec, get_task
 
 __all__ = ['METRICS', 'compute_metrics', 'primary_metric', 'normalize_answer', 'answer_f1',
-           'answer_em', 'multirc_em', 'gender_parity']
+           'answer_em', 'multirc_em', 'gender_parity', 'majority_baseline']
 
 _ARTICLES = re.compile(r'\b(a|an|the)\b')
 _PUNCTUATION = str.maketrans('', '', string.punctuation)
@@ -117,6 +117,30 @@ def gender_parity(predictions: Sequence[Any], groups: Sequence[Hashable]) -> flo
 
 def _binary_f1(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
     return float(skm.f1_score(labels, predictions, pos_label=1, average='binary'))
+
+
+def majority_baseline(predictions: Sequence[Hashable], labels: Sequence[Hashable]
+                      ) -> Tuple[float, float, int]:
+    """How answers compare with always giving the most frequent gold answer.
+
+    Parameters
+    ----------
+    predictions, labels : sequences of hashable, length N
+        One answer and one gold answer per question (a class index, COPA's choice, RACE's
+        letter): :func:`bort.finetune.castings.aggregate`'s output, so that COPA counts its
+        100 questions, not its 200 (question, choice) pairs.
+
+    Returns
+    -------
+    (accuracy, majority, distinct)
+        The answers' accuracy, the most frequent gold answer's share, and how many different
+        answers were given.
+    """
+    if not len(labels) or len(labels) != len(predictions):
+        raise ValueError(f'{len(predictions)} predictions for {len(labels)} labels')
+    majority = collections.Counter(labels).most_common(1)[0][1] / len(labels)
+    accuracy = float(np.mean([p == t for p, t in zip(predictions, labels)]))
+    return accuracy, float(majority), len(set(predictions))
 
 
 def _needs_groups(name: str, groups: Optional[Sequence[Hashable]]) -> Sequence[Hashable]:
