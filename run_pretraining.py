@@ -74,8 +74,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    from bort.cli import run_main
-    from bort.pretrain.teacher import VocabularyMismatchError
-    from bort.pretrain.loop import NonFiniteLossError
+    import sys
+    try:  # importing MXNet takes a second or two: a Ctrl-C then ends quietly too
+        from bort.cli import run_main
+        from bort.pretrain.teacher import VocabularyMismatchError
+        from bort.pretrain.loop import NonFiniteLossError
+    except KeyboardInterrupt:
+        sys.exit(130)
     run_main(main, (NonFiniteLossError, VocabularyMismatchError, FileExistsError),
              'run_pretraining')

@@ -121,3 +121,19 @@ def test_copa_majority_warning_counts_questions_not_pairs(caplog):
     message = caplog.records[-1].getMessage()
     assert 'dev accuracy 0.5700 over 100 questions with 1 distinct prediction' in message
     assert 'the most frequent answer alone scores 0.5700' in message
+
+
+@pytest.mark.parametrize('delay', [0.3, 0.8, 1.5])
+def test_ctrl_c_in_the_first_moments_of_run_pretraining_is_one_line(tmp_path, delay):
+    """While MXNet is still being imported (the first second or two)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop('BORT_DEBUG', None)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'run_pretraining.py'),
+                             '--data', str(tmp_path / 'absent'), '--kd_weight', '0',
+                             '--output_dir', str(tmp_path / 'run')],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert 'Traceback' not in err, err
+    assert proc.returncode in (130, 2), (proc.returncode, err)  # 2: it got to the data check
