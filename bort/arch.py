@@ -20,7 +20,7 @@ from .errors import UserError
 
 __all__ = ['Architecture', 'ArchitectureError', 'ARCHITECTURES', 'get_arch', 'register_arch',
            'save_arch', 'load_arch', 'search_space', 'PAPER_SEARCH_SPACE', 'ROBERTA_VOCAB_SIZE',
-           'ARCH_FILE', 'BEST_ARCH_FILE']
+           'ARCH_FILE', 'BEST_ARCH_FILE', 'SIZE_LIMITS', 'MAX_PARAMETERS']
 
 #: Size of RoBERTa's byte-level BPE vocabulary (GluonNLP ``openwebtext_ccnews_stories_books_cased``).
 ROBERTA_VOCAB_SIZE = 50265
@@ -35,6 +35,15 @@ BEST_ARCH_FILE = 'best_arch.json'
 
 class ArchitectureError(UserError, ValueError):
     """An architecture tuple that cannot be built."""
+
+
+#: The largest value of each size field: far above any BERT-family model (BERT-large: 24
+#: layers, H 1024, I 4096; RoBERTa's 50,265 tokens), far below what would exhaust memory
+#: before any check ran (100,000 layers or 2^30 units grew the process to 3.5-9.5 GB first).
+SIZE_LIMITS = {'num_layers': 1024, 'num_heads': 1024, 'units': 65536, 'hidden_size': 262144,
+               'vocab_size': 2 ** 24, 'max_length': 65536}
+#: The most parameters an architecture may have (80 GB of float32 weights).
+MAX_PARAMETERS = 2e10
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,17 @@ class Architecture:
         for key, value in sizes.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ArchitectureError(f'{key} must be a positive integer, got {value!r}')
+        for key, value in sizes.items():
+            if value > SIZE_LIMITS[key]:
+                raise ArchitectureError(f'{key} must be at most {SIZE_LIMITS[key]}, got {value} '
+                                        f'(a limit against absurd sizes, checked before '
+                                        f'anything is allocated)')
+        approx = (self.num_layers * (4 * self.units ** 2 + 2 * self.units * self.hidden_size)
+                  + (self.vocab_size + self.max_length) * self.units)
+        if approx > MAX_PARAMETERS:
+            raise ArchitectureError(f'about {approx:.2g} parameters ({4 * approx / 1e9:.3g} GB of '
+                                    f'float32 weights), more than the at most {MAX_PARAMETERS:g} '
+                                    f'an architecture may have')
         if self.units % self.num_heads:
             raise ArchitectureError(f'units (H={self.units}) must be divisible by num_heads '
                                     f'(A={self.num_heads})')

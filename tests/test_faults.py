@@ -258,3 +258,17 @@ def test_agora_settings_are_checked():
                           ({'chs': '{"lr": 1}'}, '--chs')]:
         with pytest.raises(ConfigError, match=f'^{flag} '):
             AgoraConfig(teacher='t', **changes).validate()
+
+
+@pytest.mark.parametrize('changes,message', [
+    ({'num_layers': 100_000}, r'num_layers must be at most 1024, got 100000'),
+    ({'units': 2 ** 30, 'num_heads': 1}, r'units must be at most 65536, got 1073741824'),
+    ({'vocab_size': 2 ** 40}, r'vocab_size must be at most 16777216'),
+    ({'num_layers': 1024, 'units': 65536, 'hidden_size': 65536},
+     r'about 2\.6e\+13 parameters .* at most 2e\+10'),
+])
+def test_absurd_arch_sizes_are_refused_before_allocating(tmp_path, tiny_arch, changes, message):
+    path = tmp_path / 'arch.json'
+    path.write_text(json.dumps(dict(tiny_arch.to_dict(), **changes)))
+    with pytest.raises(ArchitectureError, match=rf'{path}: {message}'):
+        load_arch(str(path))
