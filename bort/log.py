@@ -1,4 +1,5 @@
-"""Logging set-up (rank 0 only) and the ``metrics.jsonl`` writer shared by every run."""
+"""Logging set-up (rank 0 only) and the ``metrics.jsonl`` writer shared by every run, with
+TensorBoard event files beside it (``tensorboard --logdir runs/`` shows the curves live)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from tqdm import tqdm
 
 from .cli import LOG_DATEFMT, LOG_FORMAT
@@ -15,6 +18,8 @@ from .distributed import Comm
 from .errors import DataFormatError
 
 __all__ = ['setup_logging', 'MetricsLog', 'progress']
+
+log = logging.getLogger(__name__)
 
 
 def setup_logging(comm: Optional[Comm] = None, level: int = logging.INFO,
@@ -52,11 +57,35 @@ def progress(iterable=None, comm: Optional[Comm] = None, **kwargs):
     return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 
+#: Record fields that give a record's TensorBoard step, in order of preference.
+_STEP_KEYS = ('step', 'iteration', 'epoch')
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _numbers(record: Dict, skip=(), prefix: str = ''):
+    """``(tag, float)`` for every finite number in ``record``, nested dicts as ``outer/inner``."""
+    for key, value in record.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            yield from _numbers(value, prefix=f'{prefix}{key}/')
+        elif _is_number(value) and np.isfinite(value):
+            yield f'{prefix}{key}', float(value)
+
+
 class MetricsLog:
-    """Append one JSON object per line to ``metrics.jsonl`` (rank 0 only).
+    """Append one JSON object per line to ``metrics.jsonl`` (rank 0 only), and each of its
+    numbers as a TensorBoard scalar in an event file beside it.
 
     Each record gets a wall-clock ``time``; reading the file back gives the run's history, also
-    after a resume (records are appended, never rewritten). An existing file is read when the
+    after a resume (records are appended, never rewritten). The TensorBoard step of a record is
+    its ``step`` (else its ``iteration``, else its ``epoch``); nested numbers are tagged
+    ``outer/inner``; strings and flags (booleans) are not curves. Events are written with
+    tensorboardX (flushed after every record, so the curves are live); without it installed
+    the run goes on with the JSON lines alone and says so once. An existing file is read when the
     log is opened, so that a damaged one (a line cut short by a crash or a full disk) is named
     before the run appends to it, not when its curves are plotted hours later.
 
@@ -66,9 +95,12 @@ class MetricsLog:
         From the constructor and :meth:`read`: a line of the file is not a JSON object.
     """
 
-    def __init__(self, path: str, comm: Optional[Comm] = None):
+    def __init__(self, path: str, comm: Optional[Comm] = None, tensorboard: bool = True):
         self.path = path
         self.comm = comm or Comm()
+        self.tensorboard = tensorboard and self.comm.is_root
+        self._writer = None
+        self._count = 0
         if self.comm.is_root:
             self.read()
 
@@ -78,6 +110,32 @@ class MetricsLog:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, 'a') as f:
             f.write(json.dumps(dict(record, time=round(time.time(), 3)), default=float) + '\n')
+        if self.tensorboard:
+            self._scalars(record)
+
+    def _scalars(self, record: Dict) -> None:
+        """The record's numbers as TensorBoard scalars at its step."""
+        if self._writer is None:
+            try:
+                from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+            except ImportError:
+                log.warning('tensorboardX is not installed: no TensorBoard events (pip install '
+                            'tensorboardX); metrics.jsonl is written as always')
+                self.tensorboard = False
+                return
+            self._writer = SummaryWriter(logdir=os.path.dirname(os.path.abspath(self.path)))
+        self._count += 1
+        key = next((k for k in _STEP_KEYS if _is_number(record.get(k))), None)
+        step = int(record[key]) if key else self._count
+        for tag, value in _numbers(record, skip={key, 'time'}):
+            self._writer.add_scalar(tag, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Close the event file (also done when the process ends)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def read(self) -> List[Dict]:
         """Every record of the file, in order ([] when there is no file yet)."""

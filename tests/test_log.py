@@ -1,5 +1,6 @@
 """bort.log: one JSON object per line in metrics.jsonl, logging and progress bars on rank 0."""
 import json
+import os
 import logging
 
 import numpy as np
@@ -82,3 +83,53 @@ def test_progress_bar_on_rank_0_only(capsys):
     with progress(total=3, comm=Comm(rank=1, size=2)) as bar:  # the manual-update form
         bar.update(3)
     assert capsys.readouterr().err == ''
+
+
+def _read_events(folder):
+    """Every scalar in the TensorBoard event files of ``folder``: {tag: [(step, value)]}.
+
+    An independent reader of the TFRecord framing (length, CRC, payload, CRC) that TensorBoard
+    reads, parsing each payload with the Event protocol buffer.
+    """
+    import glob
+    import struct
+    from tensorboardX.proto.event_pb2 import Event
+    scalars = {}
+    files = sorted(glob.glob(os.path.join(str(folder), 'events.out.tfevents.*')))
+    assert files, os.listdir(str(folder))
+    for path in files:
+        with open(path, 'rb') as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            length, = struct.unpack('<Q', data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_metrics_are_tensorboard_scalars_beside_the_jsonl(tmp_path):
+    path = tmp_path / 'run' / 'metrics.jsonl'
+    metrics = MetricsLog(str(path))
+    metrics.write({'step': 10, 'mlm_loss': 2.5, 'lr': np.float32(1e-4), 'note': 'text'})
+    metrics.write({'step': 20, 'mlm_loss': 2.0, 'eval': {'acc': 0.25}, 'final': True})
+    metrics.write({'iteration': 3, 'dev_score': 0.75})  # Agora: iterations are its steps
+    metrics.close()  # the writer's thread has written every event (also done at exit)
+    scalars = _read_events(tmp_path / 'run')
+    assert scalars['mlm_loss'] == [(10, 2.5), (20, 2.0)]
+    assert scalars['lr'] == [(10, pytest.approx(1e-4))]
+    assert scalars['eval/acc'] == [(20, 0.25)]
+    assert scalars['dev_score'] == [(3, 0.75)]
+    assert 'note' not in scalars and 'step' not in scalars and 'time' not in scalars
+    assert 'final' not in scalars  # a flag, not a curve
+
+
+def test_tensorboard_events_rank0_only_and_can_be_off(tmp_path):
+    worker = MetricsLog(str(tmp_path / 'w' / 'metrics.jsonl'), Comm(rank=1, size=2))
+    worker.write({'step': 1, 'loss': 1.0})
+    assert not (tmp_path / 'w').exists()
+    plain = MetricsLog(str(tmp_path / 'p' / 'metrics.jsonl'), tensorboard=False)
+    plain.write({'step': 1, 'loss': 1.0})
+    assert os.listdir(str(tmp_path / 'p')) == ['metrics.jsonl']
