@@ -9,7 +9,12 @@ Every field of :class:`bort.finetune.FinetuneConfig`, :class:`bort.finetune.Agor
 from a JSON object whose keys are flag names, and flags given on the command line win.
 ``--finetuned DIR`` skips training and scores a fine-tuned folder (e.g. the MNLI model on AX, an
 RTE model on the SuperGLUE diagnostics AX-b and AX-g, whose labelled test files are scored).
-``--model`` (and ``--mlm_model``) take ``minilm``, a project model folder or a Hugging Face
+``--recipe paper`` fine-tunes with the released Bort recipe (BERT-Adam without bias
+correction, U(-0.5, 0.5) head, length-bucketed batches, batch 8, lr 5e-5, weight decay 110,
+warm-up 0.45, length 512); the default recipe fine-tunes any pretrained model as the
+transformers library does (AdamW, N(0, 0.02) head, shuffled batches, batch 16, lr 5e-5, weight
+decay 0.01, warm-up 0.1, length 128). Flags given, and ``--config`` values, win over the
+recipe's. ``--model`` (and ``--mlm_model``) take ``minilm``, a project model folder or a Hugging Face
 folder; ``--max_minutes`` gives the run (or the whole Agora run) a time budget. Outputs in
 ``--output_dir`` (default ``runs/finetune``; with ``--finetuned``, the folder holding it):
 ``dev_metrics.json`` (the best dev metrics), ``chs.json`` with
@@ -39,12 +44,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_recipe(argv: Optional[Sequence[str]] = None) -> str:
+    """The ``--recipe`` of the command line, else of the ``--config`` file, else ``default``
+    (an unknown name is left for the full parse to refuse)."""
+    # pylint: disable=import-outside-toplevel
+    from bort.finetune.config import RECIPES
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument('--recipe')
+    first.add_argument('--config')
+    known, _ = first.parse_known_args(argv)
+    recipe = known.recipe
+    if recipe is None and known.config:
+        try:
+            with open(known.config, encoding='utf-8') as f:
+                recipe = json.load(f).get('recipe')
+        except (OSError, ValueError, AttributeError):
+            recipe = None  # the full parse reports an unreadable file
+    return recipe if recipe in RECIPES else 'default'
+
+
 def parse_args(argv: Optional[Sequence[str]] = None):
-    """Flags (over ``--config`` defaults) into (FinetuneConfig, AgoraConfig, RunOptions)."""
+    """Flags (over ``--config`` defaults, over the ``--recipe``'s) into (FinetuneConfig,
+    AgoraConfig, RunOptions)."""
     # pylint: disable=import-outside-toplevel
     from bort.cli import parse_configs
-    from bort.finetune.config import AgoraConfig, FinetuneConfig, RunOptions
-    return parse_configs(build_parser(), (FinetuneConfig, AgoraConfig, RunOptions), argv)
+    from bort.finetune.config import AgoraConfig, FinetuneConfig, RunOptions, recipe_defaults
+    parser = build_parser()
+    parser.set_defaults(**recipe_defaults(chosen_recipe(argv)))
+    return parse_configs(parser, (FinetuneConfig, AgoraConfig, RunOptions), argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
 """The fine-tuning head, pair encoding, losses and fine-tuned folders, against numpy references."""
+import json
 import os
 
 import mxnet as mx
@@ -8,8 +9,8 @@ import pytest
 import toy_glue
 from bort.tokenizers import ByteBPETokenizer, bytes_to_unicode
 from bort.finetune.classifier import (HeadConfig, TaskClassifier, build_classifier, encode_pair,
-                                      load_classifier, make_batch, predict_scores, save_classifier,
-                                      task_loss)
+                                      load_classifier, make_batch, predict_scores,
+                                      read_head_config, save_classifier, task_loss)
 from bort.model import build_model, save_model
 
 
@@ -174,3 +175,13 @@ def test_backbone_with_decoder_is_refused(tmp_path):
         TaskClassifier(backbone, HeadConfig('RTE', 2))
     save_model(backbone, str(tmp_path / 'm'))  # build_classifier drops the decoder instead
     assert not build_classifier(str(tmp_path / 'm'), HeadConfig('RTE', 2)).backbone.has_decoder
+
+
+def test_head_config_init_is_checked_and_old_folders_read_as_uniform(tmp_path):
+    with pytest.raises(ValueError, match='initialisation'):
+        HeadConfig(task='RTE', num_classes=2, init='xavier')
+    # classifier.json written before the choice existed: those heads were drawn uniformly.
+    (tmp_path / 'classifier.json').write_text(json.dumps(
+        {'task': 'RTE', 'num_classes': 2, 'kind': 'linear', 'dropout': 0.1, 'init_range': 0.5,
+         'max_length': 64}))
+    assert read_head_config(str(tmp_path)).init == 'uniform'

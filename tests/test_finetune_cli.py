@@ -179,3 +179,39 @@ def test_script_missing_train_file_exit_status_2(tmp_path, pretrained):
         f'BoolQ train split: no file {data}/BoolQ/train.jsonl (official layout; expected from '
         'SuperGLUE v2.0: BoolQ.zip from dl.fbaipublicfiles.com/glue/superglue/data/v2/, '
         'unpacked into BoolQ/; nothing is downloaded)'), proc.stderr
+
+
+def test_recipe_sets_defaults_that_the_config_file_and_flags_override(tmp_path):
+    from bort.finetune.config import RECIPES, FinetuneConfig
+    default, _, _ = run_finetune.parse_args(['--model', 'm'])
+    assert default == FinetuneConfig(model='m')
+    assert (default.optimizer, default.init, default.init_range, default.batching) == (
+        'adamw', 'normal', 0.02, 'shuffled')
+    paper, _, _ = run_finetune.parse_args(['--model', 'm', '--recipe', 'paper'])
+    assert paper == FinetuneConfig.for_recipe('paper', model='m')
+    assert {k: getattr(paper, k) for k in RECIPES['paper']} == RECIPES['paper']
+    assert (paper.optimizer, paper.weight_decay, paper.init_range) == ('bertadam', 110.0, 0.5)
+    flagged, _, _ = run_finetune.parse_args(['--recipe', 'paper', '--model', 'm', '--lr', '1e-4',
+                                             '--init', 'normal'])
+    assert (flagged.lr, flagged.init, flagged.optimizer) == (1e-4, 'normal', 'bertadam')
+    # A --config file may choose the recipe; its own values win over the recipe's, flags over
+    # both.
+    path = tmp_path / 'c.json'
+    path.write_text(json.dumps({'recipe': 'paper', 'model': 'm', 'batch_size': 4}))
+    from_file, _, _ = run_finetune.parse_args(['--config', str(path), '--weight_decay', '0'])
+    assert (from_file.recipe, from_file.batch_size, from_file.weight_decay,
+            from_file.optimizer) == ('paper', 4, 0.0, 'bertadam')
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--recipe', 'papers'], "argument --recipe: invalid choice: 'papers'"),
+    (['--optimizer', 'sgd'], "argument --optimizer: invalid choice: 'sgd'"),
+    (['--init', 'xavier'], "argument --init: invalid choice: 'xavier'"),
+    (['--batching', 'sorted'], "argument --batching: invalid choice: 'sorted'"),
+    (['--init_range', '0'], '--init_range must be > 0, got 0.0'),
+])
+def test_new_flags_refuse_mistakes_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_finetune.parse_args(['--model', 'm'] + argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err

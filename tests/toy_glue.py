@@ -87,7 +87,7 @@ def finetune_config(tmp_path, **changes):
     if not os.path.isdir(model):
         pretrained_folder(model)
     values = dict(task='RTE', data_dir=data, model=model, output_dir=str(tmp_path / 'run'),
-                  max_length=32, batch_size=8, lr=1e-3, weight_decay=0.0, warmup_ratio=0.1,
+                  max_length=32, batch_size=8, lr=1e-2, weight_decay=0.0, warmup_ratio=0.1,
                   epochs=4, init_range=0.1, head_dropout=0.0, seed=0)
     values.update(changes)
     return FinetuneConfig(**values)

@@ -8,6 +8,7 @@
 - :mod:`~bort.finetune.metrics`: each benchmark's metrics;
 - :mod:`~bort.finetune.submission`: leaderboard submission files;
 - :mod:`~bort.finetune.classifier`: the head, pair encoding, fine-tuned folders;
+- :mod:`~bort.finetune.data`: the training split of a run and each epoch's batches;
 - :mod:`~bort.finetune.loop`: :func:`finetune`, one plain fine-tuning run;
 - :mod:`~bort.finetune.evaluate`: scoring a model or a fine-tuned folder on a split;
 - :mod:`~bort.finetune.agora`: Agora; :mod:`~bort.finetune.transforms`: its transformations;

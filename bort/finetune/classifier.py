@@ -10,8 +10,12 @@ architecture) plus a small head on the representation of the first token:
   Dense(classes).
 
 ``auto`` picks ``two_layer`` for the tasks in :data:`EXTRA_LAYER_TASKS` and ``linear`` otherwise.
-The head's weights are drawn from U(−r, r), ``r = init_range`` (released: 0.5, as
-``mx.init.Uniform(0.5)``); biases start at 0. The project's reading for encoders that carry
+The head's weights are drawn from N(0, r²) (``init='normal'``, transformers' initialisation,
+r = 0.02 there) or U(−r, r) (``init='uniform'``, released: 0.5, as ``mx.init.Uniform(0.5)``),
+``r = init_range``; biases start at 0. U(−0.5, 0.5) over a 384-wide first token gives logits of
+standard deviation ~3 at the start (N(0, 0.02²): ~0.2), a head that bias-corrected Adam at lr
+1e-4 moves by at most ~1e-4 a step: the encoder then has to learn to fit a random head
+(issue 23 measured what it costs). The project's reading for encoders that carry
 BERT's pooler: the head reads the pooler's output (itself a function of the first token only),
 so that no pretrained weight is left without a gradient; otherwise it reads the first token's
 final hidden state.
@@ -44,7 +48,7 @@ from ..batching import bucket_batches, pad_batch
 from ..model import BortModel, build_model, load_model, load_params, save_model, PARAMS_FILE
 from .tasks import Example, TaskSpec, get_task
 
-__all__ = ['HEADS', 'EXTRA_LAYER_TASKS', 'HeadConfig', 'ClassifierHead', 'TaskClassifier',
+__all__ = ['HEADS', 'INITS', 'EXTRA_LAYER_TASKS', 'HeadConfig', 'ClassifierHead', 'TaskClassifier',
            'Encoded', 'encode_pair', 'encode_examples', 'make_batch', 'task_loss',
            'predict_scores', 'build_classifier', 'save_classifier', 'load_classifier',
            'read_head_config', 'CLASSIFIER_FILE']
@@ -52,6 +56,8 @@ __all__ = ['HEADS', 'EXTRA_LAYER_TASKS', 'HeadConfig', 'ClassifierHead', 'TaskCl
 log = logging.getLogger(__name__)
 
 HEADS = ('auto', 'linear', 'two_layer', 'released')
+#: Initialisations of the head's weights: N(0, r²) or U(−r, r).
+INITS = ('normal', 'uniform')
 #: Tasks that get the extra linear layer under ``head='auto'`` (the paper, section 5.1).
 EXTRA_LAYER_TASKS = frozenset({'CoLA'})
 CLASSIFIER_FILE = 'classifier.json'
@@ -71,8 +77,11 @@ class HeadConfig:
         The head (see the module docstring); resolve ``'auto'`` with :meth:`resolve`.
     dropout : float
         Dropout before each Dense layer of the head.
+    init : {'normal', 'uniform'}
+        The weights' initialisation, N(0, r²) or U(−r, r) (a folder written before the choice
+        existed was uniform, hence the default).
     init_range : float
-        r of the head's U(−r, r) initialisation.
+        r of the head's initialisation.
     max_length : int
         Encoded pairs are truncated to this many tokens, special tokens included.
     """
@@ -83,10 +92,13 @@ class HeadConfig:
     dropout: float = 0.1
     init_range: float = 0.5
     max_length: int = 512
+    init: str = 'uniform'
 
     def __post_init__(self):
         if self.kind not in HEADS[1:]:
             raise ValueError(f'unknown head {self.kind!r}; choose from {HEADS[1:]}')
+        if self.init not in INITS:
+            raise ValueError(f'unknown head initialisation {self.init!r}; choose from {INITS}')
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f'head dropout must be in [0, 1), got {self.dropout}')
 
@@ -293,7 +305,9 @@ def build_classifier(pretrained: str, config: HeadConfig, ctx: Optional[mx.Conte
     model = TaskClassifier(backbone, config)
     if seed is not None:
         mx.random.seed(seed)
-    model.head.initialize(mx.init.Uniform(config.init_range), ctx=ctx)
+    init = (mx.init.Normal(config.init_range) if config.init == 'normal'
+            else mx.init.Uniform(config.init_range))
+    model.head.initialize(init, ctx=ctx)  # biases: zeros (MXNet's rule for '*bias')
     return model
 
 

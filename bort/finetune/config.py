@@ -19,12 +19,13 @@ from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, p
                    unit_interval)
 from ..errors import ConfigError
 from ..pretrain.names import MODEL_SPEC_HELP
-from .classifier import HEADS, HeadConfig
+from .classifier import HEADS, INITS, HeadConfig
 from .pruning import PRUNE_RULES
 from .transforms import TRANSFORMS
 
 __all__ = ['FinetuneConfig', 'AgoraConfig', 'RunOptions', 'PATH_FIELDS', 'RESUME_FREE_FIELDS',
-           'prune_rules', 'DEFAULT_OUTPUT_DIR', 'with_output_dir']
+           'prune_rules', 'DEFAULT_OUTPUT_DIR', 'with_output_dir', 'RECIPES', 'OPTIMIZERS',
+           'BATCHING', 'recipe_defaults']
 
 #: The run folder when --output_dir is empty (and no --finetuned folder says where).
 DEFAULT_OUTPUT_DIR = 'runs/finetune'
@@ -35,16 +36,42 @@ PATH_FIELDS = ('data_dir', 'model')
 RESUME_FREE_FIELDS = ('output_dir', 'eval_batch_size')
 #: A dropout or fraction that may be 0 but not 1.
 _FRACTION = Range(low=0, high=1, high_open=True)
+#: Fine-tuning optimizers (:func:`bort.optim.make_trainer`): ``adamw`` is PyTorch's AdamW
+#: (bias-corrected), ``bertadam`` the released scripts' (no bias correction), ``adam`` MXNet's
+#: (weight decay added to the gradient).
+OPTIMIZERS = ('adamw', 'bertadam', 'adam')
+#: How an epoch is cut into batches (:func:`bort.finetune.data.epoch_batches`).
+BATCHING = ('shuffled', 'bucketed')
+#: What ``--recipe`` changes from the field defaults (the ``default`` recipe). ``paper`` is the
+#: released Bort recipe (``run_finetune.sh`` and ``BortClassifier``): the settings Bort was
+#: fine-tuned with, kept as they were (issue 23 measured what each costs other models).
+RECIPES = {
+    'default': {},
+    'paper': {'optimizer': 'bertadam', 'epsilon': 1e-6, 'init': 'uniform', 'init_range': 0.5,
+              'batching': 'bucketed', 'batch_size': 8, 'lr': 5e-5, 'weight_decay': 110.0,
+              'warmup_ratio': 0.45, 'max_length': 512},
+}
+
+
+def recipe_defaults(recipe: str) -> dict:
+    """The field values ``recipe`` sets (``recipe`` itself included); flags given win."""
+    if recipe not in RECIPES:
+        raise ConfigError(f'--recipe must be one of {", ".join(RECIPES)}, got {recipe!r}')
+    return {'recipe': recipe, **RECIPES[recipe]}
 
 
 @dataclass
 class FinetuneConfig:
     """Settings of one fine-tuning run (the flags of ``run_finetune.py``).
 
-    Released defaults (``run_finetune.sh``): batch 8, lr 5e-5, weight decay 110, warm-up 0.45,
-    max length 512, seed 2. Weight decay 110 with BERT-Adam's decoupled decay shrinks each
-    weight by ``lr · wd`` = 0.55 % a step at lr 5e-5; it is the default because it is the
-    released value (see :mod:`bort.finetune.loop`).
+    The field defaults are the ``default`` recipe, which fine-tunes any pretrained model
+    (a Hugging Face or project folder) as the transformers library does: AdamW with bias
+    correction, a head drawn from N(0, 0.02²), shuffled batches, batch 16, lr 5e-5, warm-up
+    0.1, weight decay 0.01, length 128. ``recipe='paper'`` (:data:`RECIPES`, built with
+    :meth:`for_recipe`) is the released Bort recipe: BERT-Adam without bias correction,
+    U(−0.5, 0.5) head, length-bucketed batches, batch 8, lr 5e-5, weight decay 110, warm-up
+    0.45, length 512. Weight decay 110 is decoupled (each step shrinks every weight by
+    ``lr · wd``, 0.55 % at lr 5e-5); Bort was fine-tuned that way for 50-100 epochs.
     """
 
     task: str = opt('RTE', 'task name, case-insensitive (bort.finetune.tasks.TASKS)')
@@ -55,20 +82,33 @@ class FinetuneConfig:
                           '(empty: runs/finetune; with --finetuned, the folder holding it)')
     head: str = opt('auto', 'classification head (bort.finetune.classifier); auto adds the '
                     "paper's extra layer on the tasks that had it", choices=HEADS)
+    recipe: str = opt('default', 'defaults of the settings below: default (any pretrained '
+                      "model, as the transformers library fine-tunes) or paper (Bort's released "
+                      'recipe: bertadam, uniform init 0.5, bucketed batches, batch 8, lr 5e-5, '
+                      'weight decay 110, warm-up 0.45, length 512); flags given win',
+                      choices=tuple(RECIPES))
+    optimizer: str = opt('adamw', 'adamw (bias-corrected, decoupled weight decay, as PyTorch), '
+                         'bertadam (no bias correction: the released recipe) or adam (MXNet, '
+                         'weight decay added to the gradient)', choices=OPTIMIZERS)
     head_dropout: float = opt(0.1, 'dropout of the head', check=_FRACTION)
-    init_range: float = opt(0.5, "r of the head's U(-r, r) initialisation (released 0.5)",
-                            check=positive)
-    max_length: int = opt(512, 'tokens per encoded pair, special tokens included',
+    init: str = opt('normal', "the head's initialisation: normal (N(0, r²), as transformers) "
+                    'or uniform (U(-r, r), the released recipe), r = --init_range',
+                    choices=INITS)
+    init_range: float = opt(0.02, "r of the head's initialisation (transformers 0.02 std, "
+                            'released U(-0.5, 0.5))', check=positive)
+    batching: str = opt('shuffled', 'shuffled (random batches padded to their longest pair) '
+                        'or bucketed (length-sorted within chunks: less padding, the released '
+                        'recipe)', choices=BATCHING)
+    max_length: int = opt(128, 'tokens per encoded pair, special tokens included',
                           check=at_least(3))
-    batch_size: int = opt(8, 'global batch, split over the workers', check=at_least(1))
-    lr: float = opt(5e-5, 'peak learning rate (BERT-Adam, linear warm-up then linear decay)',
+    batch_size: int = opt(16, 'global batch, split over the workers', check=at_least(1))
+    lr: float = opt(5e-5, 'peak learning rate (linear warm-up then linear decay)',
                     check=positive)
-    weight_decay: float = opt(110.0, "BERT-Adam's decoupled weight decay (lr · wd per step; "
-                              'released 110, use e.g. 0.01 for ordinary fine-tuning)',
-                              check=non_negative)
-    warmup_ratio: float = opt(0.45, 'warm-up proportion of the training steps',
+    weight_decay: float = opt(0.01, 'decoupled weight decay, lr · wd per step, not on biases '
+                              'and LayerNorm (released 110)', check=non_negative)
+    warmup_ratio: float = opt(0.1, 'warm-up proportion of the training steps',
                               check=unit_interval)
-    epsilon: float = opt(1e-6, "Adam's epsilon", check=positive)
+    epsilon: float = opt(1e-8, "Adam's epsilon (PyTorch 1e-8, released 1e-6)", check=positive)
     clip_norm: float = opt(1.0, 'global gradient-norm clip (0: none)', check=non_negative)
     epochs: int = opt(3, 'training epochs (the paper found Bort needs 50-100 on small tasks; '
                       'with --max_minutes: at most this many)', check=at_least(1))
@@ -105,7 +145,13 @@ class FinetuneConfig:
     def head_config(self) -> HeadConfig:
         """The head these settings build for the task (``head='auto'`` resolved)."""
         return HeadConfig.resolve(self.task, self.head, dropout=self.head_dropout,
-                                  init_range=self.init_range, max_length=self.max_length)
+                                  init=self.init, init_range=self.init_range,
+                                  max_length=self.max_length)
+
+    @classmethod
+    def for_recipe(cls, recipe: str = 'default', **values) -> 'FinetuneConfig':
+        """Settings with ``recipe``'s defaults (:data:`RECIPES`); ``values`` win."""
+        return cls(**{**recipe_defaults(recipe), **values})
 
 
 def with_output_dir(config: FinetuneConfig, finetuned: str = '') -> FinetuneConfig:

@@ -2,26 +2,28 @@
 
 One function, :func:`finetune`, does what the released script did, minus its bugs:
 
-* BERT-Adam (:func:`bort.optim.make_trainer`), linear warm-up then linear decay
+* the optimizer of ``config.optimizer`` (:func:`build_trainer`; AdamW by default, the released
+  BERT-Adam with ``--recipe paper``), linear warm-up then linear decay
   (:func:`bort.optim.learning_rate`), global-norm clipping, no decay on LayerNorm and biases;
 * epochs with a dev evaluation after each, early stopping on the task's primary metric
   (``early_stop`` epochs without improvement; 0 never stops early) and the best model kept
   as a fine-tuned folder (``output_dir/best``, :func:`bort.finetune.classifier.save_classifier`);
 * a checkpoint after every epoch (``output_dir/checkpoints/step-NNNNNNN``), from which a killed
   run resumes at the next epoch with the same data order, dropout masks and schedule;
-* length-bucketed batches: each epoch's shuffled order is cut into chunks of 50 batches, each
-  chunk sorted by length and cut into batches padded to a few bucket sizes;
+* shuffled batches (:func:`epoch_batches`; ``batching='bucketed'``, the released recipe's
+  length-sorted chunks, pads less but makes each batch rows of one length);
 * under Horovod (``horovodrun``) the workers really are synchronised, unlike the released
   script's: parameters broadcast from rank 0, each global batch of ``batch_size`` examples split
   over the workers, gradients averaged before clipping and the update, dev predictions gathered
   so that every worker takes the same early-stopping decision. A 2-worker run takes the same
   steps as one process with the same global batch.
 
-Released defaults (``run_finetune.sh``): batch 8, lr 5e-5, weight decay 110, warm-up 0.45,
-max length 512, seed 2. Note what weight decay 110 means with BERT-Adam's decoupled decay:
-every step shrinks each weight by ``lr · wd`` = 0.55 % at lr 5e-5, so a few hundred steps
-wipe most of a pretrained encoder out. It is kept as the default because it is the released
-value; pass a small one (``--weight_decay 0.01``) for ordinary fine-tuning.
+The defaults fine-tune any pretrained model as the transformers library does (issue 23: the
+same model, data and settings score the same as a plain transformers loop). The released
+recipe (``FinetuneConfig.for_recipe('paper')``, ``run_finetune.py --recipe paper``): batch 8,
+lr 5e-5, weight decay 110, warm-up 0.45, max length 512, BERT-Adam, U(−0.5, 0.5) head,
+bucketed batches. Weight decay 110 is decoupled: every step shrinks each weight by
+``lr · wd`` = 0.55 % at lr 5e-5, so a few hundred steps wipe most of a pretrained encoder out.
 """
 from __future__ import annotations
 
@@ -43,7 +45,6 @@ from .classifier import (Encoded, TaskClassifier, build_classifier, encode_examp
                          load_classifier, make_batch, predict_scores, save_classifier, task_loss)
 from ..distributed import Comm
 from ..errors import DataFormatError
-from ..batching import bucket_batches
 from ..log import MetricsLog
 from .castings import aggregate
 from .metrics import majority_baseline, primary_metric
@@ -51,19 +52,17 @@ from ..optim import learning_rate, make_trainer, optimizer_step
 from ..runlock import hold_run_folder
 from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, FinetuneConfig, with_output_dir
+from .data import CHUNK_BATCHES, epoch_batches, load_split, train_labels
 from .evaluate import BEST, evaluate
-from .readers import read_examples
 from .tasks import Example, get_task
 from ..tokenizers import load_tokenizer
 
-__all__ = ['FinetuneResult', 'finetune', 'epoch_batches', 'load_split',
-           'remove_checkpoints', 'resolve_pretrained', 'warn_if_majority', 'BEST',
+# epoch_batches, load_split and CHUNK_BATCHES live in .data; named here as before.
+__all__ = ['FinetuneResult', 'finetune', 'build_trainer', 'train_step', 'epoch_batches',
+           'load_split', 'remove_checkpoints', 'resolve_pretrained', 'warn_if_majority', 'BEST',
            'CHUNK_BATCHES']
 
 log = logging.getLogger(__name__)
-
-#: Batches per length-sorted chunk of an epoch (bigger: less padding, less randomness).
-CHUNK_BATCHES = 50
 
 
 @dataclass
@@ -103,43 +102,12 @@ class FinetuneResult:
     stopped: Optional[str] = None
 
 
-def load_split(config: FinetuneConfig, split: str) -> List[Example]:
-    """Read ``split`` of the configured task (training data balanced and subsampled as set)."""
-    train = split == 'train'
-    examples = read_examples(config.task, config.data_dir, split,
-                             balance=train and config.balance, seed=config.seed)
-    if train and 0 < config.max_train_examples < len(examples):
-        keep = np.random.RandomState(config.seed).choice(len(examples), config.max_train_examples,
-                                                         replace=False)
-        examples = [examples[i] for i in sorted(keep)]
-    return examples
-
-
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
-                  ) -> List[Tuple[np.ndarray, int]]:
-    """The batches of one epoch: shuffled, length-bucketed, identical on every worker.
-
-    Returns
-    -------
-    list of (indices, padded_length)
-        ``ceil(N / batch_size)`` batches; only the last of the epoch's chunks can be short.
-    """
-    rng = np.random.RandomState(step_seed(seed, epoch))
-    order = rng.permutation(len(lengths))
-    batches = []
-    chunk = batch_size * CHUNK_BATCHES
-    for start in range(0, len(order), chunk):
-        part = order[start:start + chunk]
-        for rows, padded in bucket_batches([lengths[i] for i in part], batch_size):
-            batches.append((part[rows], padded))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def _labels(examples: Sequence[Example]) -> np.ndarray:
-    # Class indices and regression scores alike travel as float32, what the losses take.
-    if any(ex.label is None for ex in examples):
-        raise ValueError('training examples must be labelled')
-    return np.asarray([ex.label for ex in examples], dtype=np.float32)
+def build_trainer(model: TaskClassifier, config: FinetuneConfig, comm: Comm) -> mx.gluon.Trainer:
+    """The trainer of a fine-tuning run: ``config.optimizer`` over every parameter, weight
+    decay off biases and LayerNorm (:func:`bort.optim.make_trainer`); the loop sets the rate
+    every step (:func:`bort.optim.learning_rate`)."""
+    return make_trainer(model.collect_params(), comm, config.optimizer, lr=config.lr,
+                        weight_decay=config.weight_decay, epsilon=config.epsilon)
 
 
 def train_step(model: TaskClassifier, trainer: mx.gluon.Trainer, params: List, loss_fn,
@@ -323,19 +291,18 @@ def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Examp
                               os.path.join(config.data_dir, spec.files.get('dev', '')))
     train_enc = encode_examples(tokenizer, train, config.max_length)
     dev_enc = encode_examples(tokenizer, dev, config.max_length)
-    labels = _labels(train)
+    labels = train_labels(train)
     pad_id = tokenizer.pad_id
 
     model = build_classifier(config.model, config.head_config(), comm.ctx, seed=config.seed)
     comm.broadcast_parameters(model.collect_params())
     model.hybridize(static_alloc=True)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
-    trainer = make_trainer(model.collect_params(), comm, 'bertadam', lr=config.lr,
-                           weight_decay=config.weight_decay, epsilon=config.epsilon)
+    trainer = build_trainer(model, config, comm)
     loss_fn = task_loss(spec)
     lengths = [len(ids) for ids, _ in train_enc]
     steps_per_epoch = sum(len(b) >= comm.size for b, _ in epoch_batches(
-        lengths, config.batch_size, config.seed, 0))
+        lengths, config.batch_size, config.seed, 0, config.batching))
     total_steps = steps_per_epoch * config.epochs
     best_folder = os.path.join(config.output_dir, BEST)
     checkpoints = CheckpointManager(os.path.join(config.output_dir, 'checkpoints'), comm, keep=1)
@@ -368,7 +335,8 @@ def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Examp
             if state['finished']:
                 break
             tic = time.time()
-            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch,
+                                    config.batching)
             step, train_loss, done, stopped = _train_epoch(
                 model, trainer, params, loss_fn, train_enc, labels, pad_id, batches[skip:],
                 config, comm, step, total_steps, bar, budget, timed)
