@@ -36,6 +36,14 @@ untested: this project's machines have the CPU wheel.
 
 Mixed-length inputs are batched by :func:`bort.batching.bucket_batches` (a few padded lengths,
 so a few cached graphs).
+
+``dtype='bfloat16'`` (CPUs with AVX512-BF16 or AMX, :mod:`bort.hardware`): the four dense layers
+of every transformer layer hold bfloat16 weights and biases and run bfloat16 GEMMs (float32
+accumulation inside oneDNN); their inputs are cast to bfloat16 and their outputs back to float32,
+except the first feed-forward layer's GELU output, which feeds the second one in bfloat16.
+Both casts round to nearest (``amp_cast``; MXNet 1.9's ``astype`` to bfloat16 truncates).
+Embeddings, residual stream, LayerNorm, attention scores and softmax stay float32 (MXNet 1.9's
+interleaved attention matmuls are float32-only on CPU), as does the pooler.
 """
 from __future__ import annotations
 
@@ -47,11 +55,13 @@ import numpy as np
 from mxnet.gluon import HybridBlock, nn
 
 from ..arch import Architecture
+from ..hardware import require_bf16
 from .kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
-from ..model import BortModel, load_model, param_dict
+from ..model import BortModel, load_model
+from .weights import fast_weights, load_weights
 
 __all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
-           'load_fast', 'MASK_VALUE', 'PAD_CHANNELS']
+           'load_fast', 'MASK_VALUE', 'PAD_CHANNELS', 'DTYPES', 'BFLOAT16']
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,9 @@ log = logging.getLogger(__name__)
 MASK_VALUE = -1e9
 #: Zero channels appended to a dense layer's input whose width is a multiple of 1024.
 PAD_CHANNELS = 16
+#: Compute types of the dense layers; MXNet's bfloat16 is a structured numpy dtype.
+DTYPES = ('float32', 'bfloat16')
+BFLOAT16 = np.dtype([('bfloat16', np.uint16)])
 
 
 def padded_width(width: int) -> int:
@@ -97,9 +110,9 @@ class _FastLayer(HybridBlock):
     """One post-LayerNorm transformer layer with a fused, pre-interleaved QKV projection."""
 
     def __init__(self, arch: Architecture, pad_inputs: bool = False, fused_ops: bool = False,
-                 prefix=None, params=None):
+                 dtype: str = 'float32', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
-        self._heads, self._fused = arch.num_heads, fused_ops
+        self._heads, self._fused, self._bf16 = arch.num_heads, fused_ops, dtype == 'bfloat16'
         h, eps = arch.units, arch.layer_norm_eps
         # Input widths of the dense layers, padded with zero channels where oneDNN is slow.
         h_in = padded_width(h) if pad_inputs else h
@@ -128,7 +141,10 @@ class _FastLayer(HybridBlock):
         mask: (B, 1, 1, L) additive bias, or when fused the valid lengths (B,), or None.
         Returns the same layout as x."""
         wide = (lambda v: v) if self._fused else (lambda v: self._widen(F, v, zeros))
-        qkv = F.reshape_like(self.qkv(wide(x)), grid,
+        same = lambda v: v  # noqa: E731
+        low = (lambda v: F.amp_cast(v, dtype=BFLOAT16)) if self._bf16 else same  # noqa: E731
+        high = (lambda v: F.amp_cast(v, dtype='float32')) if self._bf16 else same  # noqa: E731
+        qkv = F.reshape_like(high(self.qkv(low(wide(x)))), grid,
                              lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (L, B, 3H)
         scores = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=self._heads)  # (B*A, L, L)
         if mask is not None and self._fused:
@@ -140,10 +156,20 @@ class _FastLayer(HybridBlock):
             att = F.softmax(scores, axis=-1)
         context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=self._heads)
         context = F.reshape(context, shape=(-3, 0))                       # (L*B, H)
-        x = self.ln_att(self.proj(self._widen(F, context, zeros)), x)
-        # GELU (erf form, as GluonNLP's) right after the dense layer so oneDNN fuses it.
-        hidden = F.LeakyReLU(self.ffn_1(wide(x)), act_type='gelu')
-        return self.ln_ffn(self.ffn_2(hidden), x)
+        x = self.ln_att(high(self.proj(low(self._widen(F, context, zeros)))), x)
+        # GELU (erf form, as GluonNLP's) right after the dense layer so oneDNN fuses it; in
+        # bfloat16 it stays bfloat16 for ffn_2.
+        hidden = F.LeakyReLU(self.ffn_1(low(wide(x))), act_type='gelu')
+        return self.ln_ffn(high(self.ffn_2(hidden)), x)
+
+    def cast_dense(self) -> None:
+        """The four dense layers' weights and biases to bfloat16, rounded to nearest (MXNet's
+        ``astype``, which ``Parameter.cast`` uses, truncates: twice the error, biased to 0)."""
+        for dense in (self.qkv, self.proj, self.ffn_1, self.ffn_2):
+            for param in dense.params.values():
+                rounded = mx.nd.amp_cast(param.data(), dtype=BFLOAT16)
+                param.cast(BFLOAT16)
+                param.set_data(rounded)
 
 
 class FastEncoder(HybridBlock):
@@ -163,6 +189,9 @@ class FastEncoder(HybridBlock):
         Residual addition + LayerNorm (+ zero channels) as one operator, and the padded graph's
         attention softmax over valid keys only (:func:`bort.inference.kernels.load_fused_ops`); raises
         RuntimeError when they cannot be loaded.
+    dtype : {'float32', 'bfloat16'}
+        The dense layers' compute type (see the module docstring). The graph is built float32
+        throughout; :meth:`cast_dense` turns the dense weights to bfloat16 once they are loaded.
 
     Inputs
     ------
@@ -180,13 +209,15 @@ class FastEncoder(HybridBlock):
     """
 
     def __init__(self, arch: Architecture, masked: bool = True, pad_inputs: bool = False,
-                 fused_ops: bool = False, prefix=None, params=None):
+                 fused_ops: bool = False, dtype: str = 'float32', prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
+        if dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
         if fused_ops and not load_fused_ops():
             raise RuntimeError('fused_ops=True but the fused operators could not be built or '
                                'loaded (see the warning above); use fused_ops=False')
         self.arch, self.masked = arch, masked
-        self.pad_inputs, self.fused_ops = pad_inputs, fused_ops
+        self.pad_inputs, self.fused_ops, self.dtype = pad_inputs, fused_ops, dtype
         h = arch.units
         self._extra_channels = padded_width(h) - h if pad_inputs else 0
         # Fused, every normalised output carries the zero channels: no widening copy of x.
@@ -201,7 +232,7 @@ class FastEncoder(HybridBlock):
                                      broadcast=True, prefix='ln_embed_')
             self.layers = nn.HybridSequential(prefix='layers_')
             for i in range(arch.num_layers):
-                self.layers.add(_FastLayer(arch, pad_inputs, fused_ops, prefix=f'{i}_'))
+                self.layers.add(_FastLayer(arch, pad_inputs, fused_ops, dtype, prefix=f'{i}_'))
             self.pooler = (nn.Dense(h, activation='tanh', flatten=False, in_units=h,
                                     prefix='pooler_') if arch.use_pooler else None)
 
@@ -245,46 +276,12 @@ class FastEncoder(HybridBlock):
             outputs.append(self.pooler(first))                             # (B, H)
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
-
-def _interleave(query: np.ndarray, key: np.ndarray, value: np.ndarray, heads: int) -> np.ndarray:
-    """GluonNLP's per-head interleaving: (H, ...) x 3 -> (3H, ...) as [q_0 k_0 v_0 q_1 k_1 ...]."""
-    parts = [a.reshape((heads, -1) + a.shape[1:]) for a in (query, key, value)]
-    return np.concatenate(parts, axis=1).reshape((-1,) + query.shape[1:])
-
-
-def fast_weights(model: BortModel) -> Dict[str, np.ndarray]:
-    """The weights of ``model`` under :class:`FastEncoder`'s structural names.
-
-    Returns
-    -------
-    dict of str -> numpy array
-        Keys such as ``layers.0.qkv.weight`` with shape (3H, H), the query/key/value weights
-        interleaved per head exactly as GluonNLP's attention cell does at run time.
-    """
-    src = {k: v.data().asnumpy() for k, v in param_dict(model).items()}
-    arch = model.arch
-    out = {'word_embed.weight': src['word_embed.0.weight'],
-           'position_weight': src['encoder.position_weight'],
-           'ln_embed.gamma': src['encoder.layer_norm.gamma'],
-           'ln_embed.beta': src['encoder.layer_norm.beta']}
-    if arch.token_type_vocab_size:
-        out['token_type_embed.weight'] = src['token_type_embed.0.weight']
-    if arch.use_pooler:
-        out['pooler.weight'], out['pooler.bias'] = src['pooler.weight'], src['pooler.bias']
-    for i in range(arch.num_layers):
-        cell, dst = f'encoder.transformer_cells.{i}.', f'layers.{i}.'
-        att = cell + 'attention_cell.proj_'
-        for kind in ('weight', 'bias'):
-            out[dst + 'qkv.' + kind] = _interleave(src[att + 'query.' + kind],
-                                                   src[att + 'key.' + kind],
-                                                   src[att + 'value.' + kind], arch.num_heads)
-            out[dst + 'proj.' + kind] = src[cell + 'proj.' + kind]
-            out[dst + 'ffn_1.' + kind] = src[cell + 'ffn.ffn_1.' + kind]
-            out[dst + 'ffn_2.' + kind] = src[cell + 'ffn.ffn_2.' + kind]
-        for kind in ('gamma', 'beta'):
-            out[dst + 'ln_att.' + kind] = src[cell + 'layer_norm.' + kind]
-            out[dst + 'ln_ffn.' + kind] = src[cell + 'ffn.layer_norm.' + kind]
-    return out
+    def cast_dense(self) -> None:
+        """Give the transformer layers' dense weights the encoder's ``dtype`` (after loading
+        float32 weights: :func:`load_weights` writes float32)."""
+        if self.dtype == 'bfloat16':
+            for layer in self.layers:
+                layer.cast_dense()
 
 
 class FastModel:
@@ -306,6 +303,11 @@ class FastModel:
     fused_ops : bool, optional
         See :class:`FastEncoder`; default: on for the CPU when :mod:`bort.inference.kernels` can build
         and load its library.
+    dtype : {'float32', 'bfloat16'}
+        See :class:`FastEncoder`. bfloat16 runs on the CPU only, and only where
+        :func:`bort.hardware.cpu_support` says oneDNN has bfloat16 kernels: elsewhere
+        :class:`bort.hardware.UnsupportedHardware` is raised before anything is built. Its
+        ``pad_inputs`` default is off (the padding answers a float32 GEMM's slow case).
 
     Call
     ----
@@ -317,18 +319,25 @@ class FastModel:
 
     def __init__(self, arch: Architecture, weights: Dict[str, np.ndarray], ctx=None,
                  backend: Optional[str] = 'MKLDNN', static: bool = True,
-                 pad_inputs: Optional[bool] = None, fused_ops: Optional[bool] = None):
+                 pad_inputs: Optional[bool] = None, fused_ops: Optional[bool] = None,
+                 dtype: str = 'float32'):
+        if dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
         self.arch = arch.replace(dropout=0.0)
         self.ctx = ctx or mx.cpu()
+        if dtype == 'bfloat16':
+            if self.ctx.device_type != 'cpu':
+                raise ValueError('dtype bfloat16 is for the CPU (oneDNN kernels)')
+            require_bf16('the bfloat16 fast path')
         if self.ctx.device_type != 'cpu':
             backend = None
         self.backend = backend
         if pad_inputs is None:
-            pad_inputs = backend is not None
+            pad_inputs = backend is not None and dtype == 'float32'
         if fused_ops is None:
             fused_ops = self.ctx.device_type == 'cpu' and load_fused_ops()
-        self.pad_inputs, self.fused_ops = pad_inputs, fused_ops
-        options = dict(pad_inputs=pad_inputs, fused_ops=fused_ops, prefix='fast_')
+        self.pad_inputs, self.fused_ops, self.dtype = pad_inputs, fused_ops, dtype
+        options = dict(pad_inputs=pad_inputs, fused_ops=fused_ops, dtype=dtype, prefix='fast_')
         self.masked = FastEncoder(self.arch, masked=True, **options)
         self.unmasked = FastEncoder(self.arch, masked=False, params=self.masked.collect_params(),
                                     **options)
@@ -336,11 +345,12 @@ class FastModel:
         self.masked.collect_params().setattr('grad_req', 'null')
         self.masked.initialize(ctx=self.ctx)
         load_weights(self.masked, weights)
+        self.masked.cast_dense()  # the unmasked graph shares these parameters
         for block in (self.masked, self.unmasked):
             block.hybridize(static_alloc=static, static_shape=static, backend=backend)
-        log.debug('fast path for %s on %s: backend %s, static memory %s, padded inputs %s, '
-                  'fused LayerNorm %s', self.arch.label, self.ctx, backend, static, pad_inputs,
-                  fused_ops)
+        log.debug('fast path for %s on %s: %s, backend %s, static memory %s, padded inputs %s, '
+                  'fused LayerNorm %s', self.arch.label, self.ctx, dtype, backend, static,
+                  pad_inputs, fused_ops)
 
     @classmethod
     def from_model(cls, model: BortModel, **kwargs) -> 'FastModel':
@@ -353,10 +363,12 @@ class FastModel:
         return cls.from_model(load_model(folder, use_decoder=False), **kwargs)
 
     def weights(self) -> Dict[str, np.ndarray]:
-        """The weights, as :func:`fast_weights` gives them (without input padding)."""
+        """The weights, as :func:`fast_weights` gives them (without input padding; float32,
+        bfloat16 weights widened exactly)."""
         logical = _param_shapes(FastEncoder(self.arch, pad_inputs=False))
         named = self.masked._collect_params_with_prefix()  # pylint: disable=protected-access
-        return {name: param.data().asnumpy()[tuple(slice(0, n) for n in logical[name])]
+        return {name: param.data().astype('float32').asnumpy()[
+                    tuple(slice(0, n) for n in logical[name])]
                 for name, param in named.items()}
 
     def _nd(self, array, dtype='float32') -> mx.nd.NDArray:
@@ -381,31 +393,6 @@ class FastModel:
 def _param_shapes(encoder: FastEncoder) -> Dict[str, Tuple[int, ...]]:
     named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
     return {name: tuple(param.shape) for name, param in named.items()}
-
-
-def load_weights(encoder: FastEncoder, weights: Dict[str, np.ndarray]) -> None:
-    """Copy :func:`fast_weights` into an initialized encoder, zero-padding where it pads inputs.
-
-    Raises
-    ------
-    KeyError
-        When names differ (each one listed).
-    ValueError
-        When a weight does not fit its parameter (name and both shapes).
-    """
-    named = encoder._collect_params_with_prefix()  # pylint: disable=protected-access
-    missing = sorted(set(named) ^ set(weights))
-    if missing:
-        raise KeyError(f'weights do not match the fast graph: {missing}')
-    for name, param in named.items():
-        value = np.asarray(weights[name], dtype=np.float32)
-        shape = tuple(param.shape)
-        if value.shape != shape:
-            if len(value.shape) != len(shape) or any(a > b for a, b in zip(value.shape, shape)):
-                raise ValueError(f'weight {name}: shape {value.shape} does not fit the fast '
-                                 f'graph\'s {shape}')
-            value = np.pad(value, [(0, b - a) for a, b in zip(value.shape, shape)])
-        param.set_data(mx.nd.array(value, dtype='float32'))
 
 
 def _as_output(out):
