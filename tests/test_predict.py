@@ -146,3 +146,45 @@ def test_saved_int8_artefact_serves_predictions(finetuned, tmp_path):
                    '--output', out, '--engine', 'int8', '--int8-model', str(tmp_path / 'q'),
                    '--no-progress'])
     assert result['sentences'] == 23 and len(_lines(out)) == 24
+
+
+def test_bf16_refused_in_one_line_where_the_cpu_cannot(finetuned, tmp_path):
+    """Where oneDNN has no bfloat16 kernels: one line naming the reason, exit status 2, no
+    output file, no traceback (MXNet would raise at the first dense layer, or die on AMX
+    without the tile state)."""
+    from bort.hardware import cpu_support
+    if cpu_support().bf16_usable:
+        pytest.skip('this CPU runs bfloat16: nothing to refuse')
+    folder, data = finetuned
+    out = str(tmp_path / 'bf16.tsv')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(__file__)), os.environ.get('PYTHONPATH', '')]))
+    run = subprocess.run([sys.executable, '-m', 'bort.inference.predict', '--model', folder,
+                          '--input', os.path.join(data, 'RTE', 'test.tsv'), '--output', out,
+                          '--dtype', 'bfloat16', '--no-progress'],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [ln for ln in run.stderr.splitlines() if 'ERROR' in ln]
+    assert len(errors) == 1 and 'AVX512-BF16 or AMX' in errors[0]
+    assert 'Traceback' not in run.stderr and not os.path.exists(out)
+
+
+def test_bf16_only_for_the_fast_engine(finetuned, tmp_path):
+    from bort.errors import ConfigError
+    folder, data = finetuned
+    with pytest.raises(ConfigError, match='fast engine'):
+        main(['--model', folder, '--input', os.path.join(data, 'RTE', 'test.tsv'), '--output',
+              str(tmp_path / 'x.tsv'), '--engine', 'int8', '--dtype', 'bfloat16'])
+
+
+def test_bf16_predictions_close_to_float32(finetuned, tmp_path):
+    from bort.hardware import cpu_support
+    if not cpu_support().bf16_usable:
+        pytest.skip('no bfloat16 kernels on this CPU: ' + cpu_support().reason)
+    folder, data = finetuned
+    predictor32 = load_predictor(folder, 'fast')
+    predictor16 = load_predictor(folder, 'fast', dtype='bfloat16')
+    texts = [('a cat sat', 'a cat'), ('the dog ran far', 'no dog')] * 4
+    s32, _ = predict_texts(predictor32, texts, progress=False)
+    s16, _ = predict_texts(predictor16, texts, progress=False)
+    assert np.abs(s32 - s16).max() < 0.05 * max(1.0, np.abs(s32).max())

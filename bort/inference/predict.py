@@ -3,7 +3,8 @@
 A fine-tuned folder and a file of inputs in a task's format give a predictions file in the
 task's leaderboard format, on one of three encoder engines with the same call
 ``encoder(tokens, token_types, valid_length)``: ``fast`` (default;
-:class:`bort.inference.fast.FastModel`, float32, fused oneDNN graph), ``int8``
+:class:`bort.inference.fast.FastModel`, fused oneDNN graph, float32 or with ``--dtype bfloat16``
+bfloat16 dense layers where the CPU has AVX512-BF16 or AMX), ``int8``
 (:class:`bort.inference.quantized.QuantizedModel`, from ``--int8-model`` or quantized on the spot,
 calibrated on the first ``--calib-rows`` inputs) or ``plain`` (the GluonNLP model). Inputs are
 sorted by length, batched, padded to a few bucket sizes and scored; predictions come back in file
@@ -37,9 +38,11 @@ from ..finetune.classifier import Encoded, encode_examples, encode_pair, load_cl
 from ..finetune.evaluate import BEST
 from ..finetune.readers import read_examples
 from ..finetune.submission import format_submission
+from ..errors import ConfigError
 from ..finetune.tasks import get_task
+from ..hardware import announce, require_bf16
 from ..tokenizers import load_tokenizer
-from .fast import FastModel
+from .fast import DTYPES, FastModel
 
 __all__ = ['ENGINES', 'PredictStats', 'Predictor', 'predict_encoded', 'predict_texts',
            'load_predictor', 'read_inputs', 'predict_file', 'main']
@@ -187,7 +190,7 @@ def _plain_encoder(model, ctx: mx.Context) -> Callable:
 
 def load_predictor(folder: str, engine: str = 'fast', int8_model: Optional[str] = None,
                    calib_encoded: Optional[Sequence[Encoded]] = None, quantize_config=None,
-                   ctx: Optional[mx.Context] = None) -> Predictor:
+                   ctx: Optional[mx.Context] = None, dtype: str = 'float32') -> Predictor:
     """A :class:`Predictor` for a fine-tuned folder (or a run folder holding ``best/``).
 
     Parameters
@@ -200,9 +203,12 @@ def load_predictor(folder: str, engine: str = 'fast', int8_model: Optional[str] 
         Calibration inputs when the ``int8`` engine quantizes (no ``int8_model``).
     quantize_config : bort.inference.quantize.QuantizeConfig, optional
     ctx : mx.Context, optional
+    dtype : {'float32', 'bfloat16'}
+        The ``fast`` engine's compute type (:class:`bort.inference.fast.FastModel`).
     """
     if engine not in ENGINES:
         raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+    check_dtype(engine, dtype)
     if os.path.isdir(os.path.join(folder, BEST)):
         folder = os.path.join(folder, BEST)
     ctx = ctx or mx.cpu()
@@ -212,7 +218,7 @@ def load_predictor(folder: str, engine: str = 'fast', int8_model: Optional[str] 
     if engine == 'plain':
         encoder = _plain_encoder(model.backbone, ctx)
     elif engine == 'fast':
-        encoder = FastModel.from_model(model.backbone, ctx=ctx)
+        encoder = FastModel.from_model(model.backbone, ctx=ctx, dtype=dtype)
     else:
         # pylint: disable=import-outside-toplevel
         from .quantize import quantize_encoder
@@ -238,6 +244,16 @@ def load_predictor(folder: str, engine: str = 'fast', int8_model: Optional[str] 
                      engine=engine)
 
 
+def check_dtype(engine: str, dtype: str) -> None:
+    """Refuse (one line) a dtype the engine or the CPU cannot run, before anything loads."""
+    if dtype not in DTYPES:
+        raise ConfigError(f'--dtype must be one of {DTYPES}, got {dtype!r}')
+    if dtype == 'bfloat16':
+        if engine != 'fast':
+            raise ConfigError(f'--dtype bfloat16 is for the fast engine, not {engine}')
+        require_bf16('--dtype bfloat16')
+
+
 def read_inputs(task: str, path: str, split: str = 'test'):
     """Examples of any file in ``task``'s official format (the ``split``'s column layout).
 
@@ -261,7 +277,8 @@ def read_inputs(task: str, path: str, split: str = 'test'):
 def predict_file(folder: str, task: Optional[str], input_path: str, output_path: str,
                  split: str = 'test', engine: str = 'fast', batch_size: int = 32,
                  int8_model: Optional[str] = None, calib_rows: int = 64,
-                 progress: bool = True, overwrite: bool = False) -> Dict[str, Any]:
+                 progress: bool = True, overwrite: bool = False,
+                 dtype: str = 'float32') -> Dict[str, Any]:
     """Score a task file with a fine-tuned folder and write its predictions file.
 
     The output is the task's leaderboard format (:func:`bort.finetune.submission.format_submission`).
@@ -272,6 +289,7 @@ def predict_file(folder: str, task: Optional[str], input_path: str, output_path:
     dict
         :class:`PredictStats` figures plus ``output``, ``engine`` and ``task``.
     """
+    check_dtype(engine, dtype)
     if os.path.exists(output_path) and not overwrite:
         raise FileExistsError(f'{output_path} exists; pass --overwrite to replace it')
     if os.path.isdir(os.path.join(folder, BEST)):
@@ -280,13 +298,13 @@ def predict_file(folder: str, task: Optional[str], input_path: str, output_path:
     spec, examples = read_inputs(task or head_config.task, input_path, split)
     encoded = encode_examples(load_tokenizer(folder), examples, head_config.max_length)
     predictor = load_predictor(folder, engine, int8_model=int8_model,
-                               calib_encoded=encoded[:calib_rows])
+                               calib_encoded=encoded[:calib_rows], dtype=dtype)
     scores, stats = predictor.scores(encoded, batch_size=batch_size, progress=progress)
     preds = aggregate(spec, examples, scores)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with open(output_path, 'w', encoding='utf-8') as f:
         f.write(format_submission(spec, preds.ids, preds.predictions))
-    return dict(stats.to_dict(), output=output_path, engine=engine, task=spec.name)
+    return dict(stats.to_dict(), output=output_path, engine=engine, task=spec.name, dtype=dtype)
 
 
 @dataclass
@@ -301,6 +319,9 @@ class PredictCommand:
                      choices=('train', 'dev', 'test'))
     engine: str = opt('fast', 'inference engine: fast (bort.inference.fast, float32), int8 '
                       '(bort.inference.quantize) or plain (the Gluon model)', choices=ENGINES)
+    dtype: str = opt('float32', 'compute type of the fast engine: bfloat16 runs its dense layers '
+                     'in bfloat16 (CPUs with AVX512-BF16 or AMX; refused elsewhere)',
+                     choices=DTYPES)
     int8_model: Optional[str] = opt(None, 'a saved INT8 encoder folder')
     calib_rows: int = opt(64, 'int8 without --int8_model: calibrate on this many inputs',
                           check=at_least(1))
@@ -325,6 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``python -m bort.inference.predict``: predict a file; throughput to stdout."""
     args = parse_configs(build_parser(), [PredictCommand], argv)[0]
     setup_command_logging()
+    announce(log)
+    check_dtype(args.engine, args.dtype)
     if not os.environ.get('OMP_NUM_THREADS'):
         log.warning('OMP_NUM_THREADS is not set: MXNet may run single-threaded; set it to the '
                     'number of cores (python -m bort.inference.predict does it for you)')
@@ -333,9 +356,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = predict_file(args.model, args.task, args.input, args.output, split=args.split,
                           engine=args.engine, batch_size=args.batch_size,
                           int8_model=args.int8_model, calib_rows=args.calib_rows,
-                          progress=args.progress, overwrite=args.overwrite)
+                          progress=args.progress, overwrite=args.overwrite, dtype=args.dtype)
     emit(f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sentences/s "
-         f"({args.engine}) -> {args.output}")
+         f"({args.engine}, {args.dtype}) -> {args.output}")
     return result
 
 
