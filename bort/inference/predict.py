@@ -346,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``python -m bort.inference.predict``: predict a file; throughput to stdout."""
     args = parse_configs(build_parser(), [PredictCommand], argv)[0]
     setup_command_logging()
-    announce(log)
+    announce()
     check_dtype(args.engine, args.dtype)
     if not os.environ.get('OMP_NUM_THREADS'):
         log.warning('OMP_NUM_THREADS is not set: MXNet may run single-threaded; set it to the '
