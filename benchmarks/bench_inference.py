@@ -14,7 +14,12 @@ shape (default: batch 1 x seq 128, batch 1 x seq 512, batch 32 x seq 128), in on
   random weights, so it is calibrated on random tokens: this measures speed only, see
   ``benchmarks/int8_accuracy.py`` for accuracy on a real task);
 - ``torch``: a transformers ``BertModel`` with the same weights, obtained through the interop
-  export (:func:`bort.interop.convert.export_hf`) and checked against the MXNet outputs.
+  export (:func:`bort.interop.convert.export_hf`) and checked against the MXNet outputs;
+- ``fast-bf16``: the fast path with bfloat16 dense layers (``dtype='bfloat16'``), only where
+  :func:`bort.hardware.cpu_support` finds bfloat16 kernels (AVX512-BF16 or AMX);
+- ``torch-bf16``: the same ``BertModel`` under ``torch.autocast('cpu', dtype=torch.bfloat16)``,
+  only where the CPU has bfloat16 instructions. Elsewhere both print "not measured: CPU lacks
+  bf16" with the reason.
 
 For each shape, every engine of every architecture runs interleaved with the others (one call
 of each per round, ``--repeats`` rounds), together with a float32 GEMM probe (2048^3
@@ -54,13 +59,15 @@ import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
 from bort.costs import flops  # noqa: E402
+from bort.hardware import announce  # noqa: E402
 from bort.inference.fast import FastModel  # noqa: E402
 from bort.inference.latency import (compare_latency, device_string, matmul_peak_gflops, set_threads,
                                     thread_info)
 from bort.model import build_model, save_model  # noqa: E402
 from bort.inference.quantize import QuantizeConfig, quantize_encoder  # noqa: E402
 
-ENGINES = ('plain', 'fast', 'fast-masked', 'fast-unpadded', 'int8', 'torch')
+ENGINES = ('plain', 'fast', 'fast-masked', 'fast-unpadded', 'int8', 'torch', 'fast-bf16',
+           'torch-bf16')
 
 
 def torch_model(model, threads: int):
@@ -92,15 +99,27 @@ def torch_model(model, threads: int):
     return tm.eval()
 
 
-def torch_runner(tm, tokens: np.ndarray):
+def torch_runner(tm, tokens: np.ndarray, bf16: bool = False):
+    """One forward pass of ``tm`` on ``tokens`` (B, L); ``bf16``: under CPU autocast."""
     import torch  # pylint: disable=import-outside-toplevel
     ids = torch.tensor(tokens, dtype=torch.long)
     mask = torch.ones_like(ids)
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
             return tm(input_ids=ids, attention_mask=mask)
     return run
+
+
+def supported_engines(engines: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    """The engines this CPU can run, and why each other one is not measured."""
+    support = announce()
+    skipped = {}
+    if 'fast-bf16' in engines and not support.bf16_usable:
+        skipped['fast-bf16'] = f'not measured: CPU lacks bf16 ({support.reason})'
+    if 'torch-bf16' in engines and not support.bf16_hardware:
+        skipped['torch-bf16'] = f'not measured: CPU lacks bf16 ({support.reason})'
+    return [e for e in engines if e not in skipped], skipped
 
 
 def check_torch(model, tm, vocab: int) -> float:
@@ -128,6 +147,13 @@ def build_engines(name: str, engines: List[str], threads: int) -> Dict:
         built['plain'] = model
     if {'fast', 'fast-masked'} & set(engines):
         built['fast'] = FastModel.from_model(model)
+    if 'fast-bf16' in engines:
+        built['fast-bf16'] = FastModel.from_model(model, dtype='bfloat16')
+        probe = np.random.RandomState(1).randint(0, arch.vocab_size, (2, 16))
+        seq = lambda out: (out[0] if isinstance(out, tuple) else out).asnumpy()  # noqa: E731
+        logging.info('%s: max |fast bf16 - fast fp32| = %.2e (sequence outputs)', name,
+                     np.abs(seq(built['fast-bf16'](probe))
+                            - seq(FastModel.from_model(model)(probe))).max())
     if 'fast-unpadded' in engines:
         built['fast-unpadded'] = FastModel.from_model(model, pad_inputs=False)
     if 'int8' in engines:
@@ -135,7 +161,7 @@ def build_engines(name: str, engines: List[str], threads: int) -> Dict:
         calib = rng.randint(0, arch.vocab_size, (32, 128))
         built['int8'] = quantize_encoder(model, calib, rng.randint(16, 129, 32),
                                          config=QuantizeConfig(calib_mode='naive'))
-    if 'torch' in engines:
+    if {'torch', 'torch-bf16'} & set(engines):
         built['torch'] = torch_model(model, threads)
         logging.info('%s: max |mxnet - torch| = %.2e', name,
                      check_torch(model, built['torch'], arch.vocab_size))
@@ -146,8 +172,8 @@ def shape_runs(name: str, built: Dict, engines: List[str], batch: int, seq: int)
     """``arch/engine`` -> model or zero-argument callable, for one input shape."""
     arch = built['arch']
     tokens = np.random.RandomState(0).randint(0, arch.vocab_size, (batch, seq))
-    runs = {f'{name}/{e}': built[e] for e in ('plain', 'fast', 'fast-unpadded', 'int8')
-            if e in engines}
+    runs = {f'{name}/{e}': built[e] for e in ('plain', 'fast', 'fast-unpadded', 'int8',
+                                              'fast-bf16') if e in engines}
     if 'fast-masked' in engines:
         args = [mx.nd.array(tokens)]  # the graph's order: tokens, token types, valid lengths
         if arch.token_type_vocab_size:
@@ -156,6 +182,8 @@ def shape_runs(name: str, built: Dict, engines: List[str], batch: int, seq: int)
         runs[f'{name}/fast-masked'] = lambda: built['fast'].masked(*args)  # noqa: E731
     if 'torch' in engines:
         runs[f'{name}/torch'] = torch_runner(built['torch'], tokens)
+    if 'torch-bf16' in engines:
+        runs[f'{name}/torch-bf16'] = torch_runner(built['torch'], tokens, bf16=True)
     return runs
 
 
@@ -199,17 +227,20 @@ def format_table(rows: List[Dict], peak: float) -> str:
     """One row per (arch, shape, engine); % of peak against the quiet-machine peak and against
     the GEMM probe's median in the same rounds (what the machine gave while we measured)."""
     lines = ['| arch | batch x seq | engine | median ms | p10-p90 ms | speed-up vs torch | '
-             'vs fast | GFLOP | GFLOP/s | % of peak | % of same-round GEMM |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             'vs torch-bf16 | vs fast | GFLOP | GFLOP/s | % of peak | % of same-round GEMM |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     index = {(r['arch'], r['batch'], r['seq'], r['engine']): r for r in rows}
     for r in rows:
         key = (r['arch'], r['batch'], r['seq'])
         torch = index.get(key + ('torch',))
         fast = index.get(key + ('fast',))
+        torch16 = index.get(key + ('torch-bf16',))
         vs_torch = f"{torch['median_ms'] / r['median_ms']:.2f}x" if torch else ''
+        vs_torch16 = f"{torch16['median_ms'] / r['median_ms']:.2f}x" if torch16 else ''
         vs_fast = f"{fast['median_ms'] / r['median_ms']:.2f}x" if fast else ''
         lines.append(f"| {r['arch']} | {r['batch']} x {r['seq']} | {r['engine']} | "
                      f"{r['median_ms']:.1f} | {r['p10_ms']:.1f}-{r['p90_ms']:.1f} | {vs_torch} | "
+                     f"{vs_torch16} | "
                      f"{vs_fast} | {r['gflop']:.1f} | {r['gflops_per_s']:.0f} | "
                      f"{100 * r['gflops_per_s'] / peak:.0f} % | "
                      f"{100 * r['gflops_per_s'] / r['gemm_gflops_same_rounds']:.0f} % |")
@@ -248,19 +279,27 @@ def main(argv=None) -> Dict:
         args.repeats, args.warmup = 3, 1
     threads = int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count())
     set_threads(threads)
-    shapes = [tuple(int(v) for v in s.lower().split('x')) for s in args.shapes]
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split('x')) for s in args.shapes]
+        assert all(len(s) == 2 and min(s) > 0 for s in shapes)
+    except (ValueError, AssertionError):
+        parser.exit(2, f'bench_inference.py: error: --shapes wants BATCHxSEQ, got {args.shapes}\n')
+    engines, skipped = supported_engines(args.engines)
+    if not engines:
+        parser.exit(2, f'bench_inference.py: error: no requested engine runs here: {skipped}\n')
     peak_before = matmul_peak_gflops(clock=args.clock)
-    rows = bench(args.archs, shapes, args.engines, args.warmup, args.repeats, threads, args.clock)
+    rows = bench(args.archs, shapes, engines, args.warmup, args.repeats, threads, args.clock)
     peak = max(peak_before, matmul_peak_gflops(clock=args.clock))
     header = (f'device: {device_string()}; threads: {thread_info()}; load average: '
               f'{os.getloadavg()}; {args.clock} clock; repeats {args.repeats} (interleaved), '
               f'warm-up {args.warmup}; '
               f'float32 GEMM peak (FullyConnected 2048^3, best of 10): {peak:.0f} GFLOP/s')
     text = header + '\n\n' + format_table(rows, peak)
+    text += ''.join(f'\n\n{engine}: {why}' for engine, why in skipped.items())
     if len(args.archs) >= 2:
         text += '\n\n' + format_arch_ratios(rows, args.archs[0], args.archs[1])
     print(text)
-    report = {'header': header, 'peak_gflops': peak, 'rows': rows}
+    report = {'header': header, 'peak_gflops': peak, 'rows': rows, 'not_measured': skipped}
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=1)

@@ -9,7 +9,10 @@ first, and the FLOP ratio (:func:`bort.costs.flops`) next to it, plus the paper'
 
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_latency.py [--quick] [--fast]
+    OMP_NUM_THREADS=2 python benchmarks/bench_latency.py [--quick] [--fast [--dtype bfloat16]]
+
+``--dtype bfloat16`` times the fast path with bfloat16 dense layers; it needs a CPU with
+AVX512-BF16 or AMX (:mod:`bort.hardware`) and is refused in one line elsewhere.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import mxnet as mx  # noqa: E402
 
 from bort.arch import get_arch  # noqa: E402
 from bort.costs import flops, num_parameters  # noqa: E402
+from bort.hardware import UnsupportedHardware, announce, require_bf16  # noqa: E402
 from bort.inference.fast import FastModel  # noqa: E402
 from bort.inference.latency import compare_latency, device_string, thread_info  # noqa: E402
 from bort.model import build_model  # noqa: E402
@@ -39,18 +43,18 @@ PAPER_SECONDS = {'bort_paper': 0.308, 'bert_base': 2.416, 'roberta_large': 6.170
 DEFAULT_ARCHS = ('bort_4_8_768_1024', 'bort_paper', 'bert_base', 'roberta_large')
 
 
-def build(name: str, fast: bool):
+def build(name: str, fast: bool, dtype: str = 'float32'):
     mx.random.seed(0)
     model = build_model(get_arch(name).replace(dropout=0.0), use_decoder=False)
     if fast:
-        return FastModel.from_model(model)
+        return FastModel.from_model(model, dtype=dtype)
     model.hybridize(static_alloc=True, static_shape=True)
     return model
 
 
 def run(names: List[str], seq_lens: List[int], batch: int, warmup: int, repeats: int,
-        fast: bool, clock: str = 'wall') -> List[Dict]:
-    models = {name: build(name, fast) for name in names}
+        fast: bool, clock: str = 'wall', dtype: str = 'float32') -> List[Dict]:
+    models = {name: build(name, fast, dtype) for name in names}
     rows = []
     for seq in seq_lens:
         logging.info('batch %d seq %d: %s', batch, seq, ', '.join(names))
@@ -95,14 +99,29 @@ def main(argv=None) -> List[Dict]:
                              'run with OMP_NUM_THREADS=1 (bort.inference.latency)')
     parser.add_argument('--fast', action='store_true',
                         help='time the fast path (bort.inference.fast) instead of the plain model')
+    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                        help='with --fast: the dense layers\' compute type (bfloat16: CPUs with '
+                             'AVX512-BF16 or AMX)')
     parser.add_argument('--json', default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    announce()
+    if args.dtype == 'bfloat16':
+        try:
+            if not args.fast:
+                raise UnsupportedHardware('--dtype bfloat16 needs --fast (the plain model is '
+                                          'float32)')
+            require_bf16('--dtype bfloat16')
+        except UnsupportedHardware as err:
+            parser.exit(2, f'bench_latency.py: error: {err}\n')
+    if min(args.repeats, args.warmup + 1, args.batch_size, *args.seq_lens) < 1:
+        parser.exit(2, 'bench_latency.py: error: --repeats, --batch-size and --seq-lens must be '
+                       'positive, --warmup not negative\n')
     if args.quick:
         args.repeats, args.warmup = 3, 1
     rows = run(args.archs, args.seq_lens, args.batch_size, args.warmup, args.repeats, args.fast,
-               args.clock)
-    print(f'{"fast path" if args.fast else "plain hybridized GluonNLP model"}; '
+               args.clock, args.dtype)
+    print(f'{"fast path, " + args.dtype if args.fast else "plain hybridized GluonNLP model"}; '
           f'device: {device_string()}; OMP_NUM_THREADS={thread_info()["OMP_NUM_THREADS"]}; '
           f'{args.clock} clock; batch {args.batch_size}; {args.repeats} interleaved repeats '
           f'after {args.warmup} '
