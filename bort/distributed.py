@@ -3,6 +3,13 @@
 Everything else receives a :class:`Comm` (rank, size, context and a few collective operations).
 Single-process is the default and needs no Horovod; under ``horovodrun`` :func:`init_comm`
 returns a Horovod-backed communicator (Gloo on CPU, NCCL on GPU, as Horovod was built).
+
+A worker's native code: Horovod loads its MXNet extension ``RTLD_GLOBAL``, which puts
+``libmxnet.so`` (a dependency of it; GCC 4.8, old C++ ABI) into the process's global symbol scope.
+A C++ library loaded later binds its unresolved and interposable symbols there first: the
+project's operator libraries are linked ``-Bsymbolic`` for this (:mod:`bort.kernels`), and
+PyTorch, whose initialisers crash on libmxnet's ``std::`` containers, must not be imported in a
+worker (:mod:`bort.log` keeps tensorboardX from importing it).
 """
 from __future__ import annotations
 
@@ -113,20 +120,6 @@ class Comm:
         return items[self.rank::self.size]
 
 
-def _without_operator_libraries() -> None:
-    """Keep the project's C++ operator libraries out of a Horovod worker.
-
-    With Horovod's MXNet extension in the process, MXNet 1.9 dies in ``mx.library.load``
-    (floating-point exception) when a library is loaded after it, and with ``free(): invalid
-    pointer`` when one loaded before it runs. Workers therefore use MXNet's own operators: the
-    same numbers as the fused ones (tested), at their speed.
-    """
-    if os.environ.get('BORT_FUSED_OPS') != '0':
-        os.environ['BORT_FUSED_OPS'] = '0'
-        log.info('Horovod worker: fused C++ operators off (they cannot share a process with '
-                 "Horovod's MXNet extension); MXNet's own operators are used")
-
-
 def init_comm(use_horovod: Optional[bool] = None, gpu: bool = False) -> Comm:
     """Start (or skip) Horovod and pick this worker's device.
 
@@ -141,7 +134,6 @@ def init_comm(use_horovod: Optional[bool] = None, gpu: bool = False) -> Comm:
         use_horovod = launched_by_horovod()
     if not use_horovod:
         return Comm(ctx=mx.gpu(0) if gpu else mx.cpu())
-    _without_operator_libraries()
     try:
         import horovod.mxnet as hvd  # the only Horovod import of the project
     except ImportError as err:

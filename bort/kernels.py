@@ -30,9 +30,15 @@ the training operators are not used.
 Building: the C++ compiler (``$CXX`` or ``g++``) for this machine's CPU (``-march=native``),
 against the custom-operator API shipped in the MXNet wheel, into ``$BORT_CACHE/kernels``
 (default ``~/.cache/bort/kernels``) under a key of the sources, the MXNet version, the flags and
-the CPU; later processes load the cached file. Without a compiler, or with
+the CPU; later processes load the cached file. The library is linked ``-Bsymbolic``, so it
+also runs in Horovod workers (``FLAGS`` says why that was needed). Without a compiler, or with
 ``BORT_FUSED_OPS=0``, nothing is built (one warning) and callers keep MXNet's own operators
 (same results to float32 rounding; dropout masks differ, drawn from another generator).
+
+Random streams: whether a run draws the fused or MXNet's dropout masks depends only on whether
+the operators load, not on how it is launched. A single process and ``horovodrun -np 1`` give
+identical runs for a seed; a run with ``BORT_FUSED_OPS=0`` (or on a machine without a compiler)
+is reproducible too, but its masks, and so its numbers, come from MXNet's generator.
 """
 from __future__ import annotations
 
@@ -42,7 +48,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from typing import List, Optional, Sequence
 
@@ -64,8 +69,15 @@ OP_SUM_SQUARES = 'bort_sum_squares'
 OP_ADAMW = 'bort_adamw'
 # No errno and no FP traps: lets exp/sqrt vectorize (8x on the softmax's exp); nothing here
 # reads errno or relies on traps. Not -ffast-math: NaN/inf stay IEEE.
+# -Bsymbolic: the library's calls to its own copy of MXNet's lib_api.cc (mxnet::ext::*, the
+# _op* entry points and std:: containers of them) bind inside the library at link time.
+# libmxnet.so exports the same names, built by GCC 4.8 with the old std::string ABI and other
+# container layouts; Horovod loads its MXNet extension RTLD_GLOBAL, which puts libmxnet.so (a
+# dependency of it) into the global scope, and the dynamic linker then bound those calls to
+# MXNet's copies: SIGFPE (a zero bucket count) in the library's static initialisers when loaded
+# after horovod.mxnet, `free(): invalid pointer` (lazy binding) at the first call when before.
 FLAGS = ('-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fopenmp',
-         '-shared', '-fPIC', '-std=c++17')
+         '-shared', '-fPIC', '-std=c++17', '-Wl,-Bsymbolic')
 
 _LOADED = {}  # source -> the library path loaded, or '' when unavailable
 
@@ -141,12 +153,6 @@ def load_library(source: str, stem: str, ops: Sequence[str], what: str) -> bool:
     _LOADED[source] = ''
     if os.environ.get('BORT_FUSED_OPS', '1') == '0':
         log.info('fused operators disabled by BORT_FUSED_OPS=0')
-        return False
-    if 'horovod.mxnet' in sys.modules:
-        # MXNet 1.9 dies loading or running a library next to Horovod's MXNet extension
-        # (bort.distributed.init_comm turns them off for its workers; this catches the rest).
-        log.warning('fused operators unavailable, %s uses MXNet\'s own (slower): Horovod is '
-                    'loaded in this process', what)
         return False
     try:
         path = build_library(source, stem)

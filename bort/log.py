@@ -76,6 +76,26 @@ def _numbers(record: Dict, skip=(), prefix: str = ''):
             yield f'{prefix}{key}', float(value)
 
 
+def _summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports torch when it is installed (to accept its tensors; these logs hold
+    floats). That costs seconds, and kills a Horovod worker: Horovod loads its MXNet extension
+    ``RTLD_GLOBAL``, which puts ``libmxnet.so`` (built by GCC 4.8, old C++ ABI) into the global
+    symbol scope, and torch's static initialisers then bind to libmxnet's copies of ``std::``
+    containers (SIGSEGV in ``free``). Hiding torch for the import makes tensorboardX skip it.
+    """
+    hidden = 'torch' not in sys.modules
+    if hidden:
+        sys.modules['torch'] = None  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    finally:
+        if hidden and 'torch' in sys.modules and sys.modules['torch'] is None:
+            del sys.modules['torch']
+    return SummaryWriter
+
+
 class MetricsLog:
     """Append one JSON object per line to ``metrics.jsonl`` (rank 0 only), and each of its
     numbers as a TensorBoard scalar in an event file beside it.
@@ -117,7 +137,7 @@ class MetricsLog:
         """The record's numbers as TensorBoard scalars at its step."""
         if self._writer is None:
             try:
-                from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+                SummaryWriter = _summary_writer_class()  # pylint: disable=invalid-name
             except ImportError:
                 log.warning('tensorboardX is not installed: no TensorBoard events (pip install '
                             'tensorboardX); metrics.jsonl is written as always')

@@ -133,3 +133,21 @@ def test_tensorboard_events_rank0_only_and_can_be_off(tmp_path):
     plain = MetricsLog(str(tmp_path / 'p' / 'metrics.jsonl'), tensorboard=False)
     plain.write({'step': 1, 'loss': 1.0})
     assert os.listdir(str(tmp_path / 'p')) == ['metrics.jsonl']
+
+
+def test_event_writer_does_not_import_torch(tmp_path):
+    """tensorboardX would import torch (seconds; a crash in a Horovod worker, where libmxnet.so's
+    C++ symbols are global); the log imports it with torch hidden, and torch stays importable."""
+    import subprocess
+    import sys
+    code = ('import importlib.util, sys\nfrom bort.log import MetricsLog\n'
+            f'log = MetricsLog({str(tmp_path / "metrics.jsonl")!r})\n'
+            'log.write({"step": 1, "loss": 0.5})\nlog.close()\n'
+            'print("torch imported", "torch" in sys.modules)\n'
+            'if importlib.util.find_spec("torch"):\n    import torch\n    torch.zeros(1)\n')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, '-c', code], env=dict(os.environ, PYTHONPATH=repo),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'torch imported False' in proc.stdout
+    assert _read_events(tmp_path) == {'loss': [(1, 0.5)]}
