@@ -11,8 +11,8 @@ Rows (``(num_layers, num_heads, units, hidden_size)``, vocabulary 30,522 everywh
 - ``kd``: student <4, 4, 128, 512>, teacher <6, 12, 384, 1536>, 16 × 64 tokens, 11 masked
   positions a row; loss 0.1 · MLM + 0.5 · T² · soft CE (T = 2) at the masked positions,
   BERT-Adam / AdamW, global-norm clip 1. Ours: :func:`bort.pretrain.loop.pretrain_step`, what
-  ``run_pretraining.py`` runs; torch: ``BertForMaskedLM`` (it decodes every position) with the
-  masked positions gathered, teacher under ``no_grad``.
+  ``run_pretraining.py`` runs; torch: ``BertForMaskedLM``'s encoder, the masked positions'
+  hidden states gathered, its MLM head on those only, teacher under ``no_grad``.
 - ``kd_bort``: the same with the Bort student <4, 8, 1024, 768> and a BERT-base teacher
   <12, 12, 768, 3072>, 8 × 128 tokens, 20 masked positions a row.
 - ``mlm``: ``kd``'s student alone, MLM loss only.
@@ -24,9 +24,19 @@ Rows (``(num_layers, num_heads, units, hidden_size)``, vocabulary 30,522 everywh
 - ``search``: ``kd``'s student trained as a search candidate, SGD (momentum 0.9) against cached
   top-1024 teacher targets with the even tail. Ours: :func:`bort.search.trainer.candidate_step`.
 
+PyTorch sides (``benchmarks/torch_train_step.py``):
+
+- ``torch``: the reference, gathering the masked positions before the MLM head as ours does;
+- ``torch-all``: ``BertForMaskedLM``'s default, decoding every position and picking the masked
+  ones after (rows with an MLM head: all but ``finetune``); what this benchmark compared
+  against before issue 25;
+- ``torch-bf16``: the reference under ``torch.autocast('cpu', dtype=torch.bfloat16)``, only
+  where the CPU has bfloat16 instructions (AVX512-BF16 or AMX, :mod:`bort.hardware`); elsewhere
+  the table says "not measured: CPU lacks bf16".
+
 Columns: median step time and interquartile range of each side, tokens (real, unpadded) per
-second at the median, the ratio torch / ours (above 1: ours faster), and the row process's
-peak RSS (after our side's warm-up alone, and at the end with both sides).
+second at the median, each PyTorch side's time / ours (above 1: ours faster), and the row
+process's peak RSS (after our side's warm-up alone, and at the end with every side).
 
     PYTHONPATH=. python benchmarks/bench_train_step.py --repeats 10 --warmup 3 --threads 2 --plain
 
@@ -45,6 +55,8 @@ import os
 import subprocess
 import sys
 import time
+
+from torch_train_step import torch_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -221,104 +233,6 @@ def plain_step(row, data):
     return run
 
 
-# -- torch ---------------------------------------------------------------------------------------
-def torch_step(row, data):
-    """The same step written plainly with transformers' BERT in PyTorch (eager)."""
-    # pylint: disable=import-outside-toplevel
-    import torch
-    import torch.nn.functional as F
-    from transformers import BertConfig, BertForMaskedLM, BertModel
-    torch.manual_seed(0)
-
-    def config(shape, dropout=0.1):
-        layers, heads, units, hidden = shape
-        return BertConfig(vocab_size=VOCAB, hidden_size=units, num_hidden_layers=layers,
-                          num_attention_heads=heads, intermediate_size=hidden,
-                          max_position_embeddings=512, type_vocab_size=2,
-                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                          attn_implementation='eager')
-
-    ids = torch.tensor(data['ids'], dtype=torch.long)
-    types = torch.tensor(data['types'], dtype=torch.long)
-    mask = (torch.arange(row['seq'])[None, :] < torch.tensor(data['valid'])[:, None]).long()
-    kind = row['kind']
-    if kind == 'finetune':
-        encoder = BertModel(config(row['student']), add_pooling_layer=False)
-        head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(row['student'][2],
-                                                                          row['classes']))
-        params = list(encoder.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, eps=1e-6)
-        target = torch.tensor(data['classes'], dtype=torch.long)
-        encoder.train()
-        head.train()
-
-        def step():
-            out = encoder(input_ids=ids, attention_mask=mask, token_type_ids=types)
-            loss = F.cross_entropy(head(out.last_hidden_state[:, 0]), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-        return step
-    student = BertForMaskedLM(config(row['student']))
-    student.train()
-    rows = torch.arange(row['batch'])[:, None]
-    positions = torch.tensor(data['positions'], dtype=torch.long)
-    labels = torch.tensor(data['labels'], dtype=torch.long)
-    weights = torch.tensor(data['weights'])
-    if kind == 'search':
-        opt = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
-        k = row['topk']
-        flat = torch.tensor(data['weights'].reshape(-1) > 0)
-        import numpy as np
-        rng = np.random.RandomState(1)
-        n = int(flat.sum())
-        top_ids = torch.tensor(np.stack([rng.choice(VOCAB, k, replace=False) for _ in range(n)]),
-                               dtype=torch.long)
-        top_vals = torch.sort(torch.randn(n, k) * 2, dim=1, descending=True).values
-        lse = torch.logsumexp(top_vals, dim=1) + 0.5
-
-        def step():
-            logits = student(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-            s = logits[rows, positions].reshape(-1, VOCAB)[flat]
-            logp = F.log_softmax(s, dim=-1)
-            picked = logp.gather(1, top_ids)
-            q = torch.exp(top_vals - lse[:, None])
-            rest = torch.relu(1 - q.sum(-1))
-            per = -(q * picked).sum(-1) - rest / (VOCAB - k) * (logp.sum(-1) - picked.sum(-1))
-            loss = per.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-        return step
-    teacher = BertForMaskedLM(config(row['teacher'])) if kind == 'kd' else None
-    if teacher is not None:
-        teacher.eval()
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
-    temperature = 2.0
-
-    def step():
-        s = student(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        s = s[rows, positions]                                      # (B, M, V)
-        nll = F.cross_entropy(s.reshape(-1, VOCAB), labels.reshape(-1), reduction='none')
-        mlm = (nll * weights.reshape(-1)).sum() / weights.sum()
-        if teacher is None:
-            loss = mlm
-        else:
-            with torch.no_grad():
-                t = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-                q = F.softmax(t[rows, positions] / temperature, dim=-1)
-            ce = -(q * F.log_softmax(s / temperature, dim=-1)).sum(-1)
-            kd = (ce * weights).sum() / weights.sum()
-            loss = 0.1 * mlm + 0.5 * temperature ** 2 * kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-    return step
-
-
 # -- one row -------------------------------------------------------------------------------------
 def _rss_mb():
     import resource  # pylint: disable=import-outside-toplevel
@@ -328,6 +242,7 @@ def _rss_mb():
 def run_row(name, repeats, warmup, threads, plain=False):
     """Time one row in this process; returns a dict of its figures."""
     import numpy as np  # pylint: disable=import-outside-toplevel
+    from bort.hardware import cpu_support  # before MXNet: pylint: disable=import-outside-toplevel
     import mxnet as mx  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
@@ -338,11 +253,16 @@ def run_row(name, repeats, warmup, threads, plain=False):
         ours()
     rss_ours = _rss_mb()
     sides = {'ours': ours, 'torch': torch_step(row, data)}
+    if row['kind'] != 'finetune':
+        sides['torch-all'] = torch_step(row, data, gather=False)
+    support = cpu_support()
+    if support.bf16_hardware:
+        sides['torch-bf16'] = torch_step(row, data, bf16=True)
     if plain:
         sides['plain'] = plain_step(row, data)
-    for side in ('torch', 'plain'):
-        for _ in range(warmup if side in sides else 0):
-            sides[side]()
+    for side, fn in sides.items():
+        for _ in range(warmup if side != 'ours' else 0):
+            fn()
     times = {side: [] for side in sides}
     for r in range(repeats):
         order = list(sides.items())
@@ -352,39 +272,48 @@ def run_row(name, repeats, warmup, threads, plain=False):
             fn()
             times[side].append(time.perf_counter() - start)
     tokens = int(data['valid'].sum())
-    out = dict(row=name, tokens=tokens, rss_ours_mb=rss_ours, rss_row_mb=_rss_mb())
+    out = dict(row=name, tokens=tokens, rss_ours_mb=rss_ours, rss_row_mb=_rss_mb(),
+               cpu=support.reason)
+    if not support.bf16_hardware:
+        out['torch-bf16'] = 'not measured: CPU lacks bf16'
     for side, values in times.items():
         q25, q50, q75 = np.percentile(values, [25, 50, 75])
         out[side] = dict(median_ms=1000 * q50, iqr_ms=1000 * (q75 - q25),
                          tokens_per_s=tokens / q50, all_ms=[round(1000 * v, 1) for v in values])
     out['ratio'] = out['torch']['median_ms'] / out['ours']['median_ms']
-    if plain:
-        out['plain_ratio'] = out['plain']['median_ms'] / out['ours']['median_ms']
+    for side in ('torch-all', 'torch-bf16', 'plain'):
+        if side in times:
+            out[f'{side}_ratio'] = out[side]['median_ms'] / out['ours']['median_ms']
     return out
 
 
+SIDES = ('ours', 'torch', 'torch-all', 'torch-bf16', 'plain')
+LABELS = {'ours': 'ours', 'torch': 'torch (gathered)',
+          'torch-all': 'torch-all (BertForMaskedLM default: decodes every position)',
+          'torch-bf16': 'torch-bf16 (gathered, autocast)', 'plain': 'plain (before)'}
+
+
 def table(results):
-    lines = ['| row | ours ms (median, IQR) | torch ms (median, IQR) | ours tokens/s | '
-             'torch tokens/s | torch/ours | peak RSS MB (ours warm, row) |',
-             '|---|---|---|---|---|---|---|']
-    if any('plain' in r for r in results):
-        lines[0] = lines[0].replace(' | ours tokens/s', ' | plain (before) ms | ours tokens/s')
-        lines[0] = lines[0].replace(' | peak RSS', ' | plain/ours | peak RSS')
-        lines[1] += '---|---|'
+    """Markdown: median ± IQR ms per side, ours and torch tokens/s, each other side / ours."""
+    # torch-bf16 always has its column: measured, or why not.
+    sides = [s for s in SIDES
+             if s == 'torch-bf16' or any(isinstance(r.get(s), dict) for r in results)]
+    others = [s for s in sides if s != 'ours']
+    head = (['row'] + [f'{LABELS[s]} ms' for s in sides] + ['ours tokens/s', 'torch tokens/s']
+            + [f'{s} / ours' for s in others] + ['peak RSS MB (ours warm, row)'])
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in results:
-        o, t = r['ours'], r['torch']
-        if 'plain' in r:
-            p = r['plain']
-            lines.append(f"| {r['row']} | {o['median_ms']:.0f} ± {o['iqr_ms']:.0f} | "
-                         f"{t['median_ms']:.0f} ± {t['iqr_ms']:.0f} | "
-                         f"{p['median_ms']:.0f} ± {p['iqr_ms']:.0f} | {o['tokens_per_s']:.0f} | "
-                         f"{t['tokens_per_s']:.0f} | {r['ratio']:.2f}x | {r['plain_ratio']:.2f}x | "
-                         f"{r['rss_ours_mb']:.0f}, {r['rss_row_mb']:.0f} |")
-            continue
-        lines.append(f"| {r['row']} | {o['median_ms']:.0f} ± {o['iqr_ms']:.0f} | "
-                     f"{t['median_ms']:.0f} ± {t['iqr_ms']:.0f} | {o['tokens_per_s']:.0f} | "
-                     f"{t['tokens_per_s']:.0f} | {r['ratio']:.2f}x | "
-                     f"{r['rss_ours_mb']:.0f}, {r['rss_row_mb']:.0f} |")
+        cells = [r['row']]
+        for s in sides:
+            v = r.get(s)
+            cells.append(f"{v['median_ms']:.0f} ± {v['iqr_ms']:.0f}" if isinstance(v, dict)
+                         else ('not measured: CPU lacks bf16' if s == 'torch-bf16' else ''))
+        cells += [f"{r['ours']['tokens_per_s']:.0f}", f"{r['torch']['tokens_per_s']:.0f}"]
+        for s in others:
+            key = 'ratio' if s == 'torch' else f'{s}_ratio'
+            cells.append(f'{r[key]:.2f}x' if key in r else '')
+        cells.append(f"{r['rss_ours_mb']:.0f}, {r['rss_row_mb']:.0f}")
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -393,7 +322,8 @@ def main(argv=None):
     parser.add_argument('--rows', default=','.join(ROWS), help=f'comma-separated, of {list(ROWS)}')
     parser.add_argument('--repeats', type=int, default=10, help='timed steps per side')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per side first')
-    parser.add_argument('--threads', type=int, default=os.cpu_count() or 2)
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 2,
+                        help='OpenMP threads of MXNet and torch in each row\'s process')
     parser.add_argument('--plain', action='store_true',
                         help='also time our step with the pieces issue 14 replaced put back '
                              '(the length softmax, MXNet\'s own operators, the plain norm and '
@@ -401,6 +331,11 @@ def main(argv=None):
     parser.add_argument('--json', default='', help='also write the figures here')
     parser.add_argument('--child', default='', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [name for name in args.rows.split(',') if name not in ROWS]
+    if unknown or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        parser.exit(2, f'bench_train_step.py: error: rows must be among {list(ROWS)} (got '
+                       f'{unknown or "ok"}), --repeats and --threads at least 1, --warmup at '
+                       f'least 0\n')
     if args.child:
         sys.path.insert(0, REPO)
         print('RESULT ' + json.dumps(run_row(args.child, args.repeats, args.warmup,
@@ -419,10 +354,12 @@ def main(argv=None):
         if done.returncode or not line:
             raise RuntimeError(f'row {name} failed:\n{done.stderr[-3000:]}')
         results.append(json.loads(line[0][7:]))
-        print(f"{name}: ours {results[-1]['ours']['median_ms']:.0f} ms, torch "
-              f"{results[-1]['torch']['median_ms']:.0f} ms", file=sys.stderr, flush=True)
-    print(f'{args.threads} threads, {args.repeats} timed steps per side after {args.warmup} '
-          f'warm-up steps, interleaved')
+        print(f"{name}: " + ', '.join(f"{side} {results[-1][side]['median_ms']:.0f} ms"
+                                      for side in SIDES if isinstance(results[-1].get(side), dict)),
+              file=sys.stderr, flush=True)
+    from bort.inference.latency import device_string  # pylint: disable=import-outside-toplevel
+    print(f'{device_string()}; {results[0]["cpu"]}; {args.threads} threads, {args.repeats} '
+          f'timed steps per side after {args.warmup} warm-up steps, interleaved')
     print(table(results))
     if args.json:
         with open(args.json, 'w') as f:
