@@ -243,23 +243,32 @@ def _horovodrun():
 @pytest.mark.horovod
 @pytest.mark.skipif(_horovodrun() is None, reason='horovodrun is not installed')
 def test_two_workers_same_table_as_one(tiny_inputs, tmp_path):
-    # Horovod workers run MXNet's own operators (bort.distributed); the single process must
-    # too for the same numbers: the fused dropout draws from another random stream.
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO, BORT_FUSED_OPS='0')
-    tables = {}
-    for workers in (1, 2):
-        out = tmp_path / f'np{workers}'
+    """One process, horovodrun -np 1 and -np 2: the same table and e curves."""
+    # Workers and the single process alike run the fused operators (their dropout stream).
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    env.pop('BORT_FUSED_OPS', None)
+    tables, curves = {}, {}
+    for name, workers in (('single', 1), ('np1', 1), ('np2', 2)):
+        out = tmp_path / name
         config = tiny_config(tiny_inputs, out, epsilon=2).to_dict()
-        path = tmp_path / f'np{workers}.json'
+        path = tmp_path / f'{name}.json'
         path.write_text(json.dumps(config))
-        done = subprocess.run(_script(path, env, tmp_path, workers), env=env, cwd=str(tmp_path),
-                              capture_output=True, text=True, timeout=300)
+        command = _script(path, env, tmp_path, workers)
+        if name == 'np1':
+            command = [_horovodrun(), '-np', '1', '-H', 'localhost:1', '--gloo'] + command
+        done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True,
+                              text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        tables[workers] = (out / 'table.md').read_text()
+        tables[name] = (out / 'table.md').read_text()
         results = json.loads((out / 'results.json').read_text())
         assert results['run']['workers'] == workers
         assert len(results['candidates']) == 6
-    assert tables[2] == tables[1]
+        lines = (out / 'metrics.jsonl').read_text().splitlines()  # rank 0 alone writes
+        curves[name] = [(r['step'], r['arch'], r['error']) for r in map(json.loads, lines)
+                        if not r.get('final')]
+        assert len(curves[name]) == 6 and list(out.glob('events.out.tfevents.*'))
+    assert tables['np1'] == tables['single'] and tables['np2'] == tables['single']
+    assert curves['np1'] == curves['single'] and curves['np2'] == curves['single']
 
 
 def test_refused_reruns_change_nothing(tiny_inputs, tmp_path):
@@ -385,3 +394,31 @@ def test_unigram_decoder_bias_starts_candidates_at_the_unigram(tiny_inputs, tmp_
         assert record['error'] == pytest.approx(base['uniform'], abs=0.05)
     assert abs(base['unigram'] - base['uniform']) > 0.2  # the two starts are told apart
 
+
+
+def test_search_curves_per_candidate_and_resumed_without_repeats(tiny_inputs, tmp_path):
+    """metrics.jsonl and TensorBoard events: e, costs and training loss per candidate in the
+    order evaluated, the best e so far, a final summary; a resumed search adds only new steps."""
+    from test_log import _read_events
+    out = tmp_path / 'out'
+    run_search(tiny_config(tiny_inputs, out, max_candidates=2))
+    result = run_search(tiny_config(tiny_inputs, out))
+    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    steps = [r for r in records if not r.get('final')]
+    assert [r['step'] for r in steps] == [1, 2, 3, 4]  # the first two were not logged twice
+    by_arch = {'<{}, {}, {}, {}>'.format(*arch_key(r)): r for r in result['candidates']}
+    assert sorted(r['arch'] for r in steps) == sorted(by_arch)
+    for r in steps:
+        for key in ('error', 'cross_entropy', 'train_loss', 'params', 'inference_cost'):
+            assert r[key] == pytest.approx(by_arch[r['arch']][key]), key
+    errors = [r['error'] for r in steps]
+    assert [r['best_error'] for r in steps] == pytest.approx(np.minimum.accumulate(errors))
+    final = records[-1]
+    assert final['final'] and final['candidates'] == 4
+    assert final['best_w'] == pytest.approx(result['best']['w'])
+    scalars = _read_events(out)
+    assert [s for s, _ in scalars['error']] == [1, 2, 3, 4]
+    assert [v for _, v in scalars['error']] == pytest.approx(errors, rel=1e-6)
+    assert [v for _, v in scalars['best_w']] == pytest.approx([r['best_w'] for r in records
+                                                              if r.get('final')], rel=1e-6)
+    assert 'arch' not in scalars and 'diverged' not in scalars

@@ -10,7 +10,8 @@ Order of work (every worker runs this function; ``horovodrun -np N`` spreads the
 3. the strategy (rank 0) proposes candidates, the evaluator trains them across the workers,
    until the strategy is done or ``max_candidates`` trainings were spent;
 4. rank 0 scores them (W, rank) and writes ``results.json``, ``table.md``, ``pareto.png``,
-   ``best_arch.json``.
+   ``best_arch.json``; through the run it logs each candidate's e, costs and training loss to
+   ``metrics.jsonl`` and TensorBoard events (``tensorboard --logdir <out>``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from .config import SearchConfig, resolve_grid, run_fingerprint
 from .data import SearchData, corpus_sequences, make_search_data
 from .evaluate import CandidateEvaluator, ResultStore, SettingsMismatchError
 from .inference import CostModel
-from .report import RESULTS_FILE, write_outputs
+from .report import RESULTS_FILE, SearchCurves, write_outputs
 from .space import arch_key, build_space
 from .strategies import make_strategy
 from .targets import TeacherTargets
@@ -251,6 +252,7 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
         strategy.setup(space, evaluator, dict(teacher_costs, arch=teacher_arch))
         costs.save()
     records: List[Dict] = []
+    curves = SearchCurves(config.out, comm)
     while True:
         proposal = None
         if comm.is_root:
@@ -263,6 +265,7 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
         records.extend(done)
         if comm.is_root:
             strategy.observe(done)
+            curves.candidates(done)
     complete = comm.broadcast_object(strategy.finished() if comm.is_root else None)
 
     # 4. trust: the seed noise of e and the proxy's fidelity (complete searches only)
@@ -319,6 +322,7 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
     table = write_outputs(config.out, ranked, teacher, ref_rows, costs.describe(), extra,
                           best_arch, notes, config.error)
     strategy.write_outputs(config.out, ranked)
+    curves.finish(ranked, wall)
     log.info('search done in %.0f s: %d candidates, best <%s> (W = %.3f); outputs in %s', wall,
              len(ranked), ', '.join(map(str, best_arch.tuple)) if best_arch else '-',
              ranked[0]['w'] if ranked else float('nan'), config.out)

@@ -1,4 +1,5 @@
-"""The outputs of a search: ``results.json``, ``table.md``, ``pareto.png`` and ``best_arch.json``.
+"""The outputs of a search: ``results.json``, ``table.md``, ``pareto.png`` and ``best_arch.json``,
+and its live curves (``metrics.jsonl`` and TensorBoard events, :class:`SearchCurves`).
 
 ``table.md`` follows the paper's Table 1 (rank, W, parameters in M, inference cost, <D, A, H, I>,
 e) with reference rows for the teacher (W = 0 by definition) and for the ``reference``
@@ -15,16 +16,22 @@ from typing import Dict, List, Optional, Sequence
 
 from ..arch import BEST_ARCH_FILE, Architecture, save_arch
 from ..checkpoint import write_json_atomic
+from ..distributed import Comm
+from ..log import MetricsLog
 from .scoring import non_dominated, rank_records, w_coefficient
 
-__all__ = ['score_records', 'format_table', 'plot_pareto', 'write_outputs', 'RESULTS_FILE',
-           'TABLE_FILE', 'PLOT_FILE']
+__all__ = ['score_records', 'format_table', 'plot_pareto', 'write_outputs', 'SearchCurves',
+           'RESULTS_FILE', 'TABLE_FILE', 'PLOT_FILE', 'METRICS_FILE']
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = 'results.json'
 TABLE_FILE = 'table.md'
 PLOT_FILE = 'pareto.png'
+METRICS_FILE = 'metrics.jsonl'
+#: The numbers of a candidate's record that are curves (TensorBoard tag = key).
+CURVE_KEYS = ('error', 'cross_entropy', 'train_loss', 'params', 'inference_cost',
+              'train_seconds')
 
 
 def score_records(records: Sequence[Dict], teacher: Dict) -> List[Dict]:
@@ -288,3 +295,41 @@ def write_outputs(out: str, ranked: List[Dict], teacher: Dict, references: List[
                    best=ranked[0] if ranked else None)
     write_json_atomic(os.path.join(out, RESULTS_FILE), results)
     return table
+
+
+class SearchCurves:
+    """The search's live curves: one record per evaluated candidate in ``metrics.jsonl`` and
+    TensorBoard events beside it (:class:`bort.log.MetricsLog`, rank 0 only).
+
+    Step n is the n-th candidate in the order the strategy evaluated them; each record holds
+    :data:`CURVE_KEYS`, ``best_error`` (the smallest finite e so far), the tuple and whether
+    training diverged. A resumed search replays its stored candidates in the same order and
+    does not log again the steps its folder already has. :meth:`finish` adds the run's summary.
+    """
+
+    def __init__(self, out: str, comm: Comm):
+        self.metrics = MetricsLog(os.path.join(out, METRICS_FILE), comm)
+        self.logged = {r['step'] for r in self.metrics.read()
+                       if not r.get('final') and 'step' in r} if comm.is_root else set()
+        self.count = 0
+        self.best = math.inf
+
+    def candidates(self, records: Sequence[Dict]) -> None:
+        """Log the next evaluated ``records`` (as :meth:`CandidateEvaluator.evaluate` gives)."""
+        for record in records:
+            self.count += 1
+            if math.isfinite(record['error']):
+                self.best = min(self.best, record['error'])
+            if self.count in self.logged:
+                continue
+            self.metrics.write(dict({k: record[k] for k in CURVE_KEYS if k in record},
+                                    step=self.count, best_error=self.best, arch=_tuple(record),
+                                    diverged=bool(record.get('diverged'))))
+
+    def finish(self, ranked: Sequence[Dict], wall_seconds: float) -> None:
+        """The run's summary record (candidates, best W and e, wall time); closes the events."""
+        best = ranked[0] if ranked else {}
+        self.metrics.write({'step': self.count, 'final': True, 'candidates': len(ranked),
+                            'best_w': best.get('w'), 'best_error': best.get('error'),
+                            'wall_seconds': wall_seconds})
+        self.metrics.close()
