@@ -13,7 +13,9 @@ and INT8 but does not use them unless two things happen before its first primiti
 reads (``--dtype bfloat16`` of the fast inference path, the benchmarks' bfloat16 columns).
 ``import bort`` calls it, so any entry point that imports the package before MXNet (the
 ``run_*.py`` scripts, ``python -m bort.…``, the benchmarks, the test suite) decides in time. A
-``DNNL_MAX_CPU_ISA`` the user set is kept.
+``DNNL_MAX_CPU_ISA`` the user set is kept. Child processes inherit the variable but not the
+tile permission (Linux clears it at ``execve``): a child that runs MXNet must import ``bort``
+first too, as :func:`probe_bf16`'s does.
 
 bfloat16 kernels exist in oneDNN 2.4 only from AVX-512 on: natively with AVX512-BF16 or AMX.
 On AVX2 (this project's AMD EPYC), MXNet 1.9.1 raises ``MXNetError: could not create a
@@ -219,6 +221,7 @@ def require_bf16(what: str = 'bfloat16') -> CpuSupport:
 
 
 _PROBE = """
+import bort  # the AMX tile state before MXNet loads, as every entry point does
 import numpy as np, mxnet as mx
 from mxnet.contrib.amp.amp import bfloat16
 x = np.arange(24, dtype=np.float32).reshape(4, 6) / 8 - 1
@@ -245,7 +248,9 @@ def probe_bf16(timeout: float = 120.0) -> Tuple[bool, str]:
     detail : str
         The max difference, or the child's last error line (or how it died).
     """
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH')) if p))
     try:
         done = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True,
                               text=True, timeout=timeout, check=False)
