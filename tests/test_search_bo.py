@@ -392,3 +392,62 @@ def test_two_workers_ask_in_pairs(tiny_inputs, tmp_path):
     trained = [t for t in results['strategy']['trials'] if t['status'] == 'trained']
     assert len(trained) == 6 and len({tuple(t['tuple']) for t in trained}) == 6
     assert (out / 'pareto.json').exists()
+
+
+# -- one latency measurement for every strategy ------------------------------------------------
+@pytest.mark.parametrize('threads', [1, 0])
+def test_bo_remeasures_through_the_cost_models_measurement(monkeypatch, threads):
+    """BO's final re-measurement times exactly as the cost model behind every strategy's i:
+    the same function, input shape, warm-up, threads, clock and device (only the repeats are
+    BO's own), so a candidate gets the same latency whichever strategy found it."""
+    import mxnet as mx
+    from bort.arch import Architecture
+    from bort.inference import isolated
+    from bort.inference.latency import LatencyResult
+    from bort.search.bo_report import remeasure
+    from bort.search.config import SearchConfig
+    from bort.search.inference import CostModel
+
+    calls = []
+
+    def timing(archs, batch_size, seq_len, warmup, repeats, threads=1, clock='process',
+               ctx=None):
+        calls.append(dict(batch_size=batch_size, seq_len=seq_len, warmup=warmup,
+                          threads=threads, clock=clock, ctx=ctx))
+        # A fixed time per shape: both paths must then report the same figures.
+        return {label: LatencyResult(samples=[1e-3 * sum(a.tuple) * (1 + 0.01 * k)
+                                              for k in range(repeats)],
+                                     batch_size=batch_size, seq_len=seq_len, warmup=warmup,
+                                     repeats=repeats, device='cpu', threads=threads or 2,
+                                     label=label, clock=clock if threads else 'wall')
+                for label, a in archs.items()}
+
+    monkeypatch.setattr(isolated, 'time_encoders', timing)
+    config = SearchConfig(cost='measured', latency_seq_len=8, latency_batch_size=2,
+                          latency_warmup=1, latency_repeats=5, latency_threads=threads)
+    costs = CostModel(config, ctx=mx.cpu(0))
+    arch = Architecture(1, 2, 8, 16, vocab_size=30, max_length=16)
+    costs.cost(arch)  # how every strategy's i is measured
+    searched = costs.record(arch)
+    again = remeasure([arch], costs, repeats=5)[arch.tuple]
+    assert len(calls) == 2 and calls[1] == calls[0]
+    assert calls[0] == dict(batch_size=2, seq_len=8, warmup=1, threads=threads,
+                            clock='process' if threads else 'wall', ctx=mx.cpu(0))
+    assert again['per_sample_s'] == searched['seconds_per_sample']
+    assert (again['p10_s'], again['p90_s']) == (searched['p10_s'], searched['p90_s'])
+    assert again['clock'] == ('process' if threads else 'wall')
+
+
+def test_bo_remeasure_runs_in_the_timing_process():
+    """By default the re-measurement runs in a one-thread child on its CPU clock, as the
+    search's costs (it used to time in the search process, with its threads, by wall clock)."""
+    from bort.arch import Architecture
+    from bort.search.bo_report import remeasure
+    from bort.search.config import SearchConfig
+    from bort.search.inference import CostModel
+    config = SearchConfig(cost='measured', latency_seq_len=8, latency_warmup=1,
+                          latency_repeats=3)
+    arch = Architecture(1, 2, 8, 16, vocab_size=30, max_length=16)
+    again = remeasure([arch], CostModel(config), repeats=3)[arch.tuple]
+    assert again['threads'] == 1 and again['clock'] == 'process' and again['repeats'] == 3
+    assert 0 < again['p10_s'] <= again['median_s'] <= again['p90_s']

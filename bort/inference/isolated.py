@@ -10,6 +10,10 @@ at all. MXNet fixes its thread pool at start-up, so the timing runs in a child p
 with ``OMP_NUM_THREADS`` set and the synchronous engine (every operator runs in the calling
 thread).
 
+:func:`time_encoders` is the one latency measurement of the search: every strategy's costs and
+BO's re-measured front go through it with the same settings (child process and its threads, or
+in the calling process when ``threads`` is 0).
+
 The child is this module (``python -m bort.inference.isolated``): it reads one JSON request
 on stdin (architectures, input shape, warm-up, repeats, clock), builds each encoder with random
 weights (values do not change the time), times them interleaved with
@@ -17,15 +21,21 @@ weights (values do not change the time), times them interleaved with
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
-from typing import Dict, Mapping
+from typing import TYPE_CHECKING, Dict, Mapping, Optional
 
 from .latency import LatencyResult
 
-__all__ = ['time_in_child']
+if TYPE_CHECKING:
+    import mxnet as mx
+
+    from ..arch import Architecture
+
+__all__ = ['time_in_child', 'time_encoders']
 
 
 def time_in_child(archs: Mapping[str, Dict], batch_size: int, seq_len: int, warmup: int,
@@ -74,6 +84,51 @@ def time_in_child(archs: Mapping[str, Dict], batch_size: int, seq_len: int, warm
                                  threads=timed['threads'], thread_env=timed['thread_env'],
                                  label=label, clock=timed['clock'])
             for label, samples in timed['samples'].items()}
+
+
+def time_encoders(archs: Mapping[str, 'Architecture'], batch_size: int, seq_len: int,
+                  warmup: int, repeats: int, threads: int = 1, clock: str = 'process',
+                  ctx: Optional['mx.Context'] = None) -> Dict[str, LatencyResult]:
+    """Time the encoders of ``archs`` side by side, runs interleaved: the search's one way.
+
+    Parameters
+    ----------
+    archs : mapping of label -> Architecture
+        Timed as encoders (no pooler, no decoder), hybridized, random token ids.
+    batch_size, seq_len, warmup, repeats : int
+        As :func:`time_in_child`.
+    threads : int
+        > 0: in a child process with that many OpenMP threads (:func:`time_in_child`, with
+        ``clock``); 0: in this process with its threads, wall clock, on ``ctx``.
+    clock : {'process', 'wall'}
+        The child's clock (ignored in this process).
+    ctx : mx.Context, optional
+        Where this process times (``threads`` 0 only).
+
+    Returns
+    -------
+    dict of label -> LatencyResult
+    """
+    if threads:
+        encoders = {label: arch.replace(use_pooler=False).to_dict()
+                    for label, arch in archs.items()}
+        return time_in_child(encoders, batch_size, seq_len, warmup, repeats, threads=threads,
+                             clock=clock)
+    # pylint: disable=import-outside-toplevel
+    from ..model import build_model
+    from .latency import compare_latency
+    models = {}
+    for label, arch in archs.items():
+        model = build_model(arch.replace(use_pooler=False), use_decoder=False, ctx=ctx)
+        model.hybridize(static_alloc=True)
+        models[label] = model
+    results = compare_latency(models, batch_size, seq_len, warmup=warmup, repeats=repeats,
+                              ctx=ctx)
+    # Gluon blocks sit in reference cycles: collect now, or every group's weights and memory
+    # plans stay alive until the collector happens to run (GBs over a grid).
+    del models
+    gc.collect()
+    return results
 
 
 def _child() -> None:

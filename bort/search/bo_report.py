@@ -6,16 +6,16 @@ Called by :class:`~bort.search.bo.BayesianStrategy` after the common outputs
 - ``pareto.json``: the non-dominated trained trials over the study's objectives, each with its
   search-time latency (median, p10, p90) and, with ``--cost measured``, the latency re-measured
   at the end (all front members timed side by side, runs interleaved, ``--bo_remeasure_repeats``
-  runs after warm-up); batch size, sequence length, threads and device next to every figure; the
-  hypervolume, its reference point and the rule behind it, and Optuna's own computation of the
-  same hypervolume as a check;
+  runs after warm-up, through the same measurement as every strategy's costs: by default a
+  one-thread timing process, :func:`bort.inference.isolated.time_encoders`); batch size,
+  sequence length, threads, clock and device next to every figure; the hypervolume, its
+  reference point and the rule behind it, and Optuna's own computation of it as a check;
 - ``pareto.png``: :func:`bort.search.pareto.plot_front` (replaces the common p-i plot; the
   non-dominated set over (p, i, e) stays listed in ``results.json``);
 - a "Pareto front" section appended to ``table.md``.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import os
@@ -62,36 +62,37 @@ def front_summary(strategy) -> Dict:
             'reference_point': reference, **hypervolume_of(points, reference)}
 
 
-def remeasure(archs: Sequence[Architecture], config, ctx=None) -> Dict[tuple, Dict]:
-    """Latency of ``archs`` timed again, side by side, as the cost model times (encoder only,
-    hybridized, random token ids), with ``bo_remeasure_repeats`` interleaved runs.
+def remeasure(archs: Sequence[Architecture], costs, repeats: int) -> Dict[tuple, Dict]:
+    """Latency of ``archs`` timed again, side by side, exactly as the search's cost model times
+    every strategy's candidates (:func:`bort.inference.isolated.time_encoders` with its batch,
+    sequence, warm-up, threads, clock and device: by default a one-thread child process), with
+    ``repeats`` interleaved runs.
+
+    Parameters
+    ----------
+    archs : sequence of Architecture
+    costs : CostModel
+        The search's cost model (its settings are the measurement's).
+    repeats : int
 
     Returns
     -------
     dict of tuple -> dict
         ``per_sample_s, median_s, p10_s, p90_s, q25_s, q75_s`` (seconds; per batch except the
-        first), ``batch_size, seq_len, warmup, repeats, threads, device``.
+        first), ``batch_size, seq_len, warmup, repeats, threads, clock, device``.
     """
-    # pylint: disable=import-outside-toplevel
-    from ..inference.latency import compare_latency
-    from ..model import build_model
-    models = {}
-    for arch in archs:
-        model = build_model(arch.replace(use_pooler=False), use_decoder=False, ctx=ctx)
-        model.hybridize(static_alloc=True)
-        models[','.join(map(str, arch.tuple))] = model
-    repeats = config.bo_remeasure_repeats or 2 * config.latency_repeats
-    results = compare_latency(models, config.latency_batch_size, config.latency_seq_len,
-                              warmup=config.latency_warmup, repeats=repeats, ctx=ctx)
+    from ..inference.isolated import time_encoders  # pylint: disable=import-outside-toplevel
+    labels = {','.join(map(str, arch.tuple)): arch for arch in archs}
+    results = time_encoders(labels, costs.batch_size, costs.seq_len, costs.warmup, repeats,
+                            threads=costs.threads, clock=costs.clock, ctx=costs.ctx)
     out = {}
-    for arch in archs:
-        r = results[','.join(map(str, arch.tuple))]
+    for label, arch in labels.items():
+        r = results[label]
         out[arch.tuple] = {'per_sample_s': r.per_sample, 'median_s': r.median, 'p10_s': r.p10,
                            'p90_s': r.p90, 'q25_s': r.q25, 'q75_s': r.q75,
                            'batch_size': r.batch_size, 'seq_len': r.seq_len, 'warmup': r.warmup,
-                           'repeats': r.repeats, 'threads': r.threads, 'device': r.device}
-    del models, results
-    gc.collect()
+                           'repeats': r.repeats, 'threads': r.threads, 'clock': r.clock,
+                           'device': r.device}
     return out
 
 
@@ -109,7 +110,8 @@ def search_latency(strategy, arch: Architecture) -> Optional[Dict]:
             'high_s': record.get('high_s', record['seconds_per_sample']),
             'batch_size': env['batch_size'], 'seq_len': env['seq_len'],
             'warmup': env['warmup'], 'repeats': env['repeats'],
-            'threads': env.get('threads'), 'device': env.get('device')}
+            'threads': env.get('threads'), 'clock': env.get('clock'),
+            'device': env.get('device')}
 
 
 def _front_rows(strategy, summary: Dict, ranked: List[Dict]) -> List[Dict]:
@@ -170,7 +172,10 @@ def _table_section(strategy, rows: List[Dict], summary: Dict, unit: str, env: Di
     if env.get('kind') == 'measured':
         repeats = strategy.config.bo_remeasure_repeats or 2 * env['repeats']
         lines.append(f"Latency: batch {env['batch_size']}, sequence length {env['seq_len']}, "
-                     f"{env.get('threads', '?')} threads, {env.get('device', '?')}; search-time "
+                     f"{env.get('threads', '?')} threads "
+                     + (f"in a timing process ({env.get('clock')} clock)"
+                        if env.get('child_threads') else 'in the search process')
+                     + f", {env.get('device', '?')}; search-time "
                      f"median of {env['repeats']} runs, re-measured side by side with "
                      f"{repeats} runs, each after {env['warmup']} warm-up"
                      + (f"; the teacher, timed beside the front: "
@@ -200,8 +205,9 @@ def _remeasure_front(strategy, rows: List[Dict], teacher: Dict) -> None:
     config = strategy.config
     archs = [strategy.by_tuple[_key(r)] for r in rows]
     t_arch = strategy.teacher.get('arch')
-    again = remeasure(archs + ([t_arch] if t_arch is not None else []), config,
-                      ctx=strategy.evaluator.costs.ctx)
+    again = remeasure(archs + ([t_arch] if t_arch is not None else []),
+                      strategy.evaluator.costs,
+                      config.bo_remeasure_repeats or 2 * config.latency_repeats)
     t_again = again.get(t_arch.tuple) if t_arch is not None else None
     if t_again:
         teacher['remeasured'] = t_again

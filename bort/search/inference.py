@@ -19,7 +19,6 @@ workers timing at once on shared cores would measure each other.
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -136,28 +135,14 @@ class CostModel:
     def _measure(self, archs: Sequence[Architecture]) -> None:
         """Time a group of encoders with interleaved repeats (A, B, C, A, B, C, ...), so that
         load from elsewhere on the machine hits them alike."""
-        # pylint: disable=import-outside-toplevel
-        from ..inference.isolated import time_in_child
-        from ..inference.latency import compare_latency
-        from ..model import build_model
+        from ..inference.isolated import time_encoders  # pylint: disable=import-outside-toplevel
         ref_key = _shape_key(self.reference) if self.reference is not None else None
         timed = list(archs)
         if ref_key is not None and all(_shape_key(a) != ref_key for a in timed):
             timed.insert(0, self.reference)  # the teacher beside every group
-        if self.threads:
-            encoders = {_shape_key(a): a.replace(use_pooler=False).to_dict() for a in timed}
-            results = time_in_child(encoders, self.batch_size, self.seq_len, self.warmup,
-                                    self.repeats, threads=self.threads, clock=self.clock)
-        else:
-            models = {}
-            for arch in timed:
-                model = build_model(arch.replace(use_pooler=False), use_decoder=False,
-                                    ctx=self.ctx)
-                model.hybridize(static_alloc=True)
-                models[_shape_key(arch)] = model
-            results = compare_latency(models, self.batch_size, self.seq_len,
-                                      warmup=self.warmup, repeats=self.repeats, ctx=self.ctx)
-            del models
+        results = time_encoders({_shape_key(a): a for a in timed}, self.batch_size,
+                                self.seq_len, self.warmup, self.repeats, threads=self.threads,
+                                clock=self.clock, ctx=self.ctx)
         ref = results.get(ref_key) if ref_key is not None else None
         if ref is not None and ref_key not in self.measured:
             # i(T) is fixed at its first measurement: later groups (a resumed search, BO's
@@ -183,10 +168,7 @@ class CostModel:
                              low_s=entry['ratio_p10'] * base, high_s=entry['ratio_p90'] * base)
             if key != ref_key:
                 self.measured[key] = entry
-        # Gluon blocks sit in reference cycles: collect now, or every group's weights and
-        # memory plans stay alive until the collector happens to run (GBs over a grid).
         del results
-        gc.collect()
         self._dirty = True
         log.info('inference cost: %d encoders timed (batch %d, sequence %d, %d runs each)',
                  len(archs), self.batch_size, self.seq_len, self.repeats)
