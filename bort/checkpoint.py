@@ -238,8 +238,13 @@ def load_trainer_state(trainer: mx.gluon.Trainer, prefix: str, ctx: mx.Context) 
         each.states_synced = dict.fromkeys(states, True)
         each.optimizer = optimizer
     optimizer.num_update = int(meta['num_update'])
-    optimizer._index_update_count = {int(k): int(v)
-                                     for k, v in meta['index_update_count'].items()}
+    counts = {int(k): int(v) for k, v in meta['index_update_count'].items()}
+    # Every update first selects the counts of its device (_set_current_context) from this
+    # table: replacing only _index_update_count would be undone at the first update, and a
+    # bias-corrected Adam would restart its correction after every resume.
+    devices = set(optimizer._all_index_update_counts) | {ctx.device_id}
+    optimizer._all_index_update_counts = {device: dict(counts) for device in devices}
+    optimizer._index_update_count = optimizer._all_index_update_counts[ctx.device_id]
     optimizer.param_dict = dict(enumerate(trainer._params))
 
 

@@ -27,6 +27,10 @@ __all__ = ['BortModel', 'build_model', 'load_params', 'save_model', 'load_model'
 
 log = logging.getLogger(__name__)
 
+#: The standard deviation of every random weight (BERT's ``initializer_range``); biases and
+#: LayerNorm shifts start at 0, LayerNorm scales at 1.
+INIT_STD = 0.02
+
 PARAMS_FILE = 'model.params'
 
 
@@ -131,7 +135,7 @@ class BortModel(BERTModel):
     fused_kernels = True
 
     def __init__(self, arch: Architecture, use_decoder: bool = True, prefix=None, params=None):
-        weight_init = mx.init.Normal(0.02)
+        weight_init = mx.init.Normal(INIT_STD)
         encoder = BERTEncoder(num_layers=arch.num_layers, units=arch.units,
                               hidden_size=arch.hidden_size, max_length=arch.max_length,
                               num_heads=arch.num_heads, dropout=arch.dropout,
@@ -244,7 +248,12 @@ def build_model(arch: Architecture, use_decoder: bool = True, ctx=None,
     """
     model = BortModel(arch, use_decoder=use_decoder)
     if initialize:
-        model.initialize(ctx=ctx or mx.cpu())
+        # The default initialiser is for what GluonNLP builds without one: the attention
+        # cells' query/key/value projections and the MLM head's transform. MXNet's own
+        # default there is U(-0.07, 0.07) (twice BERT's scale: their products, the attention
+        # logits, four times), under which deep students from scratch stayed at the
+        # most-frequent-token rate (README, "Why deep students stalled").
+        model.initialize(init=mx.init.Normal(INIT_STD), ctx=ctx or mx.cpu())
     return model
 
 

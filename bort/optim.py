@@ -14,8 +14,14 @@ from gluonnlp.optimizer import BERTAdam
 from . import kernels
 from .distributed import Comm
 
-__all__ = ['learning_rate', 'SCHEDULES', 'make_trainer', 'clip_global_norm', 'global_norm',
-           'optimizer_step', 'no_decay', 'NORM_CHUNK', 'FusedBERTAdam']
+__all__ = ['learning_rate', 'SCHEDULES', 'OPTIMIZERS', 'make_trainer', 'clip_global_norm',
+           'global_norm', 'optimizer_step', 'no_decay', 'NORM_CHUNK', 'FusedBERTAdam', 'AdamW']
+
+#: What :func:`make_trainer` builds: ``adamw`` (Adam with bias correction and decoupled weight
+#: decay, as PyTorch's ``AdamW``), ``bertadam`` (the same without bias correction, as BERT and
+#: the released Bort scripts), ``adam`` (MXNet's Adam: bias-corrected, weight decay added to
+#: the gradient), ``sgd``.
+OPTIMIZERS = ('adamw', 'bertadam', 'adam', 'sgd')
 
 SCHEDULES = ('linear', 'noam', 'constant')
 
@@ -105,7 +111,46 @@ class FusedBERTAdam(BERTAdam):
                                  state[start:end], multi_precision)
 
 
-def make_trainer(params: mx.gluon.ParameterDict, comm: Comm, optimizer: str = 'bertadam',
+@mx.optimizer.Optimizer.register
+class AdamW(FusedBERTAdam):
+    """Adam with bias correction and decoupled weight decay: PyTorch's ``AdamW``.
+
+    At the t-th update of a parameter (its count, 1 on the first)::
+
+        m ← β1·m + (1−β1)·g        v ← β2·v + (1−β2)·g²
+        w ← w − lr·wd·w − lr/(1−β1^t) · m / (√v / √(1−β2^t) + ε)
+
+    BERT-Adam (:class:`FusedBERTAdam`) is the same without the two corrections; its first
+    updates are then several times larger than the rate says: the ratio m/√v it applies is
+    (1−β1^t)/√(1−β2^t) times Adam's, 3.2× at t = 1, 6.5× at t = 10, 3.2× at t = 100, 1.3× at
+    t = 1,000 (β 0.9, 0.999). Over the long warm-ups BERT used (10,000 steps) that hardly
+    matters; over runs of a few hundred or thousand steps it is the whole warm-up.
+
+    The update is BERT-Adam's operator with per-step constants: rate
+    ``lr·√(1−β2^t)/(1−β1^t)``, epsilon ``ε·√(1−β2^t)`` and weight decay scaled back by the
+    inverse of the rate's factor, which is the formula above exactly (all parameters of one
+    update share t).
+    """
+
+    def _update_impl(self, indices, weight, grad, state, multi_precision=False):
+        listed = isinstance(indices, (tuple, list))
+        first = indices[0] if listed else indices
+        # The count this update will have (every parameter of a run advances together).
+        t = self._index_update_count.get(first, self.begin_num_update) + 1
+        factor = math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
+        lr, wd, epsilon = self.lr, self.wd, self.epsilon
+        scheduled = self.lr_scheduler
+        try:
+            self.lr_scheduler = None
+            self.lr = (scheduled(self.num_update) if scheduled is not None else lr) * factor
+            self.wd = wd / factor
+            self.epsilon = epsilon * math.sqrt(1.0 - self.beta2 ** t)
+            super()._update_impl(indices, weight, grad, state, multi_precision)
+        finally:
+            self.lr, self.wd, self.epsilon, self.lr_scheduler = lr, wd, epsilon, scheduled
+
+
+def make_trainer(params: mx.gluon.ParameterDict, comm: Comm, optimizer: str = 'adamw',
                  lr: float = 1e-4, weight_decay: float = 0.01, epsilon: float = 1e-6,
                  momentum: float = 0.0, multi_precision: bool = False) -> mx.gluon.Trainer:
     """A trainer over ``params`` with gradients averaged across workers.
@@ -115,9 +160,11 @@ def make_trainer(params: mx.gluon.ParameterDict, comm: Comm, optimizer: str = 'b
     params : ParameterDict
         Trainable parameters (``grad_req != 'null'``).
     comm : Comm
-    optimizer : {'bertadam', 'adam', 'sgd'}
-        ``bertadam`` is GluonNLP's Adam with decoupled weight decay and no bias correction,
-        as BERT (run as :class:`FusedBERTAdam`); ``sgd`` is what the paper's search used.
+    optimizer : {'adamw', 'bertadam', 'adam', 'sgd'}
+        ``adamw`` is :class:`AdamW` (PyTorch's AdamW); ``bertadam`` is GluonNLP's Adam with
+        decoupled weight decay and no bias correction, as BERT and the released Bort scripts
+        (run as :class:`FusedBERTAdam`); ``adam`` is MXNet's Adam (weight decay added to the
+        gradient); ``sgd`` is what the paper's search used.
     lr : float
         Initial rate; loops overwrite it each step with :func:`learning_rate`.
     weight_decay : float
@@ -133,14 +180,14 @@ def make_trainer(params: mx.gluon.ParameterDict, comm: Comm, optimizer: str = 'b
         if no_decay(name):
             param.wd_mult = 0.0
     options = {'learning_rate': lr, 'wd': weight_decay, 'multi_precision': multi_precision}
-    if optimizer in ('bertadam', 'adam'):
-        options['epsilon'] = epsilon
-        if optimizer == 'bertadam':
-            optimizer = 'fusedbertadam'  # the same update, one operator (FusedBERTAdam)
-    elif optimizer == 'sgd':
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f'unknown optimizer {optimizer!r}; choose from {OPTIMIZERS}')
+    if optimizer == 'sgd':
         options['momentum'] = momentum
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'bertadam', 'adam' or 'sgd'")
+        options['epsilon'] = epsilon
+        # bertadam: the same update as GluonNLP's BERTAdam, one operator (FusedBERTAdam)
+        optimizer = {'bertadam': 'fusedbertadam'}.get(optimizer, optimizer)
     return comm.trainer(params, optimizer, options)
 
 

@@ -109,3 +109,23 @@ def test_missing_and_unexpected_parameters_are_listed(tmp_path, tiny_arch):
         save_model(build_model(tiny_arch), str(tmp_path / 'full'))
         load_params(build_model(tiny_arch, use_decoder=False, initialize=False),
                     str(tmp_path / 'full' / 'model.params'))
+
+
+def test_every_random_weight_is_bert_normal(tiny_bert_arch):
+    """BERT's initialisation everywhere: weights N(0, 0.02) (query/key/value and the MLM
+    transform included: MXNet's default U(−0.07, 0.07) there has std 0.040), biases and
+    LayerNorm shifts 0, LayerNorm scales 1. Checked by the Kolmogorov-Smirnov test against
+    scipy's normal distribution."""
+    from scipy import stats
+    from bort.model import param_dict
+    mx.random.seed(0)
+    model = build_model(tiny_bert_arch.replace(units=64, hidden_size=128), use_decoder=True)
+    for name, param in param_dict(model).items():
+        values = param.data().asnumpy().ravel()
+        if name.endswith(('bias', 'beta')):
+            assert not values.any(), name
+        elif name.endswith('gamma'):
+            np.testing.assert_array_equal(values, 1.0, err_msg=name)
+        else:
+            assert values.size >= 64, name
+            assert stats.kstest(values, 'norm', args=(0, 0.02)).pvalue > 1e-4, name

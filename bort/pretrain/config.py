@@ -9,13 +9,11 @@ from dataclasses import dataclass
 
 from ..cli import at_least, check_fields, non_negative, opt, positive, probability, unit_interval
 from ..errors import ConfigError
-from ..optim import SCHEDULES
+from ..optim import OPTIMIZERS, SCHEDULES
 from .names import MODEL_SPEC_HELP
 
 __all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES', 'PATH_FIELDS', 'RESUME_FREE_FIELDS']
 
-#: Optimizers :func:`bort.optim.make_trainer` builds.
-OPTIMIZERS = ('bertadam', 'adam', 'sgd')
 #: Training precisions; float16 is the one mixed-precision path (GPU only).
 DTYPES = ('float32', 'float16')
 #: Settings that name files or folders: a resume compares them resolved (``./x/`` is ``x``).
