@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     setup_logging(comm)
     # minilm is built (or a Hugging Face folder imported) once; the folder is logged and is
     # what the checkpoints record.
-    if config.teacher and config.kd_weight > 0:
+    if config.teacher and (config.kd_weight > 0 or config.init == 'teacher'):
         config.teacher = resolve_model_dir(config.teacher, comm=comm, what='teacher')
     if config.init_from:
         config.init_from = resolve_model_dir(config.init_from, comm=comm, what='init_from')

@@ -23,7 +23,8 @@ from .arch import Architecture, load_arch, save_arch
 from .errors import UserError
 
 __all__ = ['BortModel', 'build_model', 'load_params', 'save_model', 'load_model', 'save_arrays',
-           'CheckpointMismatchError', 'param_dict', 'count_parameters', 'PARAMS_FILE']
+           'CheckpointMismatchError', 'param_dict', 'count_parameters', 'output_bias',
+           'PARAMS_FILE']
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,16 @@ def param_dict(model: mx.gluon.Block) -> Dict[str, mx.gluon.Parameter]:
             seen.add(id(param))
             named[name] = param
     return named
+
+
+def output_bias(model) -> mx.gluon.Parameter:
+    """The (vocab_size,) bias of the decoder's last layer: the logits' offset per token."""
+    vocab = model.arch.vocab_size
+    found = [p for p in model.decoder.collect_params().values()
+             if p.name.endswith('bias') and p.shape == (vocab,)]
+    if len(found) != 1:
+        raise RuntimeError(f'expected one ({vocab},) decoder bias, found {len(found)}')
+    return found[0]
 
 
 def count_parameters(model: mx.gluon.Block) -> int:

@@ -343,3 +343,75 @@ def test_a_bad_setting_on_the_command_line_is_one_line_and_status_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith('--batch_size must be >= 1, got -4')
     assert 'Traceback' not in proc.stderr
+
+
+# -- how the student starts ---------------------------------------------------------------------
+def test_init_teacher_starts_from_the_extracted_student(tmp_path, data, monkeypatch):
+    """--init teacher: the student's weights before the first update are
+    bort.extraction.extract_student's of the teacher (captured as the loop builds them)."""
+    from bort.extraction import extract_student
+    _, tok = data
+    teacher = save_teacher(str(tmp_path / 't'), tok.vocab_size, tokenizer=tok)
+    built = {}
+    real = pretrain_module.extract_student
+
+    def capture(*args, **kwargs):
+        model = real(*args, **kwargs)
+        built.update({n: p.data().asnumpy().copy() for n, p in param_dict(model).items()})
+        return model
+
+    monkeypatch.setattr(pretrain_module, 'extract_student', capture)
+    arch = student_arch(tok.vocab_size).replace(units=24, num_heads=2, hidden_size=48)
+    config = _config(tmp_path, data, kd_weight=0.0, mlm_weight=1.0, teacher=teacher,
+                     init='teacher', arch=arch_json(arch), total_steps=2)
+    pretrain(config)
+    expected = extract_student(load_model(teacher), arch, 'even', 'magnitude')
+    for name, param in param_dict(expected).items():
+        np.testing.assert_array_equal(built[name], param.data().asnumpy(), err_msg=name)
+
+
+def test_init_teacher_refuses_a_student_larger_than_the_teacher(tmp_path, data):
+    from bort.arch import ArchitectureError
+    _, tok = data
+    teacher = save_teacher(str(tmp_path / 't'), tok.vocab_size, tokenizer=tok)
+    arch = student_arch(tok.vocab_size).replace(num_layers=3)
+    with pytest.raises(ArchitectureError, match='num_layers'):
+        pretrain(_config(tmp_path, data, kd_weight=0.0, mlm_weight=1.0, teacher=teacher,
+                         init='teacher', arch=arch_json(arch)))
+
+
+def test_unigram_decoder_bias_is_the_training_tokens_log_frequencies(tmp_path, data,
+                                                                      monkeypatch):
+    """The output bias before the first update equals log((count + 0.5) / total) of the
+    training shards' real tokens, counted here from the text the tokenizer makes."""
+    folder, tok = data
+    seen = {}
+    real = pretrain_module.output_bias
+
+    def capture(model):
+        param = real(model)
+        seen.setdefault('first', param)
+        return param
+
+    monkeypatch.setattr(pretrain_module, 'output_bias', capture)
+    config = _config(tmp_path, data, kd_weight=0.0, mlm_weight=1.0, decoder_bias='unigram',
+                     total_steps=1, lr=1e-12)
+    from bort.pretrain.shards import original_tokens, read_shard
+    counts = np.full(tok.vocab_size, 0.5)
+    for path in list_shards(folder):
+        arrays = read_shard(path)
+        tokens = original_tokens(arrays)
+        for row, length in zip(tokens, arrays['valid_lengths']):
+            for t in row[:length]:
+                if t not in (tok.cls_id, tok.sep_id, tok.pad_id):
+                    counts[t] += 1
+    pretrain(config)
+    # lr 1e-12: one update leaves the bias where it started, to float32 rounding
+    np.testing.assert_allclose(seen['first'].data().asnumpy(), np.log(counts / counts.sum()),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_init_teacher_needs_a_teacher(tmp_path, data):
+    from bort.errors import ConfigError
+    with pytest.raises(ConfigError, match='--init teacher needs --teacher'):
+        pretrain(_config(tmp_path, data, kd_weight=0.0, mlm_weight=1.0, init='teacher'))

@@ -9,11 +9,16 @@ from dataclasses import dataclass
 
 from ..cli import at_least, check_fields, non_negative, opt, positive, probability, unit_interval
 from ..errors import ConfigError
+from ..extraction import LAYER_CHOICES, UNIT_CHOICES
 from ..optim import OPTIMIZERS, SCHEDULES
 from .names import MODEL_SPEC_HELP
 
-__all__ = ['PretrainConfig', 'OPTIMIZERS', 'DTYPES', 'PATH_FIELDS', 'RESUME_FREE_FIELDS']
+__all__ = ['PretrainConfig', 'OPTIMIZERS', 'DECODER_BIASES', 'INITS', 'DTYPES', 'PATH_FIELDS', 'RESUME_FREE_FIELDS']
 
+#: How a student starts.
+INITS = ('scratch', 'teacher')
+#: Initial output biases of a student's masked-LM head.
+DECODER_BIASES = ('zero', 'unigram')
 #: Training precisions; float16 is the one mixed-precision path (GPU only).
 DTYPES = ('float32', 'float16')
 #: Settings that name files or folders: a resume compares them resolved (``./x/`` is ``x``).
@@ -53,6 +58,20 @@ class PretrainConfig:
                              check=positive)
     released_quirks: bool = opt(False, "the released script's loss (softmax twice, vocabulary "
                                 'mean)')
+    init: str = opt('scratch', "how the student starts: 'scratch' (random weights, the paper's "
+                    "reading) or 'teacher' (sliced out of --teacher's weights: "
+                    'bort.extraction; needs a tuple that fits inside the teacher)',
+                    choices=INITS)
+    extract_layers: str = opt('even', "with --init teacher: which teacher layers, 'even' "
+                              "(evenly spaced, ending with the last) or 'first'",
+                              choices=LAYER_CHOICES)
+    extract_units: str = opt('magnitude', "with --init teacher: which width dimensions, heads "
+                             "and FFN neurons, 'magnitude' (data-free importance) or 'first'",
+                             choices=UNIT_CHOICES)
+    decoder_bias: str = opt('zero', "initial output bias of the student's masked-LM head: "
+                            "'zero' (the paper's from-scratch start) or 'unigram' (the log "
+                            'frequencies of the training tokens: the student starts where '
+                            'learning frequencies would take it)', choices=DECODER_BIASES)
     mask_ratio: float = opt(0.15, 'fraction of tokens masked (dynamic masking, 80/10/10)',
                             check=probability)
     max_predictions: int = opt(76, 'masked positions per sequence at most', check=at_least(1))
@@ -101,6 +120,12 @@ class PretrainConfig:
                               'python -m bort.pretrain.prepare)')
         if self.kd_weight == 0 and self.mlm_weight == 0:
             raise ConfigError('--kd_weight and --mlm_weight are both 0: nothing to train')
+        if self.init == 'teacher' and not self.teacher:
+            raise ConfigError('--init teacher needs --teacher (the model to extract the '
+                              'student from)')
+        if self.init == 'teacher' and self.init_from:
+            raise ConfigError('--init teacher and --init_from both say how the student '
+                              'starts: pass one')
         if self.kd_weight > 0 and not self.teacher:
             raise ConfigError('--kd_weight > 0 needs --teacher (or pass --kd_weight 0 for the '
                               'self-supervised baseline)')

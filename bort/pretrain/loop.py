@@ -33,16 +33,17 @@ import mxnet as mx
 import numpy as np
 
 from ..arch import ArchitectureError, get_arch, load_arch
+from ..extraction import extract_student
 from ..checkpoint import CheckpointManager, check_resume, settings_record, step_seed
 from .losses import kd_loss, masked_accuracy
 from ..distributed import Comm
 from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
 from ..log import MetricsLog
-from ..model import PARAMS_FILE, BortModel, build_model, load_params, save_model
+from ..model import PARAMS_FILE, BortModel, build_model, load_params, output_bias, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
 from ..runlock import building_folder, hold_run_folder, replace_folder
 from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
-from .shards import check_shards, read_meta, vocab_fingerprint
+from .shards import check_shards, read_meta, shard_unigram, vocab_fingerprint
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, PretrainConfig
 from .evaluate import (evaluate, most_frequent_rate, params_digest, plot_curves,
                        warn_if_constant, window_record)
@@ -89,20 +90,32 @@ def _build(config: PretrainConfig, meta: Dict, comm: Comm):
     if longest > arch.max_length:
         raise ArchitectureError(f'the data has sequences of up to {longest} tokens but the '
                                 f'student has {arch.max_length} positions (max_length)')
+    teacher = None
+    if config.kd_weight > 0 or config.init == 'teacher':
+        teacher = Teacher.load(config.teacher, meta['vocab_size'], meta.get('vocab_sha1'),
+                               ctx=comm.ctx, hybridize=config.hybridize)
     mx.random.seed(config.seed)
-    student = build_model(arch, use_decoder=True, ctx=comm.ctx)
+    if config.init == 'teacher':
+        # Sliced before the teacher is ever cast: float32 weights.
+        student = extract_student(teacher.model, arch, config.extract_layers,
+                                  config.extract_units, ctx=comm.ctx)
+    else:
+        student = build_model(arch, use_decoder=True, ctx=comm.ctx)
     if config.init_from:
         # Strict: the folder must have an MLM head and fit the architecture exactly.
         load_params(student, os.path.join(config.init_from, PARAMS_FILE), ctx=comm.ctx)
         log.info('student initialised from %s (%s)', config.init_from, arch.label)
+    elif config.decoder_bias == 'unigram' and config.init == 'scratch':
+        log_q = shard_unigram(list_shards(config.data), meta['vocab_size'],
+                              [meta['cls_id'], meta['sep_id'], meta['pad_id']])
+        output_bias(student).set_data(mx.nd.array(log_q, ctx=comm.ctx))
+        log.info('student output bias: log frequencies of the training tokens')
     check_vocab_size('the student', student.arch.vocab_size, meta['vocab_size'], 'meta.json')
-    teacher = None
-    if config.kd_weight > 0:
-        teacher = Teacher.load(config.teacher, meta['vocab_size'], meta.get('vocab_sha1'),
-                               ctx=comm.ctx, hybridize=config.hybridize)
-        if config.dtype == 'float16':
-            teacher.model.cast('float16')
-    elif config.teacher:
+    if config.kd_weight == 0:
+        teacher = None  # only extracted from
+    elif config.dtype == 'float16':
+        teacher.model.cast('float16')
+    if config.kd_weight == 0 and config.teacher and config.init != 'teacher':
         log.info('kd_weight is 0: the teacher %s is not used', config.teacher)
     return student, teacher
 

@@ -22,7 +22,8 @@ from ..errors import DataFormatError, read_json
 from .masking import MaskingConfig, mask_tokens
 
 __all__ = ['SHARD_KEYS', 'META_FILE', 'META_FORMAT', 'write_shard', 'check_shard',
-           'check_shards', 'read_shard', 'original_tokens', 'read_meta', 'vocab_fingerprint']
+           'check_shards', 'read_shard', 'original_tokens', 'read_meta', 'vocab_fingerprint',
+           'unigram_log_probs', 'shard_unigram']
 
 SHARD_KEYS = ('input_ids', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
               'masked_lm_weights', 'next_sentence_labels', 'valid_lengths')
@@ -166,6 +167,50 @@ def original_tokens(arrays: Dict[str, np.ndarray]) -> np.ndarray:
     rows, cols = np.nonzero(arrays['masked_lm_weights'] > 0)
     tokens[rows, arrays['masked_lm_positions'][rows, cols]] = arrays['masked_lm_ids'][rows, cols]
     return tokens
+
+
+def unigram_log_probs(token_batches: Sequence[np.ndarray], vocab_size: int,
+                      smoothing: float = 0.5) -> np.ndarray:
+    """log q of the unigram distribution of the training tokens (add-``smoothing`` counts).
+
+    The "learned nothing but frequencies" baseline: a model that outputs q at every masked
+    position has cross-entropy −Σ_v p_T(v) log q(v) against the teacher.
+
+    Parameters
+    ----------
+    token_batches : sequence of int arrays
+        Token ids (any shape; padding and special tokens removed by the caller).
+    vocab_size : int
+    smoothing : float
+        Added to every count (every token keeps a finite log-probability).
+
+    Returns
+    -------
+    (vocab_size,) float64
+    """
+    counts = np.full(vocab_size, smoothing, dtype=np.float64)
+    for ids in token_batches:
+        counts += np.bincount(np.asarray(ids, dtype=np.int64).ravel(), minlength=vocab_size)[
+            :vocab_size]
+    return np.log(counts / counts.sum())
+
+
+def shard_unigram(paths: Sequence[str], vocab_size: int, special_ids: Sequence[int]
+                  ) -> np.ndarray:
+    """(vocab_size,) float64 log-frequencies of the real tokens of training shards.
+
+    Every row's tokens up to its valid length, the stored masking undone
+    (:func:`original_tokens`), special tokens (CLS, SEP, padding) left out: what a masked
+    position holds, as :func:`unigram_log_probs` counts it.
+    """
+    batches = []
+    for path in paths:
+        arrays = read_shard(path)
+        tokens = original_tokens(arrays)
+        keep = np.arange(tokens.shape[1])[None, :] < arrays['valid_lengths'][:, None]
+        ids = tokens[keep]
+        batches.append(ids[~np.isin(ids, np.asarray(special_ids))])
+    return unigram_log_probs(batches, vocab_size)
 
 
 #: The integer fields of meta.json the training loops read.

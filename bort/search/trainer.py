@@ -21,12 +21,12 @@ import mxnet as mx
 from ..arch import Architecture
 from ..distributed import Comm
 from ..pretrain.teacher import mlm_logits
-from ..model import build_model
+from ..model import build_model, output_bias
 from ..optim import learning_rate, make_trainer, optimizer_step
 from .config import SearchConfig
 from .targets import TeacherTargets
 
-__all__ = ['candidate_seed', 'candidate_step', 'output_bias', 'train_candidate']
+__all__ = ['candidate_seed', 'candidate_step', 'train_candidate']
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,6 @@ def candidate_seed(seed: int, arch: Architecture) -> int:
     """A seed of its own for each candidate, from the search seed and the tuple."""
     text = f'{seed}:' + ','.join(map(str, arch.tuple))
     return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % (2 ** 31 - 1)
-
-
-def output_bias(model) -> mx.gluon.Parameter:
-    """The (vocab_size,) bias of the decoder's last layer: the logits' offset per token."""
-    vocab = model.arch.vocab_size
-    found = [p for p in model.decoder.collect_params().values()
-             if p.name.endswith('bias') and p.shape == (vocab,)]
-    if len(found) != 1:
-        raise RuntimeError(f'expected one ({vocab},) decoder bias, found {len(found)}')
-    return found[0]
 
 
 def candidate_step(model, trainer: mx.gluon.Trainer, params, targets: TeacherTargets,

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..pretrain.shards import unigram_log_probs
 from .space import arch_key
 
 __all__ = ['kendall_tau', 'pooled_noise', 'w_interval', 'ranking_sources', 'fidelity_summary',
@@ -292,29 +293,3 @@ def fidelity_choice(ranked: Sequence[Dict], count: int) -> List[tuple]:
         return [arch_key(r) for r in ordered]
     picks = sorted({int(round(x)) for x in np.linspace(0, len(ordered) - 1, count)})
     return [arch_key(ordered[i]) for i in picks]
-
-
-def unigram_log_probs(token_batches: Sequence[np.ndarray], vocab_size: int,
-                      smoothing: float = 0.5) -> np.ndarray:
-    """log q of the unigram distribution of the training tokens (add-``smoothing`` counts).
-
-    The "learned nothing but frequencies" baseline: a model that outputs q at every masked
-    position has cross-entropy −Σ_v p_T(v) log q(v) against the teacher.
-
-    Parameters
-    ----------
-    token_batches : sequence of int arrays
-        Token ids (any shape; padding and special tokens removed by the caller).
-    vocab_size : int
-    smoothing : float
-        Added to every count (every token keeps a finite log-probability).
-
-    Returns
-    -------
-    (vocab_size,) float64
-    """
-    counts = np.full(vocab_size, smoothing, dtype=np.float64)
-    for ids in token_batches:
-        counts += np.bincount(np.asarray(ids, dtype=np.int64).ravel(), minlength=vocab_size)[
-            :vocab_size]
-    return np.log(counts / counts.sum())
