@@ -41,7 +41,8 @@ def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
     Returns
     -------
     dict
-        ``eval_mlm_acc, eval_mlm_top5, eval_mlm_loss`` [, ``eval_kd_ce``].
+        ``eval_mlm_acc, eval_mlm_top5, eval_mlm_loss, eval_masked`` (positions scored)
+        [, ``eval_kd_ce``].
     """
     sums = np.zeros(5)  # correct, count, top-5 hits, MLM loss sum, KD loss sum
     for batch in batches:
@@ -56,7 +57,7 @@ def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
         sums += [correct, count, top5, mlm.asscalar() * count, kd.asscalar() * count]
     count = max(sums[1], 1.0)
     out = {'eval_mlm_acc': sums[0] / count, 'eval_mlm_top5': sums[2] / count,
-           'eval_mlm_loss': sums[3] / count}
+           'eval_mlm_loss': sums[3] / count, 'eval_masked': int(sums[1])}
     if teacher is not None:
         out['eval_kd_ce'] = sums[4] / count
     return out
