@@ -156,7 +156,8 @@ def test_shuffled_batches_are_a_random_partition():
     rows = np.concatenate([b for b, _ in batches])
     assert sorted(rows.tolist()) == list(range(203))
     assert [len(b) for b, _ in batches] == [16] * 12 + [11]
-    assert all(padded >= max(lengths[i] for i in b) for b, padded in batches)
+    assert all(max(lengths[i] for i in b) <= padded < max(lengths[i] for i in b) + 8
+               and padded % 8 == 0 for b, padded in batches)
     # Not length-sorted: a batch's spread of lengths is that of random rows (bucketed: tiny).
     spread = np.mean([np.ptp([lengths[i] for i in b]) for b, _ in batches])
     bucketed = epoch_batches(lengths, 16, seed=5, epoch=0, batching='bucketed')
