@@ -39,7 +39,7 @@ def _parse(argv):
     parser.add_argument('--data', required=True, help='a folder from bort.pretrain.prepare')
     parser.add_argument('--out', required=True, help='folder of the study (one run each)')
     parser.add_argument('--teacher', default='minilm', help='teacher (distillation and '
-                        'extraction): minilm, a project or Hugging Face model folder')
+                        'extraction): minilm, a project or Hugging Face model folder; "" for none')
     parser.add_argument('--steps', type=int, default=150, help='optimizer steps per run')
     parser.add_argument('--eval_interval', type=int, default=25, help='steps between '
                         'held-out evaluations')
@@ -78,7 +78,7 @@ def main(argv=None):
     from bort.pretrain.shards import read_meta
     from bort.pretrain.stream import fixed_batches, list_shards
 
-    teacher = resolve_model_dir(args.teacher, what='teacher')
+    teacher = resolve_model_dir(args.teacher, what='teacher') if args.teacher else ''
     overrides = {}
     for item in args.set:
         key, _, value = item.partition('=')

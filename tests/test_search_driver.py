@@ -422,3 +422,19 @@ def test_search_curves_per_candidate_and_resumed_without_repeats(tiny_inputs, tm
     assert [v for _, v in scalars['best_w']] == pytest.approx([r['best_w'] for r in records
                                                               if r.get('final')], rel=1e-6)
     assert 'arch' not in scalars and 'diverged' not in scalars
+
+
+def test_init_teacher_extracts_candidates(tiny_inputs, tmp_path):
+    """--init teacher: the teacher's own tuple, extracted and barely trained, has e = KL ≈ 0
+    (it is the teacher); from scratch it is far from it. A grid tuple that does not fit inside
+    the teacher is refused before anything is trained, naming the dimension."""
+    from bort.arch import ArchitectureError
+    own = dict(num_layers=(2,), num_heads=(4,), units=(16,), hidden_size=(32,), epsilon=1,
+               steps=1, lr=1e-12, error='kl')
+    extracted = run_search(tiny_config(tiny_inputs, tmp_path / 'x', init='teacher', **own))
+    scratch = run_search(tiny_config(tiny_inputs, tmp_path / 's', **own))
+    assert extracted['candidates'][0]['error'] == pytest.approx(0.0, abs=0.02)
+    assert scratch['candidates'][0]['error'] > 0.2
+    with pytest.raises(ArchitectureError, match='hidden_size'):
+        run_search(tiny_config(tiny_inputs, tmp_path / 'big', init='teacher',
+                               num_heads=(4,), units=(16,), hidden_size=(16, 64)))

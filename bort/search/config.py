@@ -99,6 +99,11 @@ class SearchConfig:
     clip: float = opt(1.0, 'global gradient-norm clipping constant (0: none)', check=non_negative)
     warmup_ratio: float = opt(0.1, 'warm-up proportion of s', check=unit_interval)
     schedule: str = opt('linear', 'decay after warm-up', choices=('linear', 'noam', 'constant'))
+    init: str = opt('scratch', "how every candidate starts: 'scratch' (random weights, the "
+                    "paper's reading) or 'teacher' (sliced out of the teacher's weights, "
+                    'bort.extraction: evenly spaced layers, width, heads and FFN neurons by '
+                    'magnitude; the output bias is then the teacher\'s)',
+                    choices=('scratch', 'teacher'))
     decoder_bias: str = opt('unigram', "initial output bias of every candidate's masked-LM decoder: "
                             "'zero' (the paper's from-scratch training) or 'unigram' (log "
                             'frequencies of the training tokens, so that no step is spent '
@@ -225,7 +230,7 @@ class SearchConfig:
         """
         keys = ('teacher', 'corpus', 'corpus_bytes', 'steps', 'batch_size', 'seq_len',
                 'optimizer', 'lr', 'momentum', 'weight_decay', 'clip', 'warmup_ratio',
-                'schedule', 'decoder_bias', 'temperature', 'mask_ratio', 'train_batches', 'heldout_batches',
+                'schedule', 'init', 'decoder_bias', 'temperature', 'mask_ratio', 'train_batches', 'heldout_batches',
                 'cache_topk', 'cache_tail', 'seed')
         values = {k: getattr(self, k) for k in keys}
         if teacher_weights:

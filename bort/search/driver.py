@@ -34,6 +34,7 @@ from ..log import progress as rank0_progress
 from ..model import PARAMS_FILE
 from ..pretrain.default_teacher import file_digest, resolve_teacher
 from ..pretrain.masking import masking_for
+from ..extraction import check_fits
 from ..pretrain.teacher import Teacher
 from ..runlock import LOCK_FILE, hold_folder
 from .compare import COMPARED, run_comparison
@@ -240,8 +241,12 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
     costs = CostModel(config, config.out, ctx=comm.ctx)
     teacher_arch = model.arch.replace(use_pooler=False)
     costs.set_reference(teacher_arch)
-    evaluator = CandidateEvaluator(config, comm, targets, costs, store, progress=bars)
+    evaluator = CandidateEvaluator(config, comm, targets, costs, store, progress=bars,
+                                   teacher=model if config.init == 'teacher' else None)
     space = build_space(resolve_grid(config), base=model.arch)
+    if config.init == 'teacher':  # every tuple must fit inside the teacher, named if not
+        for arch in space.valid:
+            check_fits(arch, teacher_arch)
     # Reference rows keep the teacher's vocabulary, as RoBERTa-base is "BERT-base" in the paper.
     references = [teacher_arch.replace(num_layers=r.num_layers, num_heads=r.num_heads,
                                        units=r.units, hidden_size=r.hidden_size)

@@ -178,11 +178,15 @@ class CandidateEvaluator:
     store : ResultStore
     progress : callable, optional
         ``progress(iterable, **tqdm_kwargs)``, e.g. :func:`bort.log.progress` bound to rank 0.
+    teacher : BortModel, optional
+        The teacher, for ``config.init`` 'teacher'.
     """
 
     def __init__(self, config: SearchConfig, comm: Comm, targets: TeacherTargets,
-                 costs: CostModel, store: ResultStore, progress: Optional[Callable] = None):
+                 costs: CostModel, store: ResultStore, progress: Optional[Callable] = None,
+                 teacher=None):
         self.config = config
+        self.teacher = teacher  # the model candidates are extracted from (init 'teacher')
         self.comm = comm
         self.targets = targets
         self.costs = costs
@@ -276,7 +280,7 @@ class CandidateEvaluator:
         bar = self.progress(items, desc=desc, unit='cand') if self.progress else items
         for n, (arch, cost) in enumerate(bar, 1):
             result = train_candidate(arch, self.targets, config, ctx=self.comm.ctx,
-                                     progress=self.progress)
+                                     progress=self.progress, teacher=self.teacher)
             d, a, h, i = arch.tuple
             record = dict(num_layers=d, num_heads=a, units=h, hidden_size=i, **cost, **result)
             store.put(record)

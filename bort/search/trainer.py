@@ -20,6 +20,7 @@ import mxnet as mx
 
 from ..arch import Architecture
 from ..distributed import Comm
+from ..extraction import extract_student
 from ..pretrain.teacher import mlm_logits
 from ..model import build_model, output_bias
 from ..optim import learning_rate, make_trainer, optimizer_step
@@ -69,8 +70,9 @@ def candidate_step(model, trainer: mx.gluon.Trainer, params, targets: TeacherTar
 
 def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchConfig,
                     ctx: Optional[mx.Context] = None,
-                    progress: Optional[Callable] = None) -> Dict:
-    """Train ``arch`` from scratch for ``config.steps`` steps and measure its surrogate error.
+                    progress: Optional[Callable] = None, teacher=None) -> Dict:
+    """Train ``arch`` for ``config.steps`` steps (from scratch, or extracted from ``teacher``
+    with ``config.init`` 'teacher') and measure its surrogate error.
 
     Parameters
     ----------
@@ -84,6 +86,8 @@ def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchC
     ctx : mx.Context, optional
     progress : callable, optional
         ``progress(iterable, **tqdm_kwargs)`` for a bar over the steps.
+    teacher : BortModel, optional
+        The teacher model, needed with ``config.init`` 'teacher'.
 
     Returns
     -------
@@ -97,8 +101,13 @@ def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchC
     seed = candidate_seed(config.seed, arch)
     mx.random.seed(seed)
     start = time.time()
-    model = build_model(arch, use_decoder=True, ctx=ctx)
-    if config.decoder_bias == 'unigram':
+    if config.init == 'teacher':
+        if teacher is None:
+            raise ValueError("init 'teacher' needs the teacher model")
+        model = extract_student(teacher, arch, ctx=ctx)
+    else:
+        model = build_model(arch, use_decoder=True, ctx=ctx)
+    if config.decoder_bias == 'unigram' and config.init == 'scratch':
         log_q = targets.data.unigram_log_probs(config.steps)  # of the batches it trains on
         output_bias(model).set_data(mx.nd.array(log_q, ctx=ctx))
     model.hybridize(static_alloc=True)
