@@ -50,7 +50,7 @@ def _config(tmp_path, name, **changes):
 
 
 def _agora(teacher, **changes):
-    values = dict(teacher=teacher, seeds=[0, 1], lrs=[1e-3, 1e-5], weight_decays=[0.0],
+    values = dict(teacher=teacher, seeds=[0, 1], lrs=[1e-2, 1e-5], weight_decays=[0.0],
                   warmup_ratios=[0.1], batch_sizes=[8], transform='swap')
     values.update(changes)
     return AgoraConfig(**values)
