@@ -6,7 +6,9 @@ explicit ``-m`` expression selects by marker instead (``-m slow``, ``-m horovod`
 """
 import os
 import shutil
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -62,3 +64,30 @@ def tiny_bert_arch(tiny_arch):
 @pytest.fixture
 def rng():
     return np.random.RandomState(0)
+
+
+_HOLDER = textwrap.dedent('''
+    import sys, time
+    from bort.runlock import hold_folder
+    with hold_folder(sys.argv[1], what='the first run'):
+        print('held', flush=True)
+        time.sleep(120)
+''')
+
+
+@pytest.fixture
+def holder():
+    """Start another process holding a folder (as a run does); killed at the end."""
+    procs = []
+
+    def start(folder):
+        proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(folder)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == 'held'
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -15,15 +14,6 @@ import pytest
 import toy_glue
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-_HOLDER = textwrap.dedent('''
-    import sys, time
-    from bort.runlock import hold_folder
-    with hold_folder(sys.argv[1], what='the first run'):
-        print('held', flush=True)
-        time.sleep(120)
-''')
-
 
 @pytest.fixture(autouse=True)
 def keep_logging():
@@ -36,23 +26,6 @@ def keep_logging():
             handler.close()
     root.handlers[:] = handlers
     root.setLevel(level)
-
-
-@pytest.fixture
-def holder():
-    procs = []
-
-    def start(folder):
-        proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(folder)],
-                                stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdout.readline().strip() == 'held'
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
 
 
 def _config_file(tmp_path, config, name='config.json'):

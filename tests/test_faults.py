@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -22,33 +21,6 @@ from bort.runlock import FolderInUseError
 from pretrain_helpers import arch_json, prepared_data, student_arch, write_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-_HOLDER = textwrap.dedent('''
-    import sys, time
-    from bort.runlock import hold_folder
-    with hold_folder(sys.argv[1], what='the first run'):
-        print('held', flush=True)
-        time.sleep(120)
-''')
-
-
-@pytest.fixture
-def holder():
-    """Start another process holding a folder (as a run does); killed at the end."""
-    procs = []
-
-    def start(folder):
-        proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(folder)],
-                                stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdout.readline().strip() == 'held'
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
 
 @pytest.fixture
 def data(tmp_path):
