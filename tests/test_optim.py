@@ -100,12 +100,7 @@ def test_bertadam_update_against_numpy():
     """Two steps of BERT-Adam (decoupled weight decay, no bias correction) written from the
     formula: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², w ← w − lr·(m / (√v + ε) + wd·w)."""
     rng = np.random.RandomState(0)
-    net = mx.gluon.nn.HybridSequential(prefix='net_')
-    with net.name_scope():
-        net.add(mx.gluon.nn.Dense(3, in_units=4), mx.gluon.nn.LayerNorm(in_channels=3))
-    mx.random.seed(0)
-    net.initialize(mx.init.Normal(0.5))
-    params = net.collect_params()
+    params = _small_net().collect_params()
     lr, wd, eps = 0.05, 0.1, 1e-6
     trainer = make_trainer(params, Comm(), 'bertadam', lr=lr, weight_decay=wd, epsilon=eps)
     # BERT-Adam's default betas, as the float32 kernel holds them (1 − β2 is 0.00099999 there)
