@@ -216,6 +216,11 @@ def test_two_workers_stay_synchronised_and_match_one_process(tmp_path):
                       show_progress=False)
     weights = _weights(single.model)
     for name in ranks[0].files:  # and the weights one process reaches with the same batch
+        if 'proj_key.bias' in name:
+            # Its gradient is 0 in exact arithmetic (a key bias adds the same score to every
+            # key of a query); Adam turns the rounding noise into steps of about the rate, so
+            # it differs between any two summation orders, without changing any output.
+            continue
         np.testing.assert_allclose(ranks[0][name], weights[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
     initial = _weights(finetune(toy_glue.finetune_config(

@@ -79,6 +79,7 @@ def test_artefact_round_trip(setup, tmp_path):
 
 def test_pooler_and_token_types(tiny_bert_arch, rng, tmp_path):
     """BortModel's call order (tokens, token types, lengths), also after a save and load."""
+    mx.random.seed(0)
     model = build_model(tiny_bert_arch, use_decoder=False)
     tokens = rng.randint(0, tiny_bert_arch.vocab_size, (16, 12))
     types = rng.randint(0, 2, tokens.shape)

@@ -27,7 +27,7 @@ def test_glue_classification_tsv(tmp_path):
 
 def test_stsb_floats_clipped_to_range_at_full_precision(tmp_path):
     text = write_submission('STS-B', [0, 1, 2], [3.14159, -0.2, 5.7], tmp_path).read_text()
-    assert text == 'index\tprediction\n0\t3.14159\n1\t0.0\n2\t5.0\n'
+    assert text == 'index\tprediction\n0\t3.14159\n1\t0.000\n2\t5.000\n'  # 3 decimals where exact
 
 
 def test_stsb_submission_keeps_pearson_on_a_narrow_range(tmp_path):

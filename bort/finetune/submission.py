@@ -57,9 +57,11 @@ def _glue_tsv(spec: TaskSpec, ids: Sequence[Any], predictions: Sequence[Any]) ->
     lines = ['index\tprediction']
     for idx, pred in zip(ids, predictions):
         if spec.is_regression:
-            # Full precision (the shortest text that reads back as the same float): rounding
-            # to 3 decimals changed Pearson on narrow score ranges.
-            value = repr(min(max(float(pred), 0.0), 5.0))
+            # Full precision: rounding to 3 decimals changed Pearson on narrow score ranges.
+            # Three decimals where they are exact (the official files' layout, '3.000'),
+            # otherwise the shortest text that reads back as the same float.
+            score = min(max(float(pred), 0.0), 5.0)
+            value = f'{score:.3f}' if float(f'{score:.3f}') == score else repr(score)
         else:
             value = str(spec.submission_label(pred))
         lines.append(f'{_plain(idx)}\t{value}')
