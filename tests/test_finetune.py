@@ -259,3 +259,32 @@ def test_predict_with_finetuned_writes_beside_it_without_output_dir(tmp_path):
     # runs/…/best -> the submission and dev_metrics.json go to runs/…, not runs/finetune
     assert os.path.dirname(summary['submission']) == config.output_dir
     assert os.path.isfile(os.path.join(config.output_dir, 'dev_metrics.json'))
+
+
+@pytest.mark.horovod
+@pytest.mark.skipif(toy_glue.horovodrun() is None, reason='horovodrun is not installed')
+def test_one_horovod_worker_reproduces_one_process_exactly(tmp_path):
+    """horovodrun -np 1 runs the same program as a plain process (fused operators, random
+    streams, head dropout on): the same history and bit-identical weights for the same seed."""
+    (tmp_path / 'driver.py').write_text(DRIVER)
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    results = {}
+    for name, launcher in (('hvd', [toy_glue.horovodrun(), '-np', '1', '-H', 'localhost:1',
+                                    '--gloo']), ('single', [])):
+        config = toy_glue.finetune_config(tmp_path, epochs=2, head_dropout=0.1,
+                                          output_dir=str(tmp_path / name / 'run'))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'config.json').write_text(json.dumps(vars(config)))
+        proc = subprocess.run(launcher + [sys.executable, str(tmp_path / 'driver.py'),
+                                          str(tmp_path / name / 'config.json'),
+                                          str(tmp_path / name)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        results[name] = (np.load(tmp_path / name / 'rank0.npz'),
+                         json.loads((tmp_path / name / 'rank0.json').read_text())['history'])
+    (worker, history), (alone, alone_history) = results['hvd'], results['single']
+    timeless = [[{k: v for k, v in r.items() if k != 'seconds'} for r in h]
+                for h in (history, alone_history)]
+    assert timeless[0] == timeless[1] and len(history) == 2
+    for name in worker.files:
+        np.testing.assert_array_equal(worker[name], alone[name], err_msg=name)
