@@ -82,7 +82,10 @@ def main(argv=None):
     overrides = {}
     for item in args.set:
         key, _, value = item.partition('=')
-        overrides[key] = json.loads(value) if value[:1] in '0123456789-[{"tfn' else value
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:  # a bare string such as adamw
+            overrides[key] = value
     candidates = DEFAULT_CANDIDATES if not args.only else tuple(
         tuple(int(v) for v in t.split('-')) for t in args.only.split(','))
     os.makedirs(args.out, exist_ok=True)

@@ -91,3 +91,17 @@ def holder():
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def keep_logging():
+    """A command's main() sets up logging: give the next test the root handlers back."""
+    import logging
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -15,17 +15,7 @@ import toy_glue
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """main() sets up logging; give the next test its handlers back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures('keep_logging')  # main() sets up logging
 
 
 def _config_file(tmp_path, config, name='config.json'):

@@ -22,14 +22,7 @@ from bort.tokenizers import load_tokenizer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """main() sets up logging to the captured stderr; give the next test its handlers back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures('keep_logging')  # main() sets up logging
 
 
 @pytest.fixture(scope='module')
