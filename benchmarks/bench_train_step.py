@@ -243,6 +243,8 @@ def run_row(name, repeats, warmup, threads, plain=False):
     """Time one row in this process; returns a dict of its figures."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     from bort.hardware import cpu_support  # before MXNet: pylint: disable=import-outside-toplevel
+    from bort.threads import keep_freed_memory  # pylint: disable=import-outside-toplevel
+    keep_freed_memory()  # as the scripts do (configure_threads); both sides share the process
     import mxnet as mx  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)

@@ -57,7 +57,8 @@ import numpy as np
 __all__ = ['FusedLayerNorm', 'FusedDropout', 'build_library', 'load_library', 'load_train_ops',
            'train_ops_usable', 'layer_norm', 'dropout', 'self_attention', 'train_mode',
            'global_norm', 'adamw_ready', 'adamw_update', 'TRAIN_SOURCE', 'OP_LAYER_NORM',
-           'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES', 'OP_ADAMW']
+           'OP_DROPOUT', 'OP_SELF_ATTENTION', 'OP_SUM_SQUARES', 'OP_ADAMW', 'OP_VOCAB_LOSS',
+           'OP_SPARSE_SOFT_CE', 'vocab_losses', 'sparse_soft_cross_entropy']
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ OP_DROPOUT = 'bort_dropout'
 OP_SELF_ATTENTION = 'bort_self_attention'
 OP_SUM_SQUARES = 'bort_sum_squares'
 OP_ADAMW = 'bort_adamw'
+OP_VOCAB_LOSS = 'bort_vocab_loss'
+OP_SPARSE_SOFT_CE = 'bort_sparse_soft_ce'
 # No errno and no FP traps: lets exp/sqrt vectorize (8x on the softmax's exp); nothing here
 # reads errno or relies on traps. Not -ffast-math: NaN/inf stay IEEE.
 # -Bsymbolic: the library's calls to its own copy of MXNet's lib_api.cc (mxnet::ext::*, the
@@ -170,7 +173,8 @@ def load_library(source: str, stem: str, ops: Sequence[str], what: str) -> bool:
 def load_train_ops() -> bool:
     """Build and load the training operators; True when they are usable."""
     return load_library(TRAIN_SOURCE, 'libbort_train',
-                        (OP_LAYER_NORM, OP_DROPOUT, OP_SELF_ATTENTION, OP_SUM_SQUARES, OP_ADAMW),
+                        (OP_LAYER_NORM, OP_DROPOUT, OP_SELF_ATTENTION, OP_SUM_SQUARES, OP_ADAMW,
+                         OP_VOCAB_LOSS, OP_SPARSE_SOFT_CE),
                         'training')
 
 
@@ -226,6 +230,66 @@ def self_attention(F, qkv, lengths, heads: int, p: float, mode):
         The context vectors, heads side by side (GluonNLP's layout).
     """
     return getattr(F, OP_SELF_ATTENTION)(qkv, lengths, mode, heads=heads, p=p)[0]
+
+
+def vocab_losses(F, student_logits, teacher_logits, labels, temperature: float = 1.0):
+    """Per position: the masked-LM negative log-likelihood and the soft cross-entropy.
+
+    One operator, forward and backward, instead of MXNet's ~15 passes over the
+    (positions, vocabulary) arrays (:func:`bort.pretrain.losses.kd_loss` uses it).
+
+    Parameters
+    ----------
+    student_logits : (..., V) float32
+    teacher_logits : (..., V) float32 or None
+        Constants: their gradient is 0.
+    labels : (...,)
+        Token ids (any dtype; cast to float32).
+    temperature : float
+        T of the soft cross-entropy.
+
+    Returns
+    -------
+    nll : (...,) float32
+        ``logsumexp(s) - s[label]``.
+    soft_ce : (...,) float32
+        ``-Σ_v softmax(t / T)_v log softmax(s / T)_v``; 0 without a teacher.
+    """
+    op = getattr(F, OP_VOCAB_LOSS)
+    labels = labels.astype('float32', copy=False)
+    if teacher_logits is None:
+        out = op(student_logits, labels, temperature=temperature, with_teacher=0)
+    else:
+        out = op(student_logits, teacher_logits, labels, temperature=temperature,
+                 with_teacher=1)
+    return out[0], out[1]
+
+
+def sparse_soft_cross_entropy(student_logits: mx.nd.NDArray, ids: mx.nd.NDArray,
+                              probs: mx.nd.NDArray, tail: mx.nd.NDArray,
+                              temperature: float = 1.0) -> mx.nd.NDArray:
+    """Per row, the soft cross-entropy of ``softmax(s / T)`` against a sparse target.
+
+    The target gives ``probs[r, j]`` to token ``ids[r, j]`` and ``tail[r]`` to every other
+    token (the search's cached teacher, :func:`bort.pretrain.losses.topk_soft_cross_entropy`);
+    one operator, without any (rows, V) intermediate but the gradient.
+
+    Parameters
+    ----------
+    student_logits : (rows, V) float32
+    ids : (rows, k)
+        Token ids (any dtype; cast to float32).
+    probs : (rows, k) float32
+    tail : (rows,) float32
+    temperature : float
+
+    Returns
+    -------
+    (rows,) float32
+        ``logsumexp(s / T) - Σ_v a_v s_v / T``; differentiable in ``student_logits`` only.
+    """
+    return getattr(mx.nd, OP_SPARSE_SOFT_CE)(student_logits, ids.astype('float32', copy=False),
+                                              probs, tail, temperature=temperature)[0]
 
 
 def global_norm(arrays: List[mx.nd.NDArray]) -> Optional[mx.nd.NDArray]:

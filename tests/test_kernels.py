@@ -379,3 +379,104 @@ def test_training_falls_back_without_the_library(tmp_path):
     assert broken.returncode == 0, broken.stderr[-2000:]
     assert 'ops []' in broken.stdout
     assert broken.stderr.count('fused operators unavailable') == 1
+
+
+# -- the losses over the vocabulary ---------------------------------------------------------------
+def _log_softmax64(x):
+    x = x.astype(np.float64)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+@needs_train_ops
+@pytest.mark.parametrize('teacher,temperature,scale', [(True, 2.0, 3.0), (True, 1.0, 30.0),
+                                                       (False, 1.0, 3.0), (True, 0.5, 1.0)])
+def test_vocab_losses_match_numpy(rng, teacher, temperature, scale):
+    """nll and soft cross-entropy per position, and their gradient for any head gradients,
+    against float64 numpy (large logits: the maxima must be subtracted)."""
+    shape, vocab = (3, 4), 257
+    s = (rng.randn(*shape, vocab) * scale).astype(np.float32)
+    t = (rng.randn(*shape, vocab) * scale).astype(np.float32)
+    labels = rng.randint(0, vocab, shape)
+    g_nll, g_ce = rng.randn(*shape), rng.randn(*shape)
+    log_p = _log_softmax64(s)
+    nll = -np.take_along_axis(log_p, labels[..., None], -1)[..., 0]
+    q = np.exp(_log_softmax64(t / temperature))
+    ce = -(q * _log_softmax64(s / temperature)).sum(-1) if teacher else np.zeros(shape)
+    onehot = np.eye(vocab)[labels]
+    grad = g_nll[..., None] * (np.exp(log_p) - onehot)
+    if teacher:
+        grad += g_ce[..., None] / temperature * (np.exp(_log_softmax64(s / temperature)) - q)
+
+    x = mx.nd.array(s)
+    x.attach_grad()
+    with mx.autograd.record():
+        got_nll, got_ce = train_kernels.vocab_losses(
+            mx.nd, x, mx.nd.array(t) if teacher else None, mx.nd.array(labels, dtype='int32'),
+            temperature)
+        head = (got_nll * mx.nd.array(g_nll)).sum() + (got_ce * mx.nd.array(g_ce)).sum()
+    head.backward()
+    np.testing.assert_allclose(got_nll.asnumpy(), nll, rtol=2e-5, atol=2e-5 * scale)
+    np.testing.assert_allclose(got_ce.asnumpy(), ce, rtol=2e-5, atol=2e-5 * scale)
+    np.testing.assert_allclose(x.grad.asnumpy(), grad, rtol=1e-4, atol=1e-6)
+
+
+@needs_train_ops
+@pytest.mark.parametrize('temperature', [1.0, 2.0])
+def test_sparse_soft_cross_entropy_matches_numpy(rng, temperature):
+    """Against the dense target built in numpy: k (id, probability) pairs, the tail elsewhere."""
+    rows, vocab, k = 5, 301, 17
+    s = (rng.randn(rows, vocab) * 3).astype(np.float32)
+    ids = np.stack([rng.choice(vocab, k, replace=False) for _ in range(rows)])
+    probs = rng.dirichlet(np.ones(k), rows) * 0.9
+    tail = (1 - probs.sum(1)) / (vocab - k)
+    tail[0] = 0.0  # a row whose target is its k tokens only (mass 0.9: not renormalised)
+    target = np.repeat(tail[:, None], vocab, 1)
+    np.put_along_axis(target, ids, probs, 1)
+    log_p = _log_softmax64(s / temperature)
+    ce = -(target * log_p).sum(1)
+    g = rng.randn(rows)
+    grad = g[:, None] / temperature * (target.sum(1, keepdims=True) * np.exp(log_p) - target)
+
+    x = mx.nd.array(s)
+    x.attach_grad()
+    with mx.autograd.record():
+        got = train_kernels.sparse_soft_cross_entropy(
+            x, mx.nd.array(ids, dtype='int32'), mx.nd.array(probs), mx.nd.array(tail),
+            temperature)
+        head = (got * mx.nd.array(g)).sum()
+    head.backward()
+    np.testing.assert_allclose(got.asnumpy(), ce, rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(x.grad.asnumpy(), grad, rtol=1e-4, atol=1e-6)
+
+
+@needs_train_ops
+def test_the_fused_losses_equal_the_generic_ones(rng, monkeypatch):
+    """kd_loss and topk_soft_cross_entropy give the same values and gradients with the fused
+    operators as with MXNet's own (BortModel.fused_kernels off)."""
+    from bort.model import BortModel
+    from bort.pretrain import losses
+    b, m, vocab, k = 2, 5, 400, 30
+    s = (rng.randn(b, m, vocab) * 2).astype(np.float32)
+    t = (rng.randn(b, m, vocab) * 2).astype(np.float32)
+    labels = mx.nd.array(rng.randint(0, vocab, (b, m)), dtype='int32')
+    weights = mx.nd.array((rng.rand(b, m) > 0.3).astype(np.float32))
+    ids = np.argsort(-t.reshape(-1, vocab), 1)[:, :k]
+    top = np.take_along_axis(t.reshape(-1, vocab), ids, 1)
+    lse = np.log(np.exp(t.reshape(-1, vocab) / 2.0).sum(1))
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(BortModel, 'fused_kernels', fused)
+        _, grads_kd = _with_grads(lambda x: losses.kd_loss(
+            mx.nd, x, mx.nd.array(t), labels, weights, 0.1, 0.5, 2.0)[0], s)
+        values = [float(v.asscalar()) for v in losses.kd_loss(
+            mx.nd, mx.nd.array(s), mx.nd.array(t), labels, weights, 0.1, 0.5, 2.0)]
+        value_top, grads_top = _with_grads(lambda x: losses.topk_soft_cross_entropy(
+            x, mx.nd.array(top), mx.nd.array(ids, dtype='int32'), 2.0, mx.nd.array(lse)),
+            s.reshape(-1, vocab))
+        results.append((values, grads_kd[0], float(value_top), grads_top[0]))
+    (v1, g1, t1, h1), (v2, g2, t2, h2) = results
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-7)
+    assert t1 == pytest.approx(t2, rel=1e-5)
+    np.testing.assert_allclose(h1, h2, rtol=1e-4, atol=1e-7)

@@ -28,6 +28,23 @@
 // bort_adamw(weight_0, grad_0, mean_0, var_0, ..., rescale; ...): GluonNLP's BERT-Adam update of
 //   many parameters in one operator (see below).
 //
+// bort_vocab_loss(s, [t,] labels; temperature, with_teacher) -> (nll, soft_ce, stats)
+//   The masked-LM and distillation terms of each row of vocabulary logits, without writing any
+//   (rows, V) intermediate. s, t: (..., V) student and teacher logits; labels (...,) float ids.
+//   nll = lse(s) - s[label]; soft_ce = -sum_v q_v log softmax(s / T)_v = lse(s / T) -
+//   sum_v q_v s_v / T with q = softmax(t / T) (0 without a teacher); stats (..., 3) =
+//   [lse(s), lse(s / T), lse(t / T)], kept for the backward only.
+//   Backward: ds_v = dnll (softmax(s)_v - [v = label]) + dce / T (softmax(s / T)_v - q_v);
+//   dt and dlabels are written as 0 (teacher targets are constants).
+//
+// bort_sparse_soft_ce(s, ids, probs, tail; temperature) -> (ce, lse)
+//   The soft cross-entropy of softmax(s / T) against a target given by k (id, probability)
+//   pairs a row plus `tail`, the probability of every other token (the search's cached
+//   teacher): ce = -sum_v a_v log softmax(s / T)_v = m lse(s / T) - sum_v a_v s_v / T with
+//   a_v = probs_j at v = ids_j, tail elsewhere, m = sum_v a_v (1 up to rounding).
+//   s (rows, V); ids, probs (rows, k); tail (rows,).
+//   Backward: ds_v = dce / T (m softmax(s / T)_v - a_v); the targets get 0.
+//
 // Why `mode`: MXNet's library interface does not pass the training flag to an operator. `mode`
 // is MXNet's own Dropout (p = 0.5) applied to a one-element array of ones: in training it is 0
 // or 2, in inference exactly 1 (Dropout is then the identity), so the flag travels with the graph.
@@ -324,18 +341,28 @@ MXReturnValue DropoutShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_sh
 }
 
 // -- self-attention -------------------------------------------------------------------------------
-// Small matrix products of one (batch row, head): 16-float vectors (GCC's vector extension:
-// AVX-512 where the CPU has it, pairs of AVX2 registers otherwise), R rows x W vectors of C
-// held in registers while one row of B and R scalars of A stream past. MXNet's interleaved
-// attention products run each (128 x 32) x (32 x 128) head product as a BLAS call at ~5x the
-// time of the arithmetic; these stay in L1 and are fused with the softmax and dropout.
+// Small matrix products of one (batch row, head): R rows x W vectors of C held in registers
+// while one row of B and R scalars of A stream past. MXNet's interleaved attention products run
+// each (128 x 32) x (32 x 128) head product as a BLAS call at ~5x the time of the arithmetic;
+// these stay in L1 and are fused with the softmax and dropout. The block fits the register file
+// of the ISA compiled for: with AVX-512, 16-float vectors and 6 x 4 accumulators (24 of 32
+// registers); with AVX2, 8-float vectors and 6 x 2 accumulators (12 of 16 registers; a 6 x 4
+// block of 16-float vectors would need 48 and spill, measured 4x slower).
+#if defined(__AVX512F__)
 typedef float Vec __attribute__((vector_size(64), aligned(4)));
+constexpr int kVecLanes = 16;
+#else
+typedef float Vec __attribute__((vector_size(32), aligned(4)));
+constexpr int kVecLanes = 8;
+#endif
+// Rows of packed operands are padded to multiples of kLanes floats (64 bytes).
 constexpr int kLanes = 16;
 
 inline int64_t RoundUp(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// C[i, c0 + :16W] = alpha * sum_k A(i, k) * B[k, c0 + :16W] for rows i in [r0, r0 + R), where
-// A(i, k) = a[i * a_row + k * a_col] (either layout: transposed A costs nothing here).
+// C[i, c0 + :kVecLanes W] = alpha * sum_k A(i, k) * B[k, c0 + :kVecLanes W] for rows i in
+// [r0, r0 + R), where A(i, k) = a[i * a_row + k * a_col] (either layout: transposed A costs
+// nothing here).
 template <int R, int W>
 inline void Block(int64_t r0, int64_t c0, int64_t depth, const float* a, int64_t a_row,
                   int64_t a_col, const float* b, int64_t ldb, float* c, int64_t ldc,
@@ -346,7 +373,7 @@ inline void Block(int64_t r0, int64_t c0, int64_t depth, const float* a, int64_t
   for (int64_t k = 0; k < depth; ++k) {
     Vec bv[W];
     const float* row = b + k * ldb + c0;
-    for (int w = 0; w < W; ++w) bv[w] = *reinterpret_cast<const Vec*>(row + w * kLanes);
+    for (int w = 0; w < W; ++w) bv[w] = *reinterpret_cast<const Vec*>(row + w * kVecLanes);
     for (int r = 0; r < R; ++r) {
       const float av = a[(r0 + r) * a_row + k * a_col];
       for (int w = 0; w < W; ++w) acc[r][w] += av * bv[w];
@@ -354,7 +381,7 @@ inline void Block(int64_t r0, int64_t c0, int64_t depth, const float* a, int64_t
   }
   for (int r = 0; r < R; ++r)
     for (int w = 0; w < W; ++w)
-      *reinterpret_cast<Vec*>(c + (r0 + r) * ldc + c0 + w * kLanes) = alpha * acc[r][w];
+      *reinterpret_cast<Vec*>(c + (r0 + r) * ldc + c0 + w * kVecLanes) = alpha * acc[r][w];
 }
 
 template <int R, int W>
@@ -369,15 +396,20 @@ inline void Rows(int64_t rows, int64_t c0, int64_t depth, const float* a, int64_
 }
 
 // C (rows x cols, ldc) = alpha * A (rows x depth) * B (depth x cols, ldb); cols, ldb and ldc
-// multiples of 16 (operands are packed with zero padding), B and C 64-byte rows.
+// multiples of kLanes (operands are packed with zero padding), B and C 64-byte rows.
 void Gemm(int64_t rows, int64_t cols, int64_t depth, const float* a, int64_t a_row,
           int64_t a_col, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha) {
   int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= cols; c0 += 4 * kLanes)
+#if defined(__AVX512F__)
+  for (; c0 + 4 * kVecLanes <= cols; c0 += 4 * kVecLanes)
     Rows<6, 4>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
-  for (; c0 + 2 * kLanes <= cols; c0 += 2 * kLanes)
+  for (; c0 + 2 * kVecLanes <= cols; c0 += 2 * kVecLanes)
     Rows<8, 2>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
-  for (; c0 < cols; c0 += kLanes) {
+#else
+  for (; c0 + 2 * kVecLanes <= cols; c0 += 2 * kVecLanes)
+    Rows<6, 2>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
+#endif
+  for (; c0 < cols; c0 += kVecLanes) {
     Rows<8, 1>(rows, c0, depth, a, a_row, a_col, b, ldb, c, ldc, alpha);
   }
 }
@@ -755,6 +787,240 @@ MXReturnValue AdamWMutate(const Attrs& attrs, std::vector<int>* indices) {
   return kOk;
 }
 
+// -- masked-LM and distillation losses over the vocabulary ---------------------------------------
+// Per row, two passes over s (max, then both sums of exponentials) and two over t (max, then
+// its normaliser and sum_v exp((t_v - max) / T) s_v) forward; one pass backward. MXNet's own
+// log_softmax, softmax, pick, multiply and sums (and their backward) make ~15 passes over
+// (rows, V) arrays, each written to fresh memory.
+struct VocabRows {
+  int64_t rows, vocab;
+  bool teacher;
+};
+
+VocabRows VocabShape(const std::vector<MXTensor>& inputs, const Attrs& attrs) {
+  VocabRows v;
+  v.vocab = inputs[0].shape.back();
+  v.rows = Rows(inputs[0]);
+  v.teacher = IntAttr(attrs, "with_teacher", 1) != 0;
+  return v;
+}
+
+inline float RowMax(const float* x, int64_t n) {
+  float top = -3.0e38f;
+#pragma omp simd reduction(max : top)
+  for (int64_t j = 0; j < n; ++j) top = x[j] > top ? x[j] : top;
+  return top;
+}
+
+// inputs: s, [t,] labels; outputs: nll, soft_ce, stats.
+MXReturnValue VocabLossForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                               std::vector<MXTensor>* outputs, const OpResource& res) {
+  const VocabRows v = VocabShape(*inputs, attrs);
+  const float temperature = FloatAttr(attrs, "temperature", 1.f), inv_t = 1.f / temperature;
+  const float* s = (*inputs)[0].data<float>();
+  const float* t = v.teacher ? (*inputs)[1].data<float>() : nullptr;
+  const float* labels = (*inputs)[v.teacher ? 2 : 1].data<float>();
+  float* nll = (*outputs)[0].data<float>();
+  float* soft_ce = (*outputs)[1].data<float>();
+  float* stats = (*outputs)[2].data<float>();
+  const int64_t V = v.vocab;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < v.rows; ++r) {
+    const float* sr = s + r * V;
+    const float top = RowMax(sr, V);
+    float sum1 = 0.f, sum_t = 0.f;
+#pragma omp simd reduction(+ : sum1, sum_t)
+    for (int64_t j = 0; j < V; ++j) {
+      const float d = sr[j] - top;
+      sum1 += FastExp(d);
+      sum_t += FastExp(d * inv_t);
+    }
+    const float lse = top + std::log(sum1), lse_t = top * inv_t + std::log(sum_t);
+    int64_t label = static_cast<int64_t>(labels[r] + 0.5f);
+    label = label < 0 || label >= V ? 0 : label;
+    nll[r] = lse - sr[label];
+    float ce = 0.f, lse_teacher = 0.f;
+    if (t != nullptr) {
+      const float* tr = t + r * V;
+      const float t_top = RowMax(tr, V);
+      float z = 0.f, dot = 0.f;
+#pragma omp simd reduction(+ : z, dot)
+      for (int64_t j = 0; j < V; ++j) {
+        const float e = FastExp((tr[j] - t_top) * inv_t);
+        z += e;
+        dot += e * sr[j];
+      }
+      lse_teacher = t_top * inv_t + std::log(z);
+      ce = lse_t - dot / z * inv_t;
+    }
+    soft_ce[r] = ce;
+    stats[3 * r] = lse;
+    stats[3 * r + 1] = lse_t;
+    stats[3 * r + 2] = lse_teacher;
+  }
+  return kOk;
+}
+
+// inputs: dnll, dsoft_ce, dstats, s, [t,] labels, nll, soft_ce, stats; outputs: ds, [dt,]
+// dlabels.
+MXReturnValue VocabLossBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                std::vector<MXTensor>* outputs, const OpResource& res) {
+  std::vector<MXTensor> forward_inputs((*inputs).begin() + 3, (*inputs).end());
+  const VocabRows v = VocabShape(forward_inputs, attrs);
+  const float temperature = FloatAttr(attrs, "temperature", 1.f), inv_t = 1.f / temperature;
+  const float* dnll = (*inputs)[0].data<float>();
+  const float* dce = (*inputs)[1].data<float>();
+  const float* s = (*inputs)[3].data<float>();
+  const float* t = v.teacher ? (*inputs)[4].data<float>() : nullptr;
+  const int at = v.teacher ? 5 : 4;
+  const float* labels = (*inputs)[at].data<float>();
+  const float* stats = (*inputs)[at + 3].data<float>();
+  float* ds = (*outputs)[0].data<float>();
+  const int64_t V = v.vocab;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < v.rows; ++r) {
+    const float* sr = s + r * V;
+    float* dr = ds + r * V;
+    const float g1 = dnll[r], g2 = t != nullptr ? dce[r] * inv_t : 0.f;
+    const float lse = stats[3 * r], lse_t = stats[3 * r + 1], lse_teacher = stats[3 * r + 2];
+    if (t != nullptr) {
+      const float* tr = t + r * V;
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) {
+        dr[j] = g1 * FastExp(sr[j] - lse) +
+                g2 * (FastExp(sr[j] * inv_t - lse_t) - FastExp(tr[j] * inv_t - lse_teacher));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) dr[j] = g1 * FastExp(sr[j] - lse);
+    }
+    int64_t label = static_cast<int64_t>(labels[r] + 0.5f);
+    label = label < 0 || label >= V ? 0 : label;
+    dr[label] -= g1;
+  }
+  for (size_t o = 1; o < outputs->size(); ++o) {
+    std::memset((*outputs)[o].data<float>(), 0, sizeof(float) * (*outputs)[o].size());
+  }
+  return kOk;
+}
+
+MXReturnValue VocabLossAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = IntAttr(attrs, "with_teacher", 1) != 0 ? 3 : 2;
+  *num_out = 3;
+  return kOk;
+}
+
+MXReturnValue VocabLossShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const std::vector<unsigned int>& s = (*in_shapes)[0];
+  const bool teacher = IntAttr(attrs, "with_teacher", 1) != 0;
+  const std::vector<unsigned int>& labels = (*in_shapes)[teacher ? 2 : 1];
+  std::vector<unsigned int> rows(s.begin(), s.end() - (s.empty() ? 0 : 1));
+  const float temperature = FloatAttr(attrs, "temperature", 1.f);
+  if (s.size() < 2 || labels != rows || (teacher && (*in_shapes)[1] != s) ||
+      !(temperature > 0.f)) {
+    MX_ERROR_MSG << "bort_vocab_loss: s (..., V), t like s, labels (...,), temperature > 0";
+    return kFail;
+  }
+  (*out_shapes)[0] = rows;
+  (*out_shapes)[1] = rows;
+  rows.push_back(3);
+  (*out_shapes)[2] = rows;
+  return kOk;
+}
+
+// inputs: s, ids, probs, tail; outputs: ce, lse.
+MXReturnValue SparseSoftCEForward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                  std::vector<MXTensor>* outputs, const OpResource& res) {
+  const int64_t V = (*inputs)[0].shape.back(), rows = Rows((*inputs)[0]);
+  const int64_t k = (*inputs)[1].shape.back();
+  const float inv_t = 1.f / FloatAttr(attrs, "temperature", 1.f);
+  const float* s = (*inputs)[0].data<float>();
+  const float* ids = (*inputs)[1].data<float>();
+  const float* probs = (*inputs)[2].data<float>();
+  const float* tail = (*inputs)[3].data<float>();
+  float* ce = (*outputs)[0].data<float>();
+  float* lses = (*outputs)[1].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* sr = s + r * V;
+    const float top = RowMax(sr, V);
+    float z = 0.f, total = 0.f;
+#pragma omp simd reduction(+ : z, total)
+    for (int64_t j = 0; j < V; ++j) {
+      z += FastExp((sr[j] - top) * inv_t);
+      total += sr[j];
+    }
+    const float lse = top * inv_t + std::log(z);
+    float dot = tail[r] * total;                        // sum_v a_v s_v
+    float mass = tail[r] * static_cast<float>(V - k);  // sum_v a_v
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t v = static_cast<int64_t>(ids[r * k + j] + 0.5f);
+      v = v < 0 || v >= V ? 0 : v;
+      dot += (probs[r * k + j] - tail[r]) * sr[v];
+      mass += probs[r * k + j];
+    }
+    ce[r] = mass * lse - dot * inv_t;
+    lses[r] = lse;
+  }
+  return kOk;
+}
+
+// inputs: dce, dlse, s, ids, probs, tail, ce, lse; outputs: ds, dids, dprobs, dtail.
+MXReturnValue SparseSoftCEBackward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                   std::vector<MXTensor>* outputs, const OpResource& res) {
+  const int64_t V = (*inputs)[2].shape.back(), rows = Rows((*inputs)[2]);
+  const int64_t k = (*inputs)[3].shape.back();
+  const float inv_t = 1.f / FloatAttr(attrs, "temperature", 1.f);
+  const float* dce = (*inputs)[0].data<float>();
+  const float* s = (*inputs)[2].data<float>();
+  const float* ids = (*inputs)[3].data<float>();
+  const float* probs = (*inputs)[4].data<float>();
+  const float* tail = (*inputs)[5].data<float>();
+  const float* lses = (*inputs)[7].data<float>();
+  float* ds = (*outputs)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* sr = s + r * V;
+    float* dr = ds + r * V;
+    const float g = dce[r] * inv_t, lse = lses[r], rest = tail[r];
+    float mass = rest * static_cast<float>(V - k);
+    for (int64_t j = 0; j < k; ++j) mass += probs[r * k + j];
+    const float gm = g * mass;
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) dr[j] = gm * FastExp(sr[j] * inv_t - lse) - g * rest;
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t v = static_cast<int64_t>(ids[r * k + j] + 0.5f);
+      v = v < 0 || v >= V ? 0 : v;
+      dr[v] -= g * (probs[r * k + j] - rest);
+    }
+  }
+  for (size_t o = 1; o < outputs->size(); ++o) {
+    std::memset((*outputs)[o].data<float>(), 0, sizeof(float) * (*outputs)[o].size());
+  }
+  return kOk;
+}
+
+MXReturnValue SparseSoftCEAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 4;
+  *num_out = 2;
+  return kOk;
+}
+
+MXReturnValue SparseSoftCEShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_shapes) {
+  const std::vector<unsigned int>& s = (*in_shapes)[0];
+  const std::vector<unsigned int>& ids = (*in_shapes)[1];
+  const float temperature = FloatAttr(attrs, "temperature", 1.f);
+  if (s.size() != 2 || ids.size() != 2 || ids[0] != s[0] || (*in_shapes)[2] != ids ||
+      (*in_shapes)[3] != std::vector<unsigned int>{s[0]} || !(temperature > 0.f)) {
+    MX_ERROR_MSG << "bort_sparse_soft_ce: s (rows, V), ids and probs (rows, k), tail (rows,), "
+                 << "temperature > 0";
+    return kFail;
+  }
+  (*out_shapes)[0] = {s[0]};
+  (*out_shapes)[1] = {s[0]};
+  return kOk;
+}
+
 }  // namespace
 
 REGISTER_OP(bort_layer_norm)
@@ -790,6 +1056,20 @@ REGISTER_OP(bort_adamw)
     .setInferType(AllFloat32)
     .setInferShape(AdamWShape)
     .setMutateInputs(AdamWMutate);
+
+REGISTER_OP(bort_vocab_loss)
+    .setForward(VocabLossForward, "cpu")
+    .setBackward(VocabLossBackward, "cpu")
+    .setParseAttrs(VocabLossAttrs)
+    .setInferType(AllFloat32)
+    .setInferShape(VocabLossShape);
+
+REGISTER_OP(bort_sparse_soft_ce)
+    .setForward(SparseSoftCEForward, "cpu")
+    .setBackward(SparseSoftCEBackward, "cpu")
+    .setParseAttrs(SparseSoftCEAttrs)
+    .setInferType(AllFloat32)
+    .setInferShape(SparseSoftCEShape);
 
 MXReturnValue initialize(int version) {
   // The custom-operator API of MXNet 1.9 (library version 11).

@@ -15,6 +15,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import mxnet as mx
+import numpy as np
+
+from .. import kernels
+from ..model import BortModel
 
 __all__ = ['soft_cross_entropy', 'topk_soft_cross_entropy', 'masked_lm_loss', 'kd_loss',
            'masked_accuracy']
@@ -87,6 +91,19 @@ def topk_soft_cross_entropy(student_logits: mx.nd.NDArray, topk_logits: mx.nd.ND
     """
     num, k = topk_ids.shape
     vocab = student_logits.shape[-1]
+    if BortModel.fused_kernels and student_logits.dtype == np.float32 and \
+            student_logits.context.device_type == 'cpu' and kernels.train_ops_usable():
+        # One operator over the vocabulary; the target's k probabilities and tail as below.
+        if logsumexp is None:
+            probs = mx.nd.softmax(topk_logits.astype('float32') / temperature, axis=-1)
+            tail = mx.nd.zeros((num,), ctx=student_logits.context)
+        else:
+            probs = mx.nd.exp(topk_logits.astype('float32') / temperature
+                              - logsumexp.reshape((num, 1)))
+            tail = mx.nd.relu(1.0 - probs.sum(axis=-1)) / (vocab - k) if vocab > k else \
+                mx.nd.zeros((num,), ctx=student_logits.context)
+        return kernels.sparse_soft_cross_entropy(student_logits, topk_ids, probs, tail,
+                                                 temperature).sum() / max(num, 1)
     log_prob = mx.nd.log_softmax(student_logits / temperature, axis=-1)
     rows = mx.nd.arange(num, ctx=topk_ids.context).reshape((num, 1)).broadcast_to((num, k))
     picked = mx.nd.gather_nd(log_prob, mx.nd.stack(rows, topk_ids.astype('float32')))
@@ -125,19 +142,41 @@ def kd_loss(F, student_logits, teacher_logits, labels, weights, mlm_weight: floa
 
     The T² factor keeps the distillation gradients' scale independent of the temperature
     (Hinton et al.). ``kd_weight = 0`` is the self-supervised baseline (the teacher is unused).
+    Imperative float32 CPU arrays go through one fused operator
+    (:func:`bort.kernels.vocab_losses`; the same values to float32 rounding).
 
     Returns
     -------
     (total, mlm, kd) : scalar NDArrays
     """
-    mlm = masked_lm_loss(F, student_logits, labels, weights)
-    if kd_weight == 0 or teacher_logits is None:
-        kd = F.zeros_like(mlm)
+    if kd_weight == 0:
+        teacher_logits = None
+    if _fused(F, student_logits, teacher_logits, released_quirks):
+        nll, soft_ce = kernels.vocab_losses(F, student_logits, teacher_logits, labels,
+                                            temperature)
+        count = F.maximum(F.sum(weights), 1.0)
+        mlm = F.sum(nll * weights) / count
+        kd = F.sum(soft_ce * weights) / count
     else:
-        kd = soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature,
-                                released_quirks)
+        mlm = masked_lm_loss(F, student_logits, labels, weights)
+        if teacher_logits is None:
+            kd = F.zeros_like(mlm)
+        else:
+            kd = soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature,
+                                    released_quirks)
     total = mlm_weight * mlm + kd_weight * temperature ** 2 * kd
     return total, mlm, kd
+
+
+def _fused(F, student_logits, teacher_logits, released_quirks: bool) -> bool:
+    """Whether :func:`kd_loss` runs as :func:`bort.kernels.vocab_losses`: imperative float32
+    CPU arrays, the project's fused operators on (``BortModel.fused_kernels``), not the
+    released script's loss."""
+    if F is not mx.nd or released_quirks or not BortModel.fused_kernels:
+        return False
+    arrays = [student_logits] + ([teacher_logits] if teacher_logits is not None else [])
+    return all(a.dtype == np.float32 and a.context.device_type == 'cpu' for a in arrays) \
+        and kernels.train_ops_usable()
 
 
 def masked_accuracy(logits, labels, weights) -> Tuple[float, float]:
