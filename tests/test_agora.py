@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -204,3 +205,14 @@ def test_two_workers_run_the_same_agora(teacher, tmp_path):
         [{k: r[k] for k in keys} for r in single.history]
     with open(os.path.join(base.output_dir, 'chs.json')) as f:
         assert json.load(f)['chs'] == single.chs
+
+
+def test_a_damaged_state_file_is_named(teacher, tmp_path):
+    from bort.errors import UserError
+    base = _config(tmp_path, 'damaged')
+    os.makedirs(base.output_dir)
+    path = os.path.join(base.output_dir, agora.STATE_FILE)
+    with open(path, 'w') as f:
+        f.write('{"iteration": 1, "thet')
+    with pytest.raises(UserError, match=re.escape(path) + r':1: not a valid Agora state file'):
+        run_agora(base, _agora(teacher))

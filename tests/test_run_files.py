@@ -148,3 +148,13 @@ def test_a_damaged_latency_cache_is_named(tiny_inputs, tmp_path):  # noqa: F811
     path.write_text('{"settings": {"kind": "measured"}, "measu')
     with pytest.raises(UserError, match=re.escape(str(path)) + r':1: '):
         CostModel(tiny_config(tiny_inputs, tmp_path, cost='measured'), str(tmp_path))
+
+
+@pytest.mark.parametrize('content', ['{"task": "SST-2", "num_cla', '{"no_such_field": 1}', '[]'])
+def test_a_damaged_classifier_head_file_is_named(tmp_path, content):
+    from bort.finetune.classifier import CLASSIFIER_FILE, read_head_config
+    path = tmp_path / CLASSIFIER_FILE
+    path.write_text(content)
+    with pytest.raises(UserError, match=re.escape(str(path)) + r'(:\d+)?: not a valid '):
+        read_head_config(str(tmp_path))
+

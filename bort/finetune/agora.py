@@ -51,7 +51,7 @@ from ..checkpoint import (ResumeMismatchError, resume_differences, settings_reco
                           write_json_atomic)
 from .labeller import Labeller, agora_accuracy, check_labeller, dev_mistakes
 from ..distributed import Comm
-from ..errors import UserError
+from ..errors import UserError, read_json
 from ..runlock import hold_run_folder, replace_folder
 from ..stopping import INTERRUPTED, RunBudget
 from .config import (PATH_FIELDS, RESUME_FREE_FIELDS, AgoraConfig, FinetuneConfig,
@@ -288,8 +288,7 @@ def _run_agora(base: FinetuneConfig, config: AgoraConfig, comm: Comm,
                                ctx=comm.ctx)
     state_path = os.path.join(base.output_dir, STATE_FILE)
     if os.path.exists(state_path):
-        with open(state_path) as f:
-            state = json.load(f)
+        state = read_json(state_path, what='Agora state file')
         _check_same_agora(state_path, state, base, config)
         log.info('resuming Agora at iteration %d (%d θ left)', state['iteration'],
                  len(state['thetas']))

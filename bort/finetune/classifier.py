@@ -44,6 +44,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from ..arch import load_arch
 from ..distributed import Comm
+from ..errors import DataFormatError, read_json
 from ..batching import bucket_batches, pad_batch
 from ..model import BortModel, build_model, load_model, load_params, save_model, PARAMS_FILE
 from .tasks import Example, TaskSpec, get_task
@@ -339,8 +340,11 @@ def read_head_config(folder: str) -> HeadConfig:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{folder} is not a fine-tuned classifier folder: no '
                                 f'{CLASSIFIER_FILE} (write one with save_classifier)')
-    with open(path) as f:
-        return HeadConfig(**json.load(f))
+    saved = read_json(path, what='classifier head file')
+    try:
+        return HeadConfig(**saved)
+    except TypeError as err:  # fields missing or unknown
+        raise DataFormatError(f'{path}: not a valid classifier head file ({err})') from None
 
 
 def load_classifier(folder: str, ctx: Optional[mx.Context] = None) -> TaskClassifier:

@@ -72,6 +72,9 @@ def time_in_child(archs: Mapping[str, Dict], batch_size: int, seq_len: int, warm
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                MXNET_ENGINE_TYPE='NaiveEngine')
     env.pop('OMP_WAIT_POLICY', None)
+    # The child imports this very package, installed or not (a checkout run in place).
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [package_root, env.get('PYTHONPATH')]))
     done = subprocess.run([sys.executable, '-m', 'bort.inference.isolated'],
                           input=json.dumps(request), capture_output=True, text=True, env=env,
                           check=False)

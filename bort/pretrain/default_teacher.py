@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ import time
 from typing import Dict, Iterator, Optional, Tuple
 
 from ..distributed import Comm
+from ..errors import read_json
 from ..model import BortModel, load_model
 from ..tokenizers import Tokenizer, load_tokenizer
 from .mlm_head import REPORT_FILE, HeadFitConfig
@@ -298,8 +298,7 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 1
             result = pretrain(config, single)
         before = None
         if os.path.isfile(os.path.join(first, REPORT_FILE)):
-            with open(os.path.join(first, REPORT_FILE)) as f:
-                before = json.load(f)
+            before = read_json(os.path.join(first, REPORT_FILE), what='MLM-head fit report')
         tmp = folder + '.tmp'
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(os.path.join(run, 'model'), tmp)
