@@ -27,6 +27,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bort.threads import configure_threads  # noqa: E402  (as run_pretraining.py, before MXNet)
+
+configure_threads()
 
 # The nine tuples of the default search (ε = 8; README, run_search.py).
 DEFAULT_CANDIDATES = ((1, 4, 128, 256), (5, 4, 128, 256), (5, 4, 128, 1536), (3, 4, 256, 512),
