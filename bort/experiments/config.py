@@ -10,23 +10,91 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..cli import at_least, check_fields, non_negative, opt, positive, unit_interval
 from ..errors import ConfigError
 
-__all__ = ['MiniatureConfig', 'BUDGETS', 'COMPARISON_RULES', 'MODELS', 'STUDENTS',
-           'RESULT_FIELDS', 'RESULT_FREE_FIELDS']
+__all__ = ['MiniatureConfig', 'BUDGETS', 'COMPARISON_RULES', 'INITS', 'AGORA_TASKS',
+           'AGORA_PREMISE', 'Student',
+           'students', 'finetuned_models', 'model_labels', 'RESULT_FIELDS', 'RESULT_FREE_FIELDS']
 
 #: How the comparison architecture is chosen from the search's candidates (see
 #: :func:`bort.experiments.miniature.choose_comparison`).
 COMPARISON_RULES = ('similar_params_worst_e', 'runner_up')
 
-#: The pretrained students: (name, architecture role, distilled?).
-STUDENTS = (('winner_kd', 'winner', True), ('winner_mlm', 'winner', False),
-            ('comparison_kd', 'comparison', True))
-#: Every model that is fine-tuned: the three students and the teacher.
-MODELS = ('teacher',) + tuple(s[0] for s in STUDENTS)
+#: How a student starts (:class:`~bort.pretrain.PretrainConfig` ``init``): random weights, or
+#: sliced out of the teacher (:mod:`bort.extraction`).
+INITS = ('scratch', 'teacher')
+#: The GLUE tasks the miniature reads (and Agora may run on).
+AGORA_TASKS = ('SST-2', 'RTE')
+#: Agora's premise: the teacher (Socrates) must exceed this dev accuracy on the task.
+AGORA_PREMISE = 2 / 3
+
+
+@dataclass(frozen=True)
+class Student:
+    """One pretraining run of the miniature.
+
+    ``objective`` is ``'kd'`` (the released mixed loss at ``temperature``), ``'mlm'`` (MLM only,
+    the same steps) or ``'mlm_time'`` (MLM only, given the wall time of the training loops of
+    the same init's KD runs: the equal-time arm of Table 3).
+    """
+
+    name: str
+    role: str
+    init: str
+    objective: str
+    temperature: Optional[float] = None
+
+    @property
+    def distilled(self) -> bool:
+        return self.objective == 'kd'
+
+    @property
+    def label(self) -> str:
+        start = 'from scratch' if self.init == 'scratch' else 'extracted'
+        what = {'mlm': 'MLM only, equal steps',
+                'mlm_time': 'MLM only, equal wall time'}.get(self.objective)
+        what = what or f'KD T={self.temperature:g}'
+        return f'{self.role}, {start}, {what}'
+
+
+def students(config: 'MiniatureConfig') -> List[Student]:
+    """The pretraining runs of ``config`` (resolved), in the order they run.
+
+    For every init in ``inits``: the winner distilled at every temperature (the first one's
+    run is ``winner_<init>_kd``, the others ``winner_<init>_kd_t<T>``), by MLM only for the
+    same steps (``winner_<init>_mlm``) and by MLM only for the wall time of those KD runs
+    (``winner_<init>_mlm_time``); then the comparison architecture, distilled at the first
+    temperature from the first init (``comparison_<init>_kd``).
+    """
+    out: List[Student] = []
+    first = config.temperatures[0]
+    for init in config.inits:
+        for t in config.temperatures:
+            suffix = '' if t == first else f'_t{t:g}'.replace('.', 'p')
+            out.append(Student(f'winner_{init}_kd{suffix}', 'winner', init, 'kd', t))
+        out.append(Student(f'winner_{init}_mlm', 'winner', init, 'mlm'))
+        out.append(Student(f'winner_{init}_mlm_time', 'winner', init, 'mlm_time'))
+    out.append(Student(f'comparison_{config.inits[0]}_kd', 'comparison', config.inits[0], 'kd',
+                       first))
+    return out
+
+
+def finetuned_models(config: 'MiniatureConfig') -> Tuple[str, ...]:
+    """The models fine-tuned on every task: the teacher, for every init in
+    ``finetune_inits`` the winner distilled at the first temperature and by MLM only (equal
+    steps), and the comparison."""
+    names = ['teacher']
+    for init in config.finetune_inits:
+        names += [f'winner_{init}_kd', f'winner_{init}_mlm']
+    return tuple(names) + (f'comparison_{config.inits[0]}_kd',)
+
+
+def model_labels(config: 'MiniatureConfig') -> Dict[str, str]:
+    """Every model's name -> its words in the report."""
+    return dict({'teacher': 'teacher'}, **{s.name: s.label for s in students(config)})
 
 #: Named budgets: the preset value of every field left unset. ``search`` holds
 #: :class:`~bort.search.SearchConfig` settings over its defaults (``full``: the default search).
@@ -35,22 +103,26 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
         'search': {'epsilon': 12, 'noise_seeds': 1, 'noise_candidates': 2,
                    'fidelity_factor': 0},
         'corpus_bytes': 2_000_000, 'pretrain_steps': 500, 'pretrain_batch_size': 16,
-        'seq_len': 64, 'eval_batches': 20, 'seeds': (0, 1), 'epochs': 2,
-        'max_train_examples': 1000, 'agora_models': ('winner_kd',), 'agora_lrs': (1e-4, 5e-5),
-        'latency_repeats': 10,
+        'seq_len': 64, 'eval_batches': 20, 'temperatures': (2.0,), 'inits': ('scratch',),
+        'finetune_inits': ('scratch',), 'seeds': (0, 1), 'epochs': 2,
+        'max_train_examples': 1000, 'agora_models': ('winner_scratch_kd',),
+        'agora_tasks': ('SST-2', 'RTE'), 'agora_lrs': (1e-4, 5e-5), 'latency_repeats': 10,
+        'teacher_steps': (),
     },
     'full': {
         'search': {},
-        'corpus_bytes': 5_000_000, 'pretrain_steps': 3000, 'pretrain_batch_size': 32,
-        'seq_len': 64, 'eval_batches': 60, 'seeds': (0, 1, 2), 'epochs': 3,
-        'max_train_examples': 4000,
-        'agora_models': ('winner_kd', 'winner_mlm', 'comparison_kd'),
-        'agora_lrs': (1e-4, 5e-5, 2e-4), 'latency_repeats': 20,
+        'corpus_bytes': 5_000_000, 'pretrain_steps': 2000, 'pretrain_batch_size': 32,
+        'seq_len': 64, 'eval_batches': 60, 'temperatures': (2.0, 1.0),
+        'inits': ('scratch', 'teacher'), 'finetune_inits': ('scratch', 'teacher'),
+        'seeds': (0, 1, 2), 'epochs': 3, 'max_train_examples': 4000,
+        'agora_models': ('winner_scratch_kd', 'winner_teacher_kd'),
+        'agora_tasks': ('SST-2', 'RTE'), 'agora_lrs': (1e-4, 5e-5, 2e-4),
+        'latency_repeats': 20, 'teacher_steps': (400, 1600, 4000),
     },
 }
 
 #: Fields that do not change any result: a rerun on the same --out may change them.
-RESULT_FREE_FIELDS = ('out', 'progress', 'report_only')
+RESULT_FREE_FIELDS = ('out', 'progress', 'report_only', 'teacher_table_only')
 
 
 @dataclass
@@ -65,9 +137,10 @@ class MiniatureConfig:
     budget: str = opt('small', "preset of every setting left unset: 'small' (under 30 minutes "
                       "on 2 cores) or 'full' (the report's run, about 3 hours)",
                       choices=tuple(BUDGETS))
-    teacher: str = opt('minilm', "the teacher: 'minilm' (all-MiniLM-L6-v2 MLM-adapted, built "
-                       'once in the cache), a project model folder with an MLM head, or a '
-                       'Hugging Face folder')
+    teacher: str = opt('minilm', "the teacher: 'minilm' (all-MiniLM-L6-v2 MLM-adapted in 400 "
+                       "steps, built once in the cache), 'minilm-<steps>' (the same adapted "
+                       'in that many steps: a stronger teacher, see --teacher_steps), a '
+                       'project model folder with an MLM head, or a Hugging Face folder')
     cache_dir: str = opt('', 'cache of the default teacher and corpus ($BORT_CACHE or '
                          '~/.cache/bort when empty)')
     corpus: Tuple[str, ...] = opt((), 'text files for pretraining (one sentence a line, blank '
@@ -89,7 +162,16 @@ class MiniatureConfig:
                                "'runner_up' (rank 2 by W)", choices=COMPARISON_RULES)
     params_band: float = opt(0.25, 'relative parameter-count band of similar_params_worst_e',
                              check=positive)
-    # -- 2. pretraining (three runs of the same budget) ----------------------------------------
+    teacher_steps: Tuple[int, ...] = opt((), 'MLM adaptation steps of the teacher-strength '
+                                         "table: the built-in teacher built with each ('minilm-"
+                                         "<steps>', 10+ minutes per 1,000 steps on 2 cores, "
+                                         'cached) and scored on the students\' held-out '
+                                         'positions; empty: no table (preset)', nargs='*',
+                                         type=int, check=at_least(1))
+    teacher_table_only: bool = opt(False, 'run only the stages of the teacher-strength table '
+                                   '(teacher, data, reference, teacher_strength/*) and write '
+                                   'the report: to choose --teacher before the full run')
+    # -- 2. pretraining (runs of the same budget) ----------------------------------------------
     corpus_bytes: Optional[int] = opt(None, 'bytes of docstring text for pretraining, at most '
                                       '(less when the installed Python has less) (preset)',
                                       check=at_least(1))
@@ -100,15 +182,21 @@ class MiniatureConfig:
                                              check=at_least(1))
     seq_len: Optional[int] = opt(None, 'tokens per pretraining sequence (preset)',
                                  check=at_least(8))
-    pretrain_lr: float = opt(1e-3, 'peak learning rate of pretraining (BERT-Adam; '
-                             "benchmarks/kd_vs_mlm.py's value for students from scratch)",
-                             check=positive)
+    pretrain_lr: float = opt(1e-3, "peak learning rate of pretraining (run_pretraining's "
+                             'defaults otherwise: AdamW, unigram output bias)', check=positive)
     pretrain_warmup: float = opt(0.1, 'warm-up share of pretraining, then linear decay',
                                  check=unit_interval)
     kd_weight: float = opt(0.5, 'distillation weight (the released 0.5)', check=positive)
     mlm_weight: float = opt(0.1, 'MLM weight of the distilled runs (the released 0.1); the '
                             'MLM-only run uses 1.0', check=non_negative)
-    temperature: float = opt(2.0, 'distillation temperature (the released 2.0)', check=positive)
+    temperatures: Tuple[float, ...] = opt((), 'distillation temperatures, one distilled winner '
+                                          'each; the first (the released 2.0) is also the '
+                                          "comparison's and the fine-tuned one's (preset)",
+                                          nargs='*', type=float, check=positive)
+    inits: Tuple[str, ...] = opt((), "how the winner starts, one set of runs each: 'scratch' "
+                                 "(the paper) or 'teacher' (extracted from the teacher, "
+                                 'bort/extraction.py); the first is also the comparison\'s '
+                                 '(preset)', nargs='*', choices=INITS)
     eval_points: int = opt(10, 'held-out evaluations per pretraining run', check=at_least(1))
     eval_batches: Optional[int] = opt(None, 'held-out batches of each evaluation (preset)',
                                       check=at_least(1))
@@ -124,22 +212,38 @@ class MiniatureConfig:
                        check=positive)
     ft_weight_decay: float = opt(0.01, 'fine-tuning weight decay', check=non_negative)
     ft_warmup: float = opt(0.1, 'fine-tuning warm-up share', check=unit_interval)
-    init_range: float = opt(0.05, "r of the head's U(-r, r) initialisation", check=positive)
+    ft_init: str = opt('normal', "the head's initialisation: 'normal' (N(0, r²), "
+                       "transformers') or 'uniform' (U(-r, r), the released recipe)",
+                       choices=('normal', 'uniform'))
+    init_range: float = opt(0.02, "r of the head's initialisation (run_finetune's default: "
+                            'N(0, 0.02²))', check=positive)
+    finetune_inits: Tuple[str, ...] = opt((), 'inits (of --inits) whose winner is fine-tuned '
+                                          'twice, distilled at the first temperature and by '
+                                          'MLM only (equal steps); the teacher and the '
+                                          'comparison always are (preset)', nargs='*',
+                                          choices=INITS)
     max_length: int = opt(128, 'tokens per fine-tuning example', check=at_least(8))
     rte_heldout: int = opt(500, 'RTE training rows set aside as a held-out test set that no '
                            'model trains or is selected on (Agora selects on dev and learns '
                            'from its dev mistakes, so dev favours it)', check=non_negative)
-    agora_models: Tuple[str, ...] = opt((), 'students fine-tuned with Agora on RTE (preset)',
-                                        nargs='*', choices=tuple(s[0] for s in STUDENTS))
+    sst2_heldout: int = opt(1000, 'SST-2 training rows set aside the same way',
+                            check=non_negative)
+    agora_models: Tuple[str, ...] = opt((), 'fine-tuned students also trained with Agora, e.g. '
+                                        "'winner_scratch_kd' (preset)", nargs='*')
+    agora_tasks: Tuple[str, ...] = opt((), 'tasks of the Agora runs (preset)', nargs='*',
+                                       choices=AGORA_TASKS)
     agora_lrs: Tuple[float, ...] = opt((), "learning rates of Agora's Θ (one seed per run, the "
                                        "recipe's other settings) (preset)", nargs='*',
                                        type=float, check=positive)
     agora_transform: str = opt('mlm', 'transformation of the dev mistakes', choices=(
         'mlm', 'delete', 'swap', 'delete_swap'))
-    agora_min_teacher_accuracy: float = opt(0.0, "Agora's teacher check (the method asks for "
-                                            'dev accuracy > 2/3); 0 runs Agora whatever the '
-                                            "teacher's accuracy, and the report states it "
-                                            'next to 2/3', check=unit_interval)
+    agora_min_teacher_accuracy: float = opt(AGORA_PREMISE, "Agora's teacher check: the teacher "
+                                            '(the teacher fine-tuned on the task, first seed) '
+                                            'must exceed this dev accuracy (the method: 2/3)',
+                                            check=unit_interval)
+    agora_unmet: str = opt('run', "a task whose teacher fails the check: 'run' Agora there "
+                           'with the check off, reported as premise not met (its verdicts are '
+                           "not counted), or 'skip' it", choices=('run', 'skip'))
     # -- 4. latency ----------------------------------------------------------------------------
     latency_batch_size: int = opt(1, 'batch of the latency measurement', check=at_least(1))
     latency_seq_len: int = opt(128, 'sequence length of the latency measurement',
@@ -153,7 +257,8 @@ class MiniatureConfig:
                             'far (also while the run goes on), listing the missing ones')
 
     def __post_init__(self):
-        for name in ('corpus', 'tasks', 'seeds', 'agora_models', 'agora_lrs'):
+        for name in ('corpus', 'tasks', 'seeds', 'agora_models', 'agora_lrs', 'agora_tasks',
+                     'temperatures', 'inits', 'finetune_inits', 'teacher_steps'):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [v for v in value.split(',') if v]
@@ -193,15 +298,39 @@ class MiniatureConfig:
             raise ConfigError(f'--seeds repeats a seed: {self.seeds}')
         if not self.tasks:
             raise ConfigError('--tasks is empty')
-        if self.agora_models and 'RTE' not in self.tasks:
-            raise ConfigError('Agora runs on RTE: add RTE to --tasks or pass --agora_models '
-                              'with no value')
-        if self.agora_models and not self.agora_lrs:
-            raise ConfigError("--agora_lrs is empty: Agora's Θ would be empty")
+        for name in ('temperatures', 'inits'):
+            values = getattr(self, name)
+            if not values:
+                raise ConfigError(f'--{name} is empty')
+            if len(set(values)) != len(values):
+                raise ConfigError(f'--{name} repeats a value: {values}')
+        if set(self.finetune_inits) - set(self.inits):
+            raise ConfigError(f'--finetune_inits {self.finetune_inits} names an init that '
+                              f'--inits {self.inits} does not pretrain')
+        if len(set(self.teacher_steps)) != len(self.teacher_steps):
+            raise ConfigError(f'--teacher_steps repeats a value: {self.teacher_steps}')
+        models = finetuned_models(self)
+        for name in self.agora_models:
+            if name == 'teacher' or name not in models:
+                raise ConfigError(f'--agora_models {name!r} is not a fine-tuned student (one '
+                                  f'of {", ".join(models[1:])})')
+        if self.agora_models:
+            missing = [t for t in self.agora_tasks if t not in self.tasks]
+            if missing or not self.agora_tasks:
+                raise ConfigError(f'--agora_tasks {self.agora_tasks}: Agora needs tasks that '
+                                  f'are fine-tuned (--tasks {self.tasks}); or pass '
+                                  f'--agora_models with no value')
+            if not self.agora_lrs:
+                raise ConfigError("--agora_lrs is empty: Agora's Θ would be empty")
         self.search_settings()
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(dataclasses.asdict(self), search_settings=self.search_settings())
+
+    def heldout_rows(self) -> Dict[str, int]:
+        """Training rows set aside per task (tasks with none left out)."""
+        rows = {'RTE': self.rte_heldout, 'SST-2': self.sst2_heldout}
+        return {t: rows[t] for t in self.tasks if rows.get(t)}
 
     def tokens_per_run(self) -> int:
         """The pretraining budget of each run in token slots (steps x batch x length)."""

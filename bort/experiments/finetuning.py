@@ -1,34 +1,43 @@
 """The miniature's fine-tuning stages: the GLUE folders, plain runs and Agora runs.
 
 Every model is fine-tuned with one recipe (:func:`finetune_config`, the fields of
-:class:`~bort.experiments.config.MiniatureConfig`); RTE's training rows set aside by
-:func:`split_glue` score every RTE model on data that neither training nor Agora's dev-driven
-selection has seen.
+:class:`~bort.experiments.config.MiniatureConfig`); the training rows set aside by
+:func:`split_glue` (RTE and SST-2) score every model on data that neither training nor Agora's
+dev-driven selection has seen.
 """
 from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from ..errors import ConfigError
-from .config import MiniatureConfig
+from .config import AGORA_PREMISE, MiniatureConfig
 
 __all__ = ['split_glue', 'finetune_config', 'heldout_metrics', 'dev_size', 'stage_finetune',
-           'stage_agora']
+           'agora_check', 'stage_agora']
 
 
-def split_glue(glue_dir: str, tasks: Sequence[str], out: str, rte_heldout: int,
-               seed: int) -> Dict[str, str]:
-    """GLUE-layout folders for the runs: ``train`` (every task's official files, RTE's train
-    less ``rte_heldout`` rows) and ``heldout`` (those rows as RTE's dev split).
+def split_glue(glue_dir: str, tasks: Sequence[str], out: str,
+               heldout: Union[int, Dict[str, int]], seed: int) -> Dict[str, str]:
+    """GLUE-layout folders for the runs: ``train`` (every task's official files, a task's train
+    less its held-out rows) and ``heldout`` (those rows as the task's dev split).
 
-    The official files are read from ``glue_dir`` and never modified.
+    Parameters
+    ----------
+    glue_dir : str
+        The official files (read, never modified).
+    tasks : sequence of str
+    out : str
+    heldout : dict or int
+        Rows set aside per task (an int: RTE's, as before); drawn at random with ``seed``.
+    seed : int
     """
     # pylint: disable=import-outside-toplevel
     import numpy as np
     from ..finetune.tasks import get_task
     train_root, held_root = os.path.join(out, 'train'), os.path.join(out, 'heldout')
+    rows_out = heldout if isinstance(heldout, dict) else {'RTE': heldout}
     for task in tasks:
         name = os.path.dirname(get_task(task).files['train'])
         src, dst = os.path.join(glue_dir, name), os.path.join(train_root, name)
@@ -42,13 +51,15 @@ def split_glue(glue_dir: str, tasks: Sequence[str], out: str, rte_heldout: int,
         with open(os.path.join(src, 'train.tsv'), encoding='utf-8') as f:
             header, *rows = f.read().splitlines()
         held: List[str] = []
-        if task == 'RTE' and rte_heldout:
-            if rte_heldout >= len(rows):
-                raise ConfigError(f'--rte_heldout {rte_heldout} leaves no RTE training row '
+        count = rows_out.get(task, 0)
+        if count:
+            if count >= len(rows):
+                flag = '--' + task.lower().replace('-', '') + '_heldout'
+                raise ConfigError(f'{flag} {count} leaves no {task} training row '
                                   f'({len(rows)} in all)')
             order = np.random.RandomState(seed).permutation(len(rows))
-            keep = set(order[rte_heldout:].tolist())
-            held = [rows[i] for i in sorted(order[:rte_heldout])]
+            keep = set(order[count:].tolist())
+            held = [rows[i] for i in sorted(order[:count])]
             rows = [r for i, r in enumerate(rows) if i in keep]
             os.makedirs(os.path.join(held_root, name), exist_ok=True)
             with open(os.path.join(held_root, name, 'dev.tsv'), 'w', encoding='utf-8') as f:
@@ -63,7 +74,8 @@ def finetune_config(config: MiniatureConfig, task: str, data_dir: str, model: st
     """The recipe every model is fine-tuned with, for one task, model and seed."""
     from ..finetune import FinetuneConfig  # pylint: disable=import-outside-toplevel
     return FinetuneConfig(task=task, data_dir=data_dir, model=model, output_dir=output_dir,
-                          head='auto', head_dropout=0.1, init_range=config.init_range,
+                          head='auto', head_dropout=0.1, init=config.ft_init,
+                          init_range=config.init_range,
                           max_length=config.max_length, batch_size=config.ft_batch_size,
                           lr=config.ft_lr, weight_decay=config.ft_weight_decay,
                           warmup_ratio=config.ft_warmup, epochs=int(config.epochs), seed=seed,
@@ -72,9 +84,13 @@ def finetune_config(config: MiniatureConfig, task: str, data_dir: str, model: st
 
 
 def heldout_metrics(task: str, folder: str, glue: Dict[str, str]) -> Optional[Dict[str, float]]:
-    """Metrics of a fine-tuned folder on the set-aside rows (RTE), else None."""
-    from ..finetune.evaluate import evaluate_folder  # pylint: disable=import-outside-toplevel
-    if task != 'RTE' or not os.path.isdir(os.path.join(glue['heldout'], 'RTE')):
+    """Metrics of a fine-tuned folder on the task's set-aside rows, else None (none set aside).
+    """
+    # pylint: disable=import-outside-toplevel
+    from ..finetune.evaluate import evaluate_folder
+    from ..finetune.tasks import get_task
+    name = os.path.dirname(get_task(task).files['train'])
+    if not os.path.isfile(os.path.join(glue['heldout'], name, 'dev.tsv')):
         return None
     metrics, _ = evaluate_folder(task, folder, glue['heldout'], 'dev', batch_size=64)
     return metrics
@@ -103,21 +119,33 @@ def stage_finetune(config: MiniatureConfig, task: str, model: str, seed: int,
             'folder': result.folder}
 
 
-def stage_agora(config: MiniatureConfig, model: str, seed: int, labeller: str, mlm_model: str,
-                glue: Dict[str, str], folder: str) -> Dict:
-    """Agora on RTE for one student and one seed; Θ is the recipe over ``--agora_lrs``."""
+def agora_check(config: MiniatureConfig, teacher_accuracy: float) -> Optional[float]:
+    """The teacher check Agora runs with on a task whose teacher (Socrates) has
+    ``teacher_accuracy`` on dev: ``--agora_min_teacher_accuracy`` when the teacher passes it;
+    otherwise 0 with ``--agora_unmet run`` (premise not met, stated in the report), None with
+    ``skip`` (Agora does not run on the task)."""
+    if teacher_accuracy > config.agora_min_teacher_accuracy:
+        return config.agora_min_teacher_accuracy
+    return 0.0 if config.agora_unmet == 'run' else None
+
+
+def stage_agora(config: MiniatureConfig, task: str, model: str, seed: int, labeller: str,
+                mlm_model: str, glue: Dict[str, str], folder: str, check: float) -> Dict:
+    """Agora on ``task`` for one student and one seed; Θ is the recipe over ``--agora_lrs``;
+    ``check`` is the teacher check it runs with (:func:`agora_check`)."""
     # pylint: disable=import-outside-toplevel
     from ..finetune import AgoraConfig, run_agora
-    base = finetune_config(config, 'RTE', glue['train'], model, os.path.join(folder, 'run'),
+    base = finetune_config(config, task, glue['train'], model, os.path.join(folder, 'run'),
                            seed)
-    agora = AgoraConfig(teacher=labeller, min_teacher_accuracy=config.agora_min_teacher_accuracy,
+    agora = AgoraConfig(teacher=labeller, min_teacher_accuracy=check,
                         seeds=[seed], lrs=list(config.agora_lrs),
                         weight_decays=[config.ft_weight_decay],
                         warmup_ratios=[config.ft_warmup], batch_sizes=[config.ft_batch_size],
                         transform=config.agora_transform, mlm_model=mlm_model)
     result = run_agora(base, agora)
-    return {'seed': seed, 'dev': result.metrics, 'score': result.score,
-            'heldout': heldout_metrics('RTE', result.folder, glue), 'iterations': result.iterations,
+    return {'task': task, 'seed': seed, 'dev': result.metrics, 'score': result.score,
+            'check': check, 'premise_met': result.teacher_accuracy > AGORA_PREMISE,
+            'heldout': heldout_metrics(task, result.folder, glue), 'iterations': result.iterations,
             'points_added': result.points_added, 'examples_seen': result.examples_seen,
             'chs': result.chs, 'teacher_accuracy': result.teacher_accuracy,
             'history': [{k: r.get(k) for k in ('iteration', 'theta_size', 'dev_score',

@@ -23,6 +23,7 @@ same command continues):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,12 +31,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..checkpoint import write_json_atomic
 from ..errors import ConfigError, UserError
-from .config import BUDGETS, MODELS, RESULT_FIELDS, STUDENTS, MiniatureConfig
-from .finetuning import dev_size, split_glue, stage_agora, stage_finetune
+from .config import (BUDGETS, RESULT_FIELDS, MiniatureConfig, Student, finetuned_models,
+                     students)
+from .finetuning import agora_check, dev_size, split_glue, stage_agora, stage_finetune
 from .stages import StageLog, read_done, run_stage, stage_done
 
 __all__ = ['run_miniature', 'report_finished', 'stage_names', 'choose_comparison',
-           'check_same_settings', 'split_glue', 'pretrain_curve', 'CONFIG_FILE', 'main']
+           'check_same_settings', 'split_glue', 'pretrain_curve', 'train_seconds',
+           'equal_time_minutes', 'heldout_batches', 'CONFIG_FILE', 'main']
 
 log = logging.getLogger(__name__)
 
@@ -202,44 +205,85 @@ def stage_data(config: MiniatureConfig, teacher: str, folder: str) -> Dict:
 
 
 def _pretrain_config(config: MiniatureConfig, data: str, output_dir: str, arch: str,
-                     teacher: str, distil: bool):
+                     teacher: str, student: Optional[Student] = None, max_minutes: float = 0.0):
+    """``run_pretraining``'s settings of one run (its defaults otherwise: AdamW, unigram output
+    bias); ``student`` None: the settings every run shares (batch, evaluation batches)."""
     from ..pretrain import PretrainConfig  # pylint: disable=import-outside-toplevel
     steps = int(config.pretrain_steps)
     interval = max(1, steps // config.eval_points)
+    distil = student is not None and student.distilled
+    init = student.init if student is not None else 'scratch'
     return PretrainConfig(
-        data=data, output_dir=output_dir, arch=arch, teacher=teacher if distil else '',
+        data=data, output_dir=output_dir, arch=arch,
+        teacher=teacher if distil or init == 'teacher' else '', init=init,
         kd_weight=config.kd_weight if distil else 0.0,
-        mlm_weight=config.mlm_weight if distil else 1.0, temperature=config.temperature,
+        mlm_weight=config.mlm_weight if distil else 1.0,
+        temperature=student.temperature if distil else config.temperatures[0],
         max_predictions=_max_predictions(int(config.seq_len)), lr=config.pretrain_lr,
-        warmup_ratio=config.pretrain_warmup, schedule='linear', total_steps=steps,
-        batch_size=int(config.pretrain_batch_size), seed=config.seed,
+        warmup_ratio=config.pretrain_warmup, schedule='linear',
+        # A run on a time budget stops at its budget: the step count is only a cap.
+        total_steps=steps * TIME_RUN_STEP_CAP if max_minutes else steps,
+        max_minutes=max_minutes, batch_size=int(config.pretrain_batch_size), seed=config.seed,
         log_interval=min(interval, 50), eval_interval=interval,
         eval_batches=int(config.eval_batches), checkpoint_interval=interval, keep_checkpoints=1,
         resume=True, plot=True)
 
 
-def stage_reference(config: MiniatureConfig, teacher: str, data: str, folder: str) -> Dict:
-    """The teacher on the pretraining runs' held-out batches: its MLM accuracy, the
-    most-frequent-token rate and the number of masked positions (the yardstick of noise)."""
+def heldout_batches(config: MiniatureConfig, data: str) -> List:
+    """The fixed held-out batches every pretraining run is evaluated on (bort.pretrain.loop
+    builds them the same way from the same settings)."""
     # pylint: disable=import-outside-toplevel
-    import mxnet as mx
-    from ..pretrain.evaluate import evaluate, most_frequent_rate
     from ..pretrain.masking import masking_for
     from ..pretrain.shards import read_meta
     from ..pretrain.stream import fixed_batches, list_shards
-    from ..pretrain.teacher import Teacher
-    run = _pretrain_config(config, data, folder, '', teacher, True)
+    run = _pretrain_config(config, data, '', '', '')
     meta = read_meta(data)
     masking = masking_for(meta, run.mask_ratio, run.max_predictions)
-    # The same batches as every run's evaluation (bort.pretrain.loop builds them this way).
-    batches = fixed_batches(list_shards(data, 'eval'), run.batch_size, masking,
-                            run.eval_batches, pad_id=meta['pad_id'])
-    model = Teacher.load(teacher, meta['vocab_size'])
+    return fixed_batches(list_shards(data, 'eval'), run.batch_size, masking, run.eval_batches,
+                         pad_id=meta['pad_id'])
+
+
+def _score_teacher(folder: str, data: str, batches: List) -> Dict[str, float]:
+    """A masked-LM model's held-out top-1, top-5 and cross-entropy on ``batches``."""
+    # pylint: disable=import-outside-toplevel
+    import mxnet as mx
+    from ..pretrain.evaluate import evaluate
+    from ..pretrain.shards import read_meta
+    from ..pretrain.teacher import Teacher
+    model = Teacher.load(folder, read_meta(data)['vocab_size'])
     out = evaluate(model.model, batches, mx.cpu())
+    return {'acc': out['eval_mlm_acc'], 'top5': out['eval_mlm_top5'],
+            'loss': out['eval_mlm_loss']}
+
+
+def stage_reference(config: MiniatureConfig, teacher: str, data: str, folder: str) -> Dict:
+    """The teacher on the pretraining runs' held-out batches: its MLM accuracy, the
+    most-frequent-token rate and the number of masked positions (the yardstick of noise)."""
+    from ..pretrain.evaluate import most_frequent_rate  # pylint: disable=import-outside-toplevel
+    del folder  # nothing to write
+    batches = heldout_batches(config, data)
+    score = _score_teacher(teacher, data, batches)
     positions = int(sum(float(b.weights.sum()) for b in batches))
-    return {'teacher_acc': out['eval_mlm_acc'], 'teacher_top5': out['eval_mlm_top5'],
-            'teacher_loss': out['eval_mlm_loss'], 'most_frequent_rate':
+    return {'teacher_acc': score['acc'], 'teacher_top5': score['top5'],
+            'teacher_loss': score['loss'], 'most_frequent_rate':
             most_frequent_rate(batches), 'positions': positions, 'batches': len(batches)}
+
+
+def stage_teacher_strength(config: MiniatureConfig, steps: int, data: str, folder: str) -> Dict:
+    """One row of the teacher-strength table: the built-in teacher MLM-adapted in ``steps``
+    steps (``minilm-<steps>``, built once in the cache: 10+ minutes per 1,000 steps on 2
+    cores) scored on the students' held-out positions. The adaptation text is the first
+    ``--corpus_skip_bytes`` of the docstring corpus, which no student is trained on."""
+    # pylint: disable=import-outside-toplevel
+    from ..errors import read_json
+    from ..pretrain.default_teacher import ADAPT_REPORT, resolve_model_dir
+    del folder  # the build is cached with the other teachers
+    built = resolve_model_dir(f'minilm-{steps}', config.cache_dir or None, what='teacher')
+    report = read_json(os.path.join(built, ADAPT_REPORT), what='MLM adaptation report')
+    score = _score_teacher(built, data, heldout_batches(config, data))
+    return dict(score, steps=steps, folder=built,
+                adapt_heldout_acc=report.get('heldout_mlm_accuracy'),
+                build_seconds=report.get('build_seconds', {}))
 
 
 def pretrain_curve(metrics_path: str, tokens_per_step: int) -> List[Dict]:
@@ -253,8 +297,29 @@ def pretrain_curve(metrics_path: str, tokens_per_step: int) -> List[Dict]:
             for s in sorted(evals)]
 
 
-def stage_pretrain(config: MiniatureConfig, teacher: str, data: str, arch: str, distil: bool,
-                   folder: str) -> Dict:
+def train_seconds(run_dir: str) -> Optional[float]:
+    """Seconds the training loop of a run took, over its resumes (its last checkpoint's
+    ``train_seconds``: what ``--max_minutes`` budgets), None without a checkpoint."""
+    from ..checkpoint import CheckpointManager  # pylint: disable=import-outside-toplevel
+    latest = CheckpointManager(run_dir).latest()
+    if latest is None:
+        return None
+    with open(os.path.join(latest, 'state.json'), encoding='utf-8') as f:
+        return json.load(f).get('train_seconds')
+
+
+def equal_time_minutes(kd_figures: Sequence[Dict]) -> float:
+    """The wall-time budget of an ``mlm_time`` run: the mean training-loop time of the same
+    init's KD runs, in minutes (KD pays for the teacher's forward pass in that time)."""
+    seconds = [f['train_seconds'] for f in kd_figures if f.get('train_seconds')]
+    if not seconds:
+        raise UserError('the KD runs recorded no training time: the equal-time MLM run has '
+                        'no budget')
+    return sum(seconds) / len(seconds) / 60.0
+
+
+def stage_pretrain(config: MiniatureConfig, teacher: str, data: str, arch: str,
+                   student: Student, folder: str, max_minutes: float = 0.0) -> Dict:
     """One pretraining run of the miniature's budget (resumes from its checkpoints)."""
     # pylint: disable=import-outside-toplevel
     from ..arch import load_arch
@@ -262,14 +327,17 @@ def stage_pretrain(config: MiniatureConfig, teacher: str, data: str, arch: str, 
     from ..log import MetricsLog
     from ..pretrain import pretrain
     run_dir = os.path.join(folder, 'run')
-    run = _pretrain_config(config, data, run_dir, arch, teacher, distil)
+    run = _pretrain_config(config, data, run_dir, arch, teacher, student, max_minutes)
     result = pretrain(run)
     tokens_per_step = run.batch_size * int(config.seq_len)
     train = [r for r in MetricsLog(os.path.join(run_dir, 'metrics.jsonl')).read()
              if 'tokens_per_s' in r and not r.get('final')]
     shape = load_arch(arch)
     return {'model': os.path.join(run_dir, 'model'), 'arch': list(shape.tuple),
-            'params': num_parameters(shape), 'distilled': distil, 'steps': result['step'],
+            'params': num_parameters(shape), 'distilled': student.distilled,
+            'init': student.init, 'objective': student.objective,
+            'temperature': student.temperature, 'max_minutes': max_minutes,
+            'train_seconds': train_seconds(run_dir), 'steps': result['step'],
             'tokens': result['step'] * tokens_per_step,
             'final_acc': result.get('eval_mlm_acc'), 'final_top5': result.get('eval_mlm_top5'),
             'final_loss': result.get('eval_mlm_loss'),
@@ -278,7 +346,9 @@ def stage_pretrain(config: MiniatureConfig, teacher: str, data: str, arch: str, 
             'tokens_per_s': (sum(r['tokens_per_s'] for r in train) / len(train)
                              if train else None),
             'settings': {k: getattr(run, k) for k in ('kd_weight', 'mlm_weight', 'temperature',
-                                                      'lr', 'warmup_ratio', 'total_steps',
+                                                      'init', 'lr', 'optimizer',
+                                                      'decoder_bias', 'warmup_ratio',
+                                                      'total_steps', 'max_minutes',
                                                       'batch_size', 'eval_batches')}}
 
 
@@ -305,21 +375,36 @@ def stage_latency(config: MiniatureConfig, models: Dict[str, str], folder: str) 
 
 
 # -- the whole experiment --------------------------------------------------------------------------
+#: An equal-time run's step cap, in multiples of --pretrain_steps (its budget ends it first).
+TIME_RUN_STEP_CAP = 50
+#: The stages of the teacher-strength table (``--teacher_table_only`` runs these alone).
+TABLE_STAGES = ('teacher', 'data', 'reference')
+
+
+def agora_stage_names(config: MiniatureConfig) -> List[str]:
+    """Every Agora stage ``config`` asks for (a task skipped by ``--agora_unmet skip`` is
+    decided when the run gets there)."""
+    return [f'agora/{m}_{t}_s{s}' for t in config.agora_tasks for m in config.agora_models
+            for s in config.seeds]
+
+
 def stage_names(config: MiniatureConfig) -> List[str]:
     """Every stage of the experiment ``config`` describes, in the order they run (each one's
     folder is ``<out>/<name>``)."""
-    names = ['teacher', 'search', 'data', 'reference']
-    names += [f'pretrain/{name}' for name, _, _ in STUDENTS] + ['glue']
+    names = list(TABLE_STAGES) + [f'teacher_strength/s{n}' for n in config.teacher_steps]
+    if config.teacher_table_only:
+        return names
+    names.insert(1, 'search')
+    names += [f'pretrain/{s.name}' for s in students(config)] + ['glue']
     names += [f'finetune/{m}_{t}_s{s}' for t in config.tasks for s in config.seeds
-              for m in MODELS]
-    names += [f'agora/{m}_s{s}' for m in config.agora_models for s in config.seeds]
-    return names + ['latency']
+              for m in finetuned_models(config)]
+    return names + agora_stage_names(config) + ['latency']
 
 
 def _sizes(config: MiniatureConfig, glue: Dict) -> Dict[str, int]:
     sizes = {t: dev_size(t, glue['train']) for t in config.tasks}
-    if 'RTE' in config.tasks and config.rte_heldout:
-        sizes['RTE-heldout'] = config.rte_heldout
+    for task, rows in config.heldout_rows().items():
+        sizes[f'{task}-heldout'] = rows
     return sizes
 
 
@@ -338,10 +423,62 @@ def report_finished(config: MiniatureConfig) -> Dict[str, Any]:
         folder = os.path.join(config.out, name)
         if stage_done(folder):
             stages.add(name, dict(read_done(folder), cached=True))
-        else:
+        elif not (name.startswith('agora/') and _agora_skipped(config, stages, name)):
             missing.append(name)
     sizes = _sizes(config, stages.figures('glue')) if 'glue' in stages.records else {}
     return write_report(config, stages, sizes, missing)
+
+
+def _socrates(config: MiniatureConfig, task: str) -> str:
+    """The stage of Agora's teacher on ``task``: the teacher fine-tuned with the first seed."""
+    return f'finetune/teacher_{task}_s{config.seeds[0]}'
+
+
+def _agora_skipped(config: MiniatureConfig, stages: StageLog, name: str) -> bool:
+    task = name.split('/')[1].rsplit('_s', 1)[0].rsplit('_', 1)[1]
+    socrates = _socrates(config, task)
+    return (socrates in stages.records and agora_check(
+        config, stages.figures(socrates)['dev']['accuracy']) is None)
+
+
+def _pretrain_all(config: MiniatureConfig, teacher: str, data: str, search: Dict,
+                  stages: StageLog) -> Dict[str, str]:
+    """Every pretraining run in order; the equal-time runs get their init's KD time."""
+    models = {}
+    for student in students(config):
+        minutes = 0.0
+        if student.objective == 'mlm_time':
+            minutes = equal_time_minutes([stages.figures(f'pretrain/{s.name}')
+                                          for s in students(config)
+                                          if s.distilled and s.role == 'winner'
+                                          and s.init == student.init])
+        arch = search['archs'][student.role]
+        figures = run_stage(f'pretrain/{student.name}',
+                            os.path.join(config.out, 'pretrain', student.name),
+                            lambda f, a=arch, s=student, m=minutes: stage_pretrain(
+                                config, teacher, data, a, s, f, m), stages)
+        models[student.name] = figures['model']
+    return models
+
+
+def _agora_all(config: MiniatureConfig, models: Dict[str, str], teacher: str, glue: Dict,
+               stages: StageLog) -> None:
+    """Agora per task, student and seed, with the teacher check of :func:`agora_check`."""
+    for task in config.agora_tasks:
+        socrates = stages.figures(_socrates(config, task))
+        check = agora_check(config, socrates['dev']['accuracy'])
+        if check is None:
+            log.warning('Agora on %s skipped: the teacher has %.1f %% dev accuracy, not above '
+                        '%.1f %% (--agora_unmet skip)', task, 100 * socrates['dev']['accuracy'],
+                        100 * config.agora_min_teacher_accuracy)
+            continue
+        for name in config.agora_models:
+            for seed in config.seeds:
+                run_stage(f'agora/{name}_{task}_s{seed}',
+                          os.path.join(config.out, 'agora', f'{name}_{task}_s{seed}'),
+                          lambda f, m=name, s=seed, t=task, c=check: stage_agora(
+                              config, t, models[m], s, socrates['folder'], teacher, glue, f,
+                              c), stages)
 
 
 def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
@@ -351,7 +488,8 @@ def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
     -------
     dict
         ``report`` (report.md's path), ``pngs``, ``verdicts`` (one dict per claim),
-        ``stages`` (each stage's record: figures, seconds, loads, cached).
+        ``premises`` (what each claim assumes, measured), ``stages`` (each stage's record:
+        figures, seconds, loads, cached).
     """
     # pylint: disable=import-outside-toplevel
     from ..pretrain.default_teacher import resolve_model_dir
@@ -368,40 +506,38 @@ def run_miniature(config: MiniatureConfig) -> Dict[str, Any]:
         teacher = run_stage('teacher', os.path.join(out, 'teacher'), lambda _: {
             'folder': resolve_model_dir(config.teacher, config.cache_dir or None,
                                         what='teacher')}, stages)['folder']
-        search = run_stage('search', os.path.join(out, 'search'),
-                           lambda f: stage_search(config, teacher, f), stages)
+        search = None
+        if not config.teacher_table_only:
+            search = run_stage('search', os.path.join(out, 'search'),
+                               lambda f: stage_search(config, teacher, f), stages)
         data = run_stage('data', os.path.join(out, 'data'),
                          lambda f: stage_data(config, teacher, f), stages)['shards']
         run_stage('reference', os.path.join(out, 'reference'),
                   lambda f: stage_reference(config, teacher, data, f), stages)
-        models = {'teacher': teacher}
-        for name, role, distil in STUDENTS:
-            arch = search['archs'][role]
-            figures = run_stage(f'pretrain/{name}', os.path.join(out, 'pretrain', name),
-                                lambda f, a=arch, d=distil: stage_pretrain(config, teacher, data,
-                                                                           a, d, f), stages)
-            models[name] = figures['model']
+        for steps in config.teacher_steps:
+            run_stage(f'teacher_strength/s{steps}',
+                      os.path.join(out, 'teacher_strength', f's{steps}'),
+                      lambda f, n=steps: stage_teacher_strength(config, n, data, f), stages)
+        if config.teacher_table_only:
+            return write_report(config, stages, {}, [n for n in stage_names(
+                dataclasses.replace(config, teacher_table_only=False))
+                if n not in stages.records])
+        models = dict(_pretrain_all(config, teacher, data, search, stages), teacher=teacher)
         glue = run_stage('glue', os.path.join(out, 'glue'), lambda f: split_glue(
-            config.glue_dir, config.tasks, f, config.rte_heldout, config.seed), stages)
+            config.glue_dir, config.tasks, f, config.heldout_rows(), config.seed), stages)
         sizes = _sizes(config, glue)
         for task in config.tasks:
             for seed in config.seeds:
-                for name in MODELS:
+                for name in finetuned_models(config):
                     run_stage(f'finetune/{name}_{task}_s{seed}',
                               os.path.join(out, 'finetune', f'{name}_{task}_s{seed}'),
                               lambda f, t=task, m=name, s=seed: stage_finetune(
                                   config, t, models[m], s, glue, f), stages)
         if config.agora_models:
-            # Socrates: the teacher fine-tuned on RTE with the first seed.
-            labeller = stages.figures(f'finetune/teacher_RTE_s{config.seeds[0]}')['folder']
-            for name in config.agora_models:
-                for seed in config.seeds:
-                    run_stage(f'agora/{name}_s{seed}', os.path.join(out, 'agora',
-                                                                    f'{name}_s{seed}'),
-                              lambda f, m=name, s=seed: stage_agora(
-                                  config, models[m], s, labeller, teacher, glue, f), stages)
-        latency_models = {'teacher': teacher, 'winner': models['winner_kd'],
-                          'comparison': models['comparison_kd']}
+            _agora_all(config, models, teacher, glue, stages)
+        first = config.inits[0]
+        latency_models = {'teacher': teacher, 'winner': models[f'winner_{first}_kd'],
+                          'comparison': models[f'comparison_{first}_kd']}
         run_stage('latency', os.path.join(out, 'latency'),
                   lambda f: stage_latency(config, latency_models, f), stages)
         return write_report(config, stages, sizes)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
-__all__ = ['Spread', 'spread', 'binomial_se', 'compare', 'mean_or_nan', 'Z', 'YES', 'NO',
-           'WITHIN_NOISE', 'UNKNOWN_NOISE']
+__all__ = ['Spread', 'spread', 'binomial_se', 'compare', 'mean_or_nan', 'left_rate',
+           'levels_off', 'Z', 'YES', 'NO', 'WITHIN_NOISE', 'UNKNOWN_NOISE']
 
 #: Differences within Z standard errors are called noise (about 95 % two-sided).
 Z = 2.0
@@ -134,3 +134,36 @@ def compare(a: Sequence[float], b: Sequence[float], claim: str, *, floor: float 
 def mean_or_nan(values: Sequence[Optional[float]]) -> float:
     """The mean of the finite values, NaN when there is none."""
     return spread([v for v in values if v is not None]).mean
+
+
+def left_rate(acc: float, rate: float, n: int) -> bool:
+    """Whether an accuracy ``acc`` measured on ``n`` items is above a fixed ``rate`` (e.g. the
+    most-frequent-token rate on the same positions) by more than :data:`Z` standard errors of
+    a proportion (taken at the larger of the two, so that 0 still has a yardstick)."""
+    if acc is None or not math.isfinite(acc):
+        return False
+    return acc - rate > Z * binomial_se(max(acc, rate), n)
+
+
+def levels_off(points: Sequence[Tuple[float, float]], n: int) -> Optional[float]:
+    """The smallest budget whose accuracy is within noise of the best one's.
+
+    Parameters
+    ----------
+    points : sequence of (budget, accuracy)
+        E.g. (adaptation steps, held-out top-1), each accuracy measured on the same ``n`` items.
+    n : int
+
+    Returns
+    -------
+    float or None
+        The first budget (in increasing order) whose gap to the best accuracy is at most
+        :data:`Z` standard errors of the difference of two proportions on ``n`` items
+        (``sqrt(2)`` times one's, at the best accuracy); None without points.
+    """
+    ok = sorted((b, a) for b, a in points if a is not None and math.isfinite(a))
+    if not ok:
+        return None
+    best = max(a for _, a in ok)
+    se = math.sqrt(2.0) * binomial_se(best, n)
+    return next(b for b, a in ok if best - a <= Z * se)

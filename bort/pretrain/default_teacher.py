@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Dict, Iterator, Optional, Tuple
@@ -38,13 +39,38 @@ from .names import (MINILM_PACKAGE, MODEL_SPEC_HELP, TeacherBuildError, built_on
 from .teacher import check_vocab_size
 
 __all__ = ['resolve_teacher', 'resolve_model_dir', 'cache_root', 'MODEL_SPEC_HELP',
-           'file_digest', 'minilm_dir', 'minilm_teacher',
+           'file_digest', 'minilm_dir', 'minilm_teacher', 'adapted_steps', 'DEFAULT_ADAPT_STEPS',
            'adapted_minilm_teacher', 'built_on_root', 'TeacherBuildError', 'MINILM_PACKAGE',
            'ADAPT_REPORT']
 
 log = logging.getLogger(__name__)
 
 ADAPT_REPORT = 'mlm_adapt.json'
+
+#: MLM adaptation steps of the default teacher ``minilm``; ``minilm-<steps>`` names the same
+#: build with another number of steps (a stronger teacher costs build time: the steps run
+#: ``run_pretraining``'s loop over the whole MiniLM).
+DEFAULT_ADAPT_STEPS = 400
+
+
+def adapted_steps(spec: str) -> Optional[int]:
+    """The adaptation steps a teacher name stands for: ``'minilm'`` -> 400, ``'minilm-1600'``
+    -> 1600; None for any other name (a folder, ``'minilm-head'``).
+
+    Raises
+    ------
+    ValueError
+        ``'minilm-0'`` (an adapted teacher needs at least one step).
+    """
+    if spec == 'minilm':
+        return DEFAULT_ADAPT_STEPS
+    match = re.fullmatch(r'minilm-(\d+)', spec)
+    if not match:
+        return None
+    steps = int(match.group(1))
+    if steps < 1:
+        raise ValueError(f'teacher {spec!r}: the adaptation needs at least 1 step')
+    return steps
 
 
 #: Seconds of each phase of the builds run in this process (a cold build's phase table).
@@ -79,7 +105,8 @@ def resolve_teacher(spec: str, cache_dir: str, comm: Optional[Comm] = None
     ----------
     spec : str
         ``'minilm'`` (all-MiniLM-L6-v2 MLM-adapted, :func:`adapted_minilm_teacher`; built once
-        under ``cache_dir/teachers``), ``'minilm-head'`` (the same encoder frozen, with only a
+        under ``cache_dir/teachers``), ``'minilm-<steps>'`` (the same adapted in that many
+        steps), ``'minilm-head'`` (the same encoder frozen, with only a
         fitted MLM head, :func:`minilm_teacher`: a much weaker masked-LM teacher), a project
         model folder (``arch.json`` + ``model.params``), or a Hugging Face folder
         (``config.json``; imported once under ``cache_dir/imported``).
@@ -115,7 +142,8 @@ def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional
     ----------
     spec : str
         ``'minilm'`` (all-MiniLM-L6-v2 MLM-adapted, :func:`adapted_minilm_teacher`: the built-in
-        default teacher, built once under ``cache_dir/teachers``), ``'minilm-head'`` (the
+        default teacher, built once under ``cache_dir/teachers``), ``'minilm-<steps>'`` (the
+        same build with that many adaptation steps instead of 400), ``'minilm-head'`` (the
         frozen encoder with a fitted head only, :func:`minilm_teacher`), a project model folder
         (``arch.json``; returned as it is) or a Hugging Face folder (``config.json``; imported
         once under ``cache_dir/imported``).
@@ -145,8 +173,10 @@ def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional
     cache_dir = cache_dir or cache_root()
     project = os.path.isfile(os.path.join(spec, 'arch.json'))
     hugging_face = not project and os.path.isfile(os.path.join(spec, 'config.json'))
-    if spec == 'minilm':
-        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
+    steps = adapted_steps(spec)
+    if steps is not None:
+        folder = adapted_minilm_teacher(os.path.join(cache_dir, 'teachers'), steps=steps,
+                                        comm=comm)
     elif spec == 'minilm-head':
         folder = minilm_teacher(os.path.join(cache_dir, 'teachers'), comm=comm)
     elif project or (other_folders and os.path.isdir(spec) and not hugging_face):
@@ -154,7 +184,8 @@ def resolve_model_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional
     elif hugging_face:
         folder = imported_hf_dir(spec, cache_dir, comm)
     else:
-        raise FileNotFoundError(f"{what} {spec!r}: not 'minilm' or 'minilm-head', nor a folder "
+        raise FileNotFoundError(f"{what} {spec!r}: not 'minilm', 'minilm-<steps>' or "
+                                f"'minilm-head', nor a folder "
                                 f'with arch.json (project model) or config.json (Hugging Face)')
     if comm.is_root:
         log.info('%s %s is %s', what, spec, folder)
@@ -232,7 +263,8 @@ def _docs_corpus(cache_dir: str, corpus_bytes: int) -> str:
     return path
 
 
-def adapted_minilm_teacher(cache_dir: str, steps: int = 400, batch_size: int = 16,
+def adapted_minilm_teacher(cache_dir: str, steps: int = DEFAULT_ADAPT_STEPS,
+                           batch_size: int = 16,
                            seq_len: int = 128, lr: float = 1e-4, seed: int = 0,
                            corpus_bytes: int = 2_000_000,
                            head: Optional[HeadFitConfig] = None, comm: Optional[Comm] = None,
