@@ -5,6 +5,9 @@ A thin entry point; the experiment is :mod:`bort.experiments.miniature` (same fl
     OMP_NUM_THREADS=2 python benchmarks/miniature.py --glue_dir GLUE --budget small \\
         --out runs/miniature_small
     python -m bort.experiments.miniature --glue_dir GLUE --budget full --out runs/miniature_full
+    # the teacher-strength table alone (to choose --teacher minilm-<steps> first):
+    python -m bort.experiments.miniature --glue_dir GLUE --budget full --teacher_table_only \\
+        --out runs/teacher_table
 """
 import os
 import sys

@@ -1,6 +1,7 @@
 """Bort in miniature: verdict wording on constructed numbers, stage caching, the comparison rule,
 the GLUE split, settings checks, the report from constructed figures, and (slow) one whole tiny
 run on synthetic data with a stand-in teacher, rerun from its cache."""
+import dataclasses
 import json
 import math
 import os
@@ -371,7 +372,8 @@ def test_whole_tiny_run_and_its_cache(tmp_path):
             '--search', json.dumps(search), '--pretrain_steps', '6', '--pretrain_batch_size',
             '4', '--seq_len', '16', '--eval_points', '2', '--eval_batches', '2', '--seeds', '0',
             '1', '--epochs', '1', '--max_train_examples', '0', '--max_length', '32',
-            '--rte_heldout', '12', '--agora_models', 'winner_kd', '--agora_lrs', '0.001',
+            '--rte_heldout', '12', '--sst2_heldout', '8', '--agora_models',
+            'winner_scratch_kd', '--agora_lrs', '0.001',
             '--ft_lr', '0.001', '--latency_repeats', '2', '--latency_seq_len', '16']
     result = main(argv)
     assert os.path.isfile(result['report'])
@@ -379,21 +381,31 @@ def test_whole_tiny_run_and_its_cache(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 1000, name
     stages = result['stages']
     assert not any(r['cached'] for r in stages.values())
-    expected = {'teacher', 'search', 'data', 'reference', 'pretrain/winner_kd',
-                'pretrain/winner_mlm', 'pretrain/comparison_kd', 'glue', 'latency',
-                'agora/winner_kd_s0', 'agora/winner_kd_s1'}
-    expected |= {f'finetune/{m}_{t}_s{s}' for m in ('teacher', 'winner_kd', 'winner_mlm',
-                                                   'comparison_kd')
+    expected = {'teacher', 'search', 'data', 'reference', 'pretrain/winner_scratch_kd',
+                'pretrain/winner_scratch_mlm', 'pretrain/winner_scratch_mlm_time',
+                'pretrain/comparison_scratch_kd', 'glue', 'latency'}
+    # The random tiny teacher is far below 2/3: Agora runs with the check off (premise not met).
+    expected |= {f'agora/winner_scratch_kd_{t}_s{s}' for t in ('SST-2', 'RTE') for s in (0, 1)}
+    expected |= {f'finetune/{m}_{t}_s{s}' for m in ('teacher', 'winner_scratch_kd',
+                                                   'winner_scratch_mlm', 'comparison_scratch_kd')
                  for t in ('SST-2', 'RTE') for s in (0, 1)}
     assert set(stages) == expected
     for name in expected:
         assert os.path.isfile(os.path.join(out, name, DONE_FILE)), name
     report = open(result['report']).read()
     assert '## Table 1 in miniature' in report and '## Table 5 in miniature' in report
-    assert all(v['answer'] in ('yes', 'no', 'within noise', 'noise not measured')
+    assert all(v['answer'] in ('yes', 'no', 'within noise', 'noise not measured', 'not judged')
                for v in result['verdicts'])
+    assert report.index('## Premises') < report.index('## Verdicts')
+    assert '## Table 5 in miniature: Agora vs plain fine-tuning on SST-2' in report
+    agora = json.load(open(os.path.join(out, 'agora', 'winner_scratch_kd_RTE_s0', DONE_FILE)))
+    assert agora['figures']['check'] == 0.0 and not agora['figures']['premise_met']
+    assert agora['figures']['heldout'] is not None
     winner = json.load(open(os.path.join(out, 'search', 'winner_arch.json')))
-    kd = json.load(open(os.path.join(out, 'pretrain', 'winner_kd', DONE_FILE)))['figures']
+    kd = json.load(open(os.path.join(out, 'pretrain', 'winner_scratch_kd', DONE_FILE)))['figures']
+    timed = json.load(open(os.path.join(out, 'pretrain', 'winner_scratch_mlm_time', DONE_FILE)))
+    # The equal-time run was given the KD run's training-loop time.
+    assert timed['figures']['max_minutes'] == pytest.approx(kd['train_seconds'] / 60)
     assert kd['arch'] == [winner[k] for k in ('num_layers', 'num_heads', 'units',
                                               'hidden_size')]
     assert kd['tokens'] == 6 * 4 * 16 and len(kd['curve']) == 2
@@ -418,3 +430,138 @@ def _config_values(argv):
     from bort.cli import parse_with_config
     from bort.experiments.miniature import build_parser
     return parse_with_config(build_parser(), argv)
+
+
+# -- issue 26: premises, equal wall time, Agora's check, the teacher-strength table ---------------
+def test_left_rate_against_the_normal_approximation():
+    from bort.experiments.verdicts import left_rate
+    n, rate = 4000, 0.075
+    for acc in (0.07, 0.075, 0.085, 0.09, 0.2):
+        se = math.sqrt(acc * (1 - acc) / n)  # the standard error of a proportion, written out
+        assert left_rate(acc, rate, n) == (acc - rate > 2 * se), acc
+    assert not left_rate(float('nan'), rate, n) and not left_rate(None, rate, n)
+
+
+def test_levels_off_matches_brute_force():
+    from bort.experiments.verdicts import levels_off
+    rng = np.random.RandomState(0)
+    for _ in range(50):
+        steps = sorted(rng.choice([100, 400, 800, 1600, 4000, 8000], 4, replace=False))
+        accs = rng.uniform(0.2, 0.4, size=4)
+        n = int(rng.choice([500, 5000, 50000]))
+        best = max(accs)
+        band = 2 * math.sqrt(2 * best * (1 - best) / n)
+        expected = min(s for s, a in zip(steps, accs) if best - a <= band)
+        assert levels_off(list(zip(steps, accs)), n) == expected
+    assert levels_off([], 100) is None
+
+
+def test_teacher_names_with_adaptation_steps():
+    from bort.pretrain.default_teacher import DEFAULT_ADAPT_STEPS, adapted_steps
+    assert adapted_steps('minilm') == DEFAULT_ADAPT_STEPS == 400
+    assert adapted_steps('minilm-1600') == 1600
+    assert adapted_steps('minilm-head') is None and adapted_steps('runs/x') is None
+    assert adapted_steps('minilm-16x') is None
+    with pytest.raises(ValueError, match='at least 1 step'):
+        adapted_steps('minilm-0')
+
+
+def test_full_budget_students_and_stages():
+    from bort.experiments.config import finetuned_models, students
+    from bort.experiments.miniature import stage_names
+    full = MiniatureConfig(glue_dir='g', budget='full').resolved()
+    full.validate()
+    runs = [(s.name, s.init, s.objective, s.temperature) for s in students(full)]
+    assert runs == [('winner_scratch_kd', 'scratch', 'kd', 2.0),
+                    ('winner_scratch_kd_t1', 'scratch', 'kd', 1.0),
+                    ('winner_scratch_mlm', 'scratch', 'mlm', None),
+                    ('winner_scratch_mlm_time', 'scratch', 'mlm_time', None),
+                    ('winner_teacher_kd', 'teacher', 'kd', 2.0),
+                    ('winner_teacher_kd_t1', 'teacher', 'kd', 1.0),
+                    ('winner_teacher_mlm', 'teacher', 'mlm', None),
+                    ('winner_teacher_mlm_time', 'teacher', 'mlm_time', None),
+                    ('comparison_scratch_kd', 'scratch', 'kd', 2.0)]
+    assert finetuned_models(full) == ('teacher', 'winner_scratch_kd', 'winner_scratch_mlm',
+                                      'winner_teacher_kd', 'winner_teacher_mlm',
+                                      'comparison_scratch_kd')
+    names = stage_names(full)
+    assert names[:4] == ['teacher', 'search', 'data', 'reference']
+    assert names[4:7] == ['teacher_strength/s400', 'teacher_strength/s1600',
+                          'teacher_strength/s4000']
+    # The equal-time run follows its init's KD runs, whose time it is given.
+    assert names.index('pretrain/winner_teacher_mlm_time') > names.index(
+        'pretrain/winner_teacher_kd_t1')
+    assert 'agora/winner_teacher_kd_SST-2_s2' in names and names[-1] == 'latency'
+    assert len([n for n in names if n.startswith('finetune/')]) == 6 * 2 * 3
+    table = dataclasses.replace(full, teacher_table_only=True)
+    assert stage_names(table) == ['teacher', 'data', 'reference', 'teacher_strength/s400',
+                                  'teacher_strength/s1600', 'teacher_strength/s4000']
+    small = MiniatureConfig(glue_dir='g').resolved()
+    assert [s.name for s in students(small)] == ['winner_scratch_kd', 'winner_scratch_mlm',
+                                                 'winner_scratch_mlm_time',
+                                                 'comparison_scratch_kd']
+    assert small.teacher_steps == () and small.init_range == 0.02 and small.ft_init == 'normal'
+
+
+def test_new_settings_are_checked():
+    base = dict(glue_dir='g')
+    for bad, word in ((dict(agora_models=('winner_kd',)), 'agora_models'),
+                      (dict(agora_models=('teacher',)), 'agora_models'),
+                      (dict(finetune_inits=('teacher',)), 'finetune_inits'),
+                      (dict(temperatures=(2.0, 2.0)), 'temperatures'),
+                      (dict(teacher_steps=(400, 400)), 'teacher_steps'),
+                      (dict(agora_tasks=('SST-2',), tasks=('RTE',)), 'agora_tasks'),
+                      (dict(inits=('other',)), 'inits')):
+        with pytest.raises(ConfigError, match=word):
+            MiniatureConfig(**dict(base, **bad)).resolved().validate()
+
+
+def test_agora_check_follows_the_premise():
+    from bort.experiments.finetuning import agora_check
+    config = MiniatureConfig(glue_dir='g').resolved()
+    assert config.agora_min_teacher_accuracy == pytest.approx(2 / 3)
+    assert agora_check(config, 0.81) == pytest.approx(2 / 3)  # the check stays on
+    assert agora_check(config, 0.6) == 0.0  # RTE kept, premise not met
+    assert agora_check(dataclasses.replace(config, agora_unmet='skip'), 0.6) is None
+
+
+def test_split_glue_sets_sst2_rows_aside(tmp_path):
+    glue = str(tmp_path / 'glue')
+    os.makedirs(os.path.join(glue, 'SST-2'))
+    rows = ['sentence\tlabel'] + [f'row {i}\t{i % 2}' for i in range(30)]
+    with open(os.path.join(glue, 'SST-2', 'train.tsv'), 'w') as f:
+        f.write('\n'.join(rows) + '\n')
+    folders = split_glue(glue, ['SST-2'], str(tmp_path / 'split'), {'SST-2': 8}, seed=1)
+    train = open(os.path.join(folders['train'], 'SST-2', 'train.tsv')).read().splitlines()
+    held = open(os.path.join(folders['heldout'], 'SST-2', 'dev.tsv')).read().splitlines()
+    assert len(train) == 23 and len(held) == 9
+    assert sorted(train[1:] + held[1:]) == sorted(rows[1:])
+    with pytest.raises(ConfigError, match='--sst2_heldout'):
+        split_glue(glue, ['SST-2'], str(tmp_path / 'split2'), {'SST-2': 30}, seed=1)
+
+
+def test_equal_time_budget_from_the_kd_checkpoints(tmp_path):
+    from bort.experiments.miniature import equal_time_minutes, train_seconds
+    run = tmp_path / 'run'
+    (run / 'step-0000010').mkdir(parents=True)
+    (run / 'step-0000010' / 'state.json').write_text(json.dumps({'train_seconds': 90.0}))
+    (run / 'latest').write_text('step-0000010')
+    assert train_seconds(str(run)) == 90.0
+    assert train_seconds(str(tmp_path / 'none')) is None
+    assert equal_time_minutes([{'train_seconds': 90.0}, {'train_seconds': 150.0}]) == 2.0
+    with pytest.raises(UserError, match='no training time'):
+        equal_time_minutes([{'train_seconds': None}])
+
+
+def test_teacher_strength_table_in_the_report(tmp_path):
+    config = MiniatureConfig(glue_dir='g', out=str(tmp_path), teacher_steps=(400, 1600, 4000)
+                             ).resolved()
+    log = _constructed_stages(tmp_path)
+    for steps, acc in ((400, 0.257), (1600, 0.33), (4000, 0.335)):
+        log.add(f'teacher_strength/s{steps}', {'figures': {
+            'steps': steps, 'acc': acc, 'top5': 0.5, 'loss': 4.0, 'adapt_heldout_acc': acc,
+            'build_seconds': {'adapt': steps * 0.3}, 'folder': 'x'}, 'seconds': 1.0,
+            'load_start': [1.0], 'load_end': [1.0], 'cached': False})
+    report = open(write_report(config, log, SIZES)['report']).read()
+    # 33.5 vs 33.0 on 4,000 positions is within 2 standard errors; 25.7 is not.
+    assert 'levels off at **1600 steps**' in report and '| 4000 | 33.50 |' in report

@@ -13,13 +13,19 @@ same command continues):
    comparison architecture of similar cost (:func:`choose_comparison`);
 2. ``data``, ``reference``: pretraining shards of held-back docstring text; the teacher's
    held-out MLM accuracy and the most-frequent-token rate on the evaluation batches;
-3. ``pretrain/<run>``: with one token budget, the winner by distillation (``winner_kd``), the
-   winner by MLM only (``winner_mlm``) and the comparison by distillation (``comparison_kd``);
-4. ``glue``, ``finetune/<model>_<task>_s<seed>``, ``agora/<model>_s<seed>``: each student and the
-   teacher fine-tuned on SST-2 and RTE with one recipe and several seeds, Agora on RTE; RTE
-   scores also on training rows set aside (``--rte_heldout``), which Agora never sees;
+   ``teacher_strength/s<steps>`` (``--teacher_steps``): the built-in teacher adapted in that
+   many steps, scored on the same positions (``--teacher_table_only`` stops here);
+3. ``pretrain/<run>`` (:func:`~bort.experiments.config.students`): with one step budget, for
+   each init (from scratch, extracted from the teacher) the winner distilled at each
+   temperature, by MLM only for the same steps, and by MLM only for the KD runs' training
+   time (equal wall time: KD pays for the teacher's forward pass); the comparison distilled;
+4. ``glue``, ``finetune/<model>_<task>_s<seed>``, ``agora/<model>_<task>_s<seed>``: the
+   teacher and the chosen students fine-tuned on SST-2 and RTE with one recipe and several
+   seeds; Agora where its teacher passes the check (``--agora_unmet``); scores also on
+   training rows set aside (``--rte_heldout``, ``--sst2_heldout``), which Agora never sees;
 5. ``latency``: every architecture through the fast inference path, interleaved;
-6. ``report.md`` and PNGs (:mod:`bort.experiments.report`), with a verdict per claim.
+6. ``report.md`` and PNGs (:mod:`bort.experiments.report`): each claim's premise and whether
+   it held, then a verdict per claim.
 """
 from __future__ import annotations
 
