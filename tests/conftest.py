@@ -6,6 +6,7 @@ explicit ``-m`` expression selects by marker instead (``-m slow``, ``-m horovod`
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,11 @@ import pytest
 # other jobs share the cores (spinning waiters slowed MXNet about 10x).
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# A suite started in the background by a shell without job control inherits Ctrl-C ignored
+# (and passes that on to every child): the Ctrl-C tests need Python's own handler, as in a
+# terminal. Children then start with the default disposition again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from bort.arch import Architecture  # noqa: E402
 
