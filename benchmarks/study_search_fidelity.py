@@ -31,7 +31,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bort.threads import configure_threads  # noqa: E402  (as run_pretraining.py, before MXNet)
@@ -139,7 +138,6 @@ def main(argv=None):
                                     eval_batches=args.eval_batches,
                                     checkpoint_interval=max(1, args.steps // 4), plot=False)
             config = dataclasses.replace(config, **overrides)
-            started = time.time()
             if not os.path.isfile(os.path.join(folder, 'model', 'arch.json')):
                 pretrain(config)
             with open(os.path.join(folder, 'metrics.jsonl'), encoding='utf-8') as f:
@@ -147,7 +145,7 @@ def main(argv=None):
             evaluations = [r for r in records if 'eval_mlm_acc' in r]
             last = evaluations[-1]
             outcomes[init, shape] = dict(top1=last['eval_mlm_acc'], ce=last['eval_mlm_loss'],
-                                         step=last['step'], wall=time.time() - started)
+                                         step=last['step'])
 
     inits = args.inits.split(',')
     lines = [f'{len(shapes)} candidates, real pretraining {args.steps} steps with the '

@@ -805,6 +805,19 @@ VocabRows VocabShape(const std::vector<MXTensor>& inputs, const Attrs& attrs) {
   return v;
 }
 
+// A token id carried as a float; out-of-range ids (never written by the callers) read token 0.
+inline int64_t TokenId(float id, int64_t vocab) {
+  const int64_t v = static_cast<int64_t>(id + 0.5f);
+  return v < 0 || v >= vocab ? 0 : v;
+}
+
+// The backward's gradients of the non-differentiable inputs (targets, labels): zero.
+void ZeroOutputsAfterFirst(std::vector<MXTensor>* outputs) {
+  for (size_t o = 1; o < outputs->size(); ++o) {
+    std::memset((*outputs)[o].data<float>(), 0, sizeof(float) * (*outputs)[o].size());
+  }
+}
+
 inline float RowMax(const float* x, int64_t n) {
   float top = -3.0e38f;
 #pragma omp simd reduction(max : top)
@@ -836,9 +849,7 @@ MXReturnValue VocabLossForward(const Attrs& attrs, std::vector<MXTensor>* inputs
       sum_t += FastExp(d * inv_t);
     }
     const float lse = top + std::log(sum1), lse_t = top * inv_t + std::log(sum_t);
-    int64_t label = static_cast<int64_t>(labels[r] + 0.5f);
-    label = label < 0 || label >= V ? 0 : label;
-    nll[r] = lse - sr[label];
+    nll[r] = lse - sr[TokenId(labels[r], V)];
     float ce = 0.f, lse_teacher = 0.f;
     if (t != nullptr) {
       const float* tr = t + r * V;
@@ -894,13 +905,9 @@ MXReturnValue VocabLossBackward(const Attrs& attrs, std::vector<MXTensor>* input
 #pragma omp simd
       for (int64_t j = 0; j < V; ++j) dr[j] = g1 * FastExp(sr[j] - lse);
     }
-    int64_t label = static_cast<int64_t>(labels[r] + 0.5f);
-    label = label < 0 || label >= V ? 0 : label;
-    dr[label] -= g1;
+    dr[TokenId(labels[r], V)] -= g1;
   }
-  for (size_t o = 1; o < outputs->size(); ++o) {
-    std::memset((*outputs)[o].data<float>(), 0, sizeof(float) * (*outputs)[o].size());
-  }
+  ZeroOutputsAfterFirst(outputs);
   return kOk;
 }
 
@@ -954,9 +961,7 @@ MXReturnValue SparseSoftCEForward(const Attrs& attrs, std::vector<MXTensor>* inp
     float dot = tail[r] * total;                        // sum_v a_v s_v
     float mass = tail[r] * static_cast<float>(V - k);  // sum_v a_v
     for (int64_t j = 0; j < k; ++j) {
-      int64_t v = static_cast<int64_t>(ids[r * k + j] + 0.5f);
-      v = v < 0 || v >= V ? 0 : v;
-      dot += (probs[r * k + j] - tail[r]) * sr[v];
+      dot += (probs[r * k + j] - tail[r]) * sr[TokenId(ids[r * k + j], V)];
       mass += probs[r * k + j];
     }
     ce[r] = mass * lse - dot * inv_t;
@@ -989,14 +994,10 @@ MXReturnValue SparseSoftCEBackward(const Attrs& attrs, std::vector<MXTensor>* in
 #pragma omp simd
     for (int64_t j = 0; j < V; ++j) dr[j] = gm * FastExp(sr[j] * inv_t - lse) - g * rest;
     for (int64_t j = 0; j < k; ++j) {
-      int64_t v = static_cast<int64_t>(ids[r * k + j] + 0.5f);
-      v = v < 0 || v >= V ? 0 : v;
-      dr[v] -= g * (probs[r * k + j] - rest);
+      dr[TokenId(ids[r * k + j], V)] -= g * (probs[r * k + j] - rest);
     }
   }
-  for (size_t o = 1; o < outputs->size(); ++o) {
-    std::memset((*outputs)[o].data<float>(), 0, sizeof(float) * (*outputs)[o].size());
-  }
+  ZeroOutputsAfterFirst(outputs);
   return kOk;
 }
 

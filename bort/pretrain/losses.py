@@ -91,8 +91,7 @@ def topk_soft_cross_entropy(student_logits: mx.nd.NDArray, topk_logits: mx.nd.ND
     """
     num, k = topk_ids.shape
     vocab = student_logits.shape[-1]
-    if BortModel.fused_kernels and student_logits.dtype == np.float32 and \
-            student_logits.context.device_type == 'cpu' and kernels.train_ops_usable():
+    if _fused(mx.nd, student_logits, None, released_quirks=False):
         # One operator over the vocabulary; the target's k probabilities and tail as below.
         if logsumexp is None:
             probs = mx.nd.softmax(topk_logits.astype('float32') / temperature, axis=-1)
