@@ -200,8 +200,8 @@ def _small_net():
     return net
 
 
-@pytest.mark.parametrize('steps', [1, 5])
-def test_adamw_update_against_numpy(steps):
+@pytest.mark.parametrize('steps, beta2', [(1, 0.999), (5, 0.999), (5, 0.98)])
+def test_adamw_update_against_numpy(steps, beta2):
     """AdamW written from PyTorch's documented algorithm: m̂ = m/(1−β1^t), v̂ = v/(1−β2^t),
     w ← w − lr·wd·w − lr·m̂/(√v̂ + ε). The first step moves each weight by about lr (BERT-Adam
     moves it 3.2·lr): a missing correction would be far outside the tolerance."""
@@ -209,8 +209,9 @@ def test_adamw_update_against_numpy(steps):
     net = _small_net()
     params = net.collect_params()
     lr, wd, eps = 0.05, 0.1, 1e-6
-    trainer = make_trainer(params, Comm(), 'adamw', lr=lr, weight_decay=wd, epsilon=eps)
-    b1, b2 = float(np.float32(0.9)), float(np.float32(0.999))
+    trainer = make_trainer(params, Comm(), 'adamw', lr=lr, weight_decay=wd, epsilon=eps,
+                           beta2=beta2)
+    b1, b2 = float(np.float32(0.9)), float(np.float32(beta2))
     weights = {name: p.data().asnumpy().astype(np.float64) for name, p in params.items()}
     moments = {name: (np.zeros_like(w), np.zeros_like(w)) for name, w in weights.items()}
     for t in range(1, steps + 1):

@@ -328,7 +328,8 @@ def test_evaluate_matches_numpy(data, rng):
     ('mask_ratio', 1.5, '--mask_ratio'), ('batch_size', -4, '--batch_size'),
     ('checkpoint_interval', 0, '--checkpoint_interval'), ('eval_interval', 0, '--eval_interval'),
     ('log_interval', 0, '--log_interval'), ('warmup_ratio', 1.2, '--warmup_ratio'),
-    ('schedule', 'cosine', '--schedule'), ('temperature', 0.0, '--temperature')])
+    ('schedule', 'cosine', '--schedule'), ('temperature', 0.0, '--temperature'),
+    ('adam_beta2', 1.0, '--adam_beta2'), ('adam_beta2', -0.1, '--adam_beta2')])
 def test_settings_that_cannot_run_are_refused_naming_the_flag(field, value, flag):
     from bort.errors import ConfigError
     config = PretrainConfig(data='shards', kd_weight=0.0, **{field: value})

@@ -182,7 +182,7 @@ class MiniatureConfig:
                                              check=at_least(1))
     seq_len: Optional[int] = opt(None, 'tokens per pretraining sequence (preset)',
                                  check=at_least(8))
-    pretrain_lr: float = opt(1e-3, "peak learning rate of pretraining (run_pretraining's "
+    pretrain_lr: float = opt(5e-4, "peak learning rate of pretraining (run_pretraining's "
                              'defaults otherwise: AdamW, unigram output bias)', check=positive)
     pretrain_warmup: float = opt(0.1, 'warm-up share of pretraining, then linear decay',
                                  check=unit_interval)

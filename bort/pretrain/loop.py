@@ -274,7 +274,7 @@ class _Run:
             self.student.cast('float16')
         self.trainer = make_trainer(self.student.collect_params(), comm, config.optimizer,
                                     config.lr, config.weight_decay, config.adam_epsilon,
-                                    multi_precision=fp16)
+                                    multi_precision=fp16, beta2=config.adam_beta2)
         for p in self.params:
             p.grad_req = 'add'  # gradient accumulation; zeroed after every update
         self.manager = CheckpointManager(config.output_dir, comm,
