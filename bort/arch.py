@@ -24,6 +24,8 @@ __all__ = ['Architecture', 'ArchitectureError', 'ARCHITECTURES', 'get_arch', 're
 
 #: Size of RoBERTa's byte-level BPE vocabulary (GluonNLP ``openwebtext_ccnews_stories_books_cased``).
 ROBERTA_VOCAB_SIZE = 50265
+#: Where the embeddings' dropout sits relative to their LayerNorm (GluonNLP's order first).
+EMBEDDING_DROPOUTS = ('before_norm', 'after_norm')
 #: BERT's cased and uncased WordPiece vocabularies.
 BERT_CASED_VOCAB_SIZE = 28996
 BERT_UNCASED_VOCAB_SIZE = 30522
@@ -75,6 +77,11 @@ class Architecture:
         Rows of the token-type (segment) embedding; 0 means no token-type embedding (Bort, RoBERTa).
     use_pooler : bool
         Whether the model carries BERT's tanh pooler over the first token.
+    embedding_dropout : {'before_norm', 'after_norm'}
+        Where the embeddings' dropout sits: before their LayerNorm as GluonNLP's encoder (and so
+        the released Bort) has it, or after it as Google's BERT and Hugging Face's models do
+        (models imported from Hugging Face get this). A training-time difference only: at
+        inference there is no dropout.
     name : str
         A label for tables and logs; not part of the shape.
     """
@@ -90,6 +97,7 @@ class Architecture:
     layer_norm_eps: float = 1e-5
     token_type_vocab_size: int = 0
     use_pooler: bool = False
+    embedding_dropout: str = 'before_norm'
     name: str = ''
 
     def __post_init__(self):
@@ -135,6 +143,9 @@ class Architecture:
                                     f'{self.token_type_vocab_size!r}')
         if not isinstance(self.use_pooler, bool):
             raise ArchitectureError(f'use_pooler must be true or false, got {self.use_pooler!r}')
+        if self.embedding_dropout not in EMBEDDING_DROPOUTS:
+            raise ArchitectureError(f'embedding_dropout must be one of {EMBEDDING_DROPOUTS}, '
+                                    f'got {self.embedding_dropout!r}')
         if not isinstance(self.name, str):
             raise ArchitectureError(f'name must be a string, got {self.name!r}')
 

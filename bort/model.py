@@ -160,6 +160,8 @@ class BortModel(BERTModel):
                 block.__class__ = kernels.FusedLayerNorm
             elif type(block) is mx.gluon.nn.Dropout:  # pylint: disable=unidiomatic-typecheck
                 block.__class__ = kernels.FusedDropout
+        if arch.embedding_dropout == 'after_norm' and arch.dropout > 0:
+            _dropout_after_norm(self.encoder)
         self._infer_param_shapes()
         # That shape inference traced the graph before the weights had a context; trace again
         # at the first call, when whether the fused operators apply is known.
@@ -231,6 +233,29 @@ class BortModel(BERTModel):
             else:
                 outputs.append(self._decode(F, seq_out, masked_positions))
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+class _NormThenDropout(kernels.FusedLayerNorm):
+    """The embeddings' LayerNorm followed by their dropout (Google's BERT and Hugging Face's
+    order; GluonNLP's encoder drops out before normalising). Same parameters, same names."""
+
+    def hybrid_forward(self, F, data, gamma, beta):
+        # pylint: disable=arguments-differ
+        return self.embedding_dropout(super().hybrid_forward(F, data, gamma, beta))
+
+
+def _dropout_after_norm(encoder: BERTEncoder) -> None:
+    """Move GluonNLP's embedding dropout from before the encoder's first LayerNorm to after it.
+
+    ``BERTEncoder.hybrid_forward`` adds the positions, applies ``dropout_layer`` when
+    ``_dropout`` is set, then ``layer_norm``: the dropout block is handed to the LayerNorm
+    (which applies it to its output) and the encoder's own call is switched off.
+    """
+    # pylint: disable=protected-access
+    norm = encoder.layer_norm
+    norm.__class__ = _NormThenDropout
+    norm.embedding_dropout = encoder.dropout_layer  # also a child of the encoder: no parameters
+    encoder._dropout = 0.0
 
 
 def build_model(arch: Architecture, use_decoder: bool = True, ctx=None,

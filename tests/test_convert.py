@@ -142,6 +142,7 @@ def test_import_matches_transformers(tmp_path, case):
     else:
         assert not ours.arch.use_pooler
     assert ours.has_decoder == (ref_logits is not None)
+    assert ours.arch.embedding_dropout == 'after_norm'  # Hugging Face's order, kept in arch.json
     if ref_logits is not None:
         diffs['logits'] = _max_diff(logits, ref_logits)
     print(case, diffs)

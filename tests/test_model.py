@@ -129,3 +129,41 @@ def test_every_random_weight_is_bert_normal(tiny_bert_arch):
         else:
             assert values.size >= 64, name
             assert stats.kstest(values, 'norm', args=(0, 0.02)).pvalue > 1e-4, name
+
+
+@pytest.mark.parametrize('place', ['before_norm', 'after_norm'])
+@pytest.mark.parametrize('fused', [True, False])
+def test_embedding_dropout_sits_where_the_architecture_says(place, fused, tiny_bert_arch, rng,
+                                                            monkeypatch):
+    """The first layer's input in training, against numpy: after_norm is LayerNorm(word + type
+    + position) with some entries zeroed and the rest scaled by 1/(1−p) (Hugging Face's order);
+    before_norm (GluonNLP's) normalises the dropped-out sum, so no entry is zero and each row has
+    mean 0 and the LayerNorm's scale."""
+    from bort.model import BortModel
+    monkeypatch.setattr(BortModel, 'fused_kernels', fused)
+    p = 0.5
+    arch = tiny_bert_arch.replace(dropout=p, embedding_dropout=place)
+    model = build_model(arch, use_decoder=False)
+    tokens, valid = _inputs(rng, arch)
+    captured = []
+    model.encoder.transformer_cells[0].register_forward_pre_hook(
+        lambda block, args: captured.append(args[0].asnumpy()))
+    with mx.autograd.record(train_mode=True):
+        model(tokens, mx.nd.zeros_like(tokens), valid)
+    got = captured[0].transpose(1, 0, 2)  # (B, L, H): the encoder runs length-major
+    weights = {name: prm.data().asnumpy().astype(np.float64)
+               for name, prm in model._collect_params_with_prefix().items()}
+    ids = tokens.asnumpy().astype(int)
+    summed = (weights['word_embed.0.weight'][ids] + weights['token_type_embed.0.weight'][0]
+              + weights['encoder.position_weight'][np.arange(ids.shape[1])])
+    mean = summed.mean(-1, keepdims=True)
+    normed = (summed - mean) / np.sqrt(summed.var(-1, keepdims=True) + arch.layer_norm_eps)
+    normed = normed * weights['encoder.layer_norm.gamma'] + weights['encoder.layer_norm.beta']
+    zero = got == 0
+    if place == 'after_norm':
+        assert 0.35 < zero.mean() < 0.65
+        np.testing.assert_allclose(got[~zero], normed[~zero] / (1 - p), rtol=1e-4, atol=1e-5)
+    else:
+        assert not zero.any()
+        np.testing.assert_allclose(got.mean(-1), 0, atol=1e-4)
+        assert np.abs(got - normed).max() > 0.1  # the noise went through the normalisation

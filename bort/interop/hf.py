@@ -161,7 +161,8 @@ def arch_from_config(config: Dict, path: str = 'config.json', name: str = ''
         vocab_size=_config_value(config, 'vocab_size', path),
         max_length=_config_value(config, 'max_position_embeddings', path) - offset,
         dropout=dropout, layer_norm_eps=config.get('layer_norm_eps', 1e-12),
-        token_type_vocab_size=config.get('type_vocab_size', 2), use_pooler=True, name=name)
+        token_type_vocab_size=config.get('type_vocab_size', 2), use_pooler=True,
+        embedding_dropout='after_norm', name=name)
     return arch, family, offset
 
 

@@ -41,9 +41,11 @@ COSTS_FILE = 'costs.json'
 
 
 def _shape_key(arch: Architecture) -> str:
-    """Everything about an architecture that changes its cost (the name does not)."""
+    """Everything about an architecture that changes its cost (the name and where the
+    training-only embedding dropout sits do not)."""
     values = arch.to_dict()
     values.pop('name')
+    values.pop('embedding_dropout')
     return json.dumps(values, sort_keys=True)
 
 
