@@ -12,7 +12,8 @@ import pytest
 from bort.errors import ConfigError, UserError
 from bort.experiments.config import BUDGETS, MiniatureConfig
 from bort.experiments.miniature import check_same_settings, choose_comparison, split_glue
-from bort.experiments.report import PNG_FILES, first_rise, write_report
+from bort.experiments.claims import first_rise
+from bort.experiments.report import PNG_FILES, write_report
 from bort.experiments.stages import ATTEMPT_FILE, DONE_FILE, StageLog, run_stage
 from bort.experiments.verdicts import binomial_se, compare, spread
 
