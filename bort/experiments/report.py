@@ -324,8 +324,8 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
                   [lat['models'][n]['median_ms'] for n in names],
                   [[lat['models'][n]['median_ms'] - lat['models'][n]['q25_ms'] for n in names],
                    [lat['models'][n]['q75_ms'] - lat['models'][n]['median_ms'] for n in names]],
-                   ylabel='ms per batch (median, IQR)',
-                   title=f'fast path, batch {lat["batch_size"]} x {lat["seq_len"]} tokens')
+                  ylabel='ms per batch (median, IQR)',
+                  title=f'fast path, batch {lat["batch_size"]} x {lat["seq_len"]} tokens')
         body += _latency_lines(lat)
     plot_bars(png(PNG_FILES[3]), list(groups), [g['seconds'] / 60 for g in groups.values()],
                ylabel='minutes', title='wall time per stage')
