@@ -89,12 +89,18 @@ def minilm_dir() -> str:
     return folder
 
 
+#: Version of what an import writes; a new one re-imports (2: arch.json records Hugging Face's
+#: embedding dropout after the LayerNorm).
+IMPORT_FORMAT = 2
+
+
 def imported_hf_dir(spec: str, cache_dir: Optional[str] = None, comm: Optional[Comm] = None
                     ) -> str:
     """A Hugging Face folder as a project model folder, imported once under
     ``cache_dir/imported`` (on rank 0; :func:`built_on_root`)."""
     from ..interop.convert import import_hf  # pylint: disable=import-outside-toplevel
-    digest = hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]
+    key = f'{os.path.abspath(spec)}|import {IMPORT_FORMAT}'
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     folder = os.path.join(cache_dir or cache_root(), 'imported',
                           f'{os.path.basename(os.path.normpath(spec))}-{digest}')
 
