@@ -54,7 +54,7 @@ def tiny_config(tiny_inputs, out, **changes):
     values = dict(teacher=teacher, corpus=(corpus,), out=str(out), num_layers=(1, 2),
                   num_heads=(2, 3), units=(12, 16), hidden_size=(16, 32), epsilon=3, steps=3,
                   batch_size=4, seq_len=16, heldout_batches=2, cost='flops', lr=0.1,
-                  cache_topk=8, progress=False, noise_seeds=0, fidelity_factor=0)
+                  cache_topk=8, progress=False, noise_seeds=0, fidelity_factor=0, init='scratch')
     values.update(changes)
     return SearchConfig(**values)
 
@@ -435,6 +435,7 @@ def test_init_teacher_extracts_candidates(tiny_inputs, tmp_path):
     scratch = run_search(tiny_config(tiny_inputs, tmp_path / 's', **own))
     assert extracted['candidates'][0]['error'] == pytest.approx(0.0, abs=0.02)
     assert scratch['candidates'][0]['error'] > 0.2
-    with pytest.raises(ArchitectureError, match='hidden_size'):
+    assert SearchConfig(teacher='t', corpus=('c',)).init == 'teacher'  # the default
+    with pytest.raises(ArchitectureError, match='hidden_size.*pass --init scratch'):
         run_search(tiny_config(tiny_inputs, tmp_path / 'big', init='teacher',
                                num_heads=(4,), units=(16,), hidden_size=(16, 64)))

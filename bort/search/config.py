@@ -99,11 +99,11 @@ class SearchConfig:
     clip: float = opt(1.0, 'global gradient-norm clipping constant (0: none)', check=non_negative)
     warmup_ratio: float = opt(0.1, 'warm-up proportion of s', check=unit_interval)
     schedule: str = opt('linear', 'decay after warm-up', choices=('linear', 'noam', 'constant'))
-    init: str = opt('scratch', "how every candidate starts: 'scratch' (random weights, the "
-                    "paper's reading) or 'teacher' (sliced out of the teacher's weights, "
-                    'bort.extraction: evenly spaced layers, width, heads and FFN neurons by '
-                    'magnitude; the output bias is then the teacher\'s)',
-                    choices=('scratch', 'teacher'))
+    init: str = opt('teacher', "how every candidate starts: 'teacher' (default: sliced out of "
+                    "the teacher's weights, bort.extraction: evenly spaced layers, width, heads "
+                    "and FFN neurons by magnitude, the output bias the teacher's; its e orders "
+                    "candidates as 1,000-step pretraining does, README) or 'scratch' (random "
+                    "weights, the paper's reading)", choices=('teacher', 'scratch'))
     decoder_bias: str = opt('unigram', "initial output bias of every candidate's masked-LM decoder: "
                             "'zero' (the paper's from-scratch training) or 'unigram' (log "
                             'frequencies of the training tokens, so that no step is spent '

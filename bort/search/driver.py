@@ -26,7 +26,7 @@ import time
 from functools import partial
 from typing import Dict, List, Optional
 
-from ..arch import Architecture, get_arch
+from ..arch import Architecture, ArchitectureError, get_arch
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
 from ..errors import read_json
@@ -246,7 +246,12 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
     space = build_space(resolve_grid(config), base=model.arch)
     if config.init == 'teacher':  # every tuple must fit inside the teacher, named if not
         for arch in space.valid:
-            check_fits(arch, teacher_arch)
+            try:
+                check_fits(arch, teacher_arch)
+            except ArchitectureError as err:
+                raise ArchitectureError(f'{err} (--init teacher extracts every candidate from '
+                                        'the teacher: narrow the grid, or pass --init scratch '
+                                        'to train candidates from random weights)') from None
     # Reference rows keep the teacher's vocabulary, as RoBERTa-base is "BERT-base" in the paper.
     references = [teacher_arch.replace(num_layers=r.num_layers, num_heads=r.num_heads,
                                        units=r.units, hidden_size=r.hidden_size)
