@@ -364,7 +364,7 @@ def _tiny_inputs(root):
 def test_whole_tiny_run_and_its_cache(tmp_path):
     from bort.experiments.miniature import main, run_miniature
     teacher, corpus, glue = _tiny_inputs(str(tmp_path))
-    search = {'num_layers': [1, 2], 'num_heads': [2], 'units': [12, 16], 'hidden_size': [16, 32],
+    search = {'num_layers': [1, 2], 'num_heads': [2], 'units': [8, 16], 'hidden_size': [16, 32],
               'epsilon': 1, 'steps': 3, 'batch_size': 4, 'seq_len': 16, 'heldout_batches': 2,
               'cost': 'flops', 'lr': 0.1, 'cache_topk': 8, 'noise_seeds': 1,
               'noise_candidates': 2, 'reference': []}
