@@ -207,7 +207,8 @@ def plain_step(row, data):
     GluonNLP's length softmax in attention, MXNet's own operators, the plain norm and clip."""
     # pylint: disable=import-outside-toplevel
     from bort.finetune import loop as finetune_loop
-    from bort.model import BortModel, _SelfAttentionCell
+    from bort.layers import SelfAttentionCell
+    from bort.model import BortModel
     from bort.pretrain import loop as pretrain_loop
     from bort.search import trainer as search_trainer
     modules = (pretrain_loop, finetune_loop, search_trainer)
@@ -222,13 +223,13 @@ def plain_step(row, data):
             for m, fn in zip(modules, saved):
                 m.optimizer_step = fn
 
-    _SelfAttentionCell.additive_mask = False
+    SelfAttentionCell.additive_mask = False
     BortModel.fused_kernels = False
     try:
         step = ours_step(row, data)
         run()  # the graphs are traced on this first call: length softmax, MXNet's operators
     finally:
-        _SelfAttentionCell.additive_mask = True
+        SelfAttentionCell.additive_mask = True
         BortModel.fused_kernels = True
     return run
 

@@ -19,7 +19,8 @@ import pytest
 from bort import kernels
 from bort.arch import Architecture
 from bort.distributed import Comm
-from bort.model import BortModel, _SelfAttentionCell, build_model
+from bort.layers import SelfAttentionCell
+from bort.model import BortModel, build_model
 from bort.optim import NORM_CHUNK, global_norm, make_trainer, optimizer_step
 from bort.pretrain import loop as pretrain_loop
 from bort.pretrain.stream import MLMBatch
@@ -52,11 +53,11 @@ class plain_graph:  # pylint: disable=invalid-name
     """Within: models traced with GluonNLP's length softmax and MXNet's own operators."""
 
     def __enter__(self):
-        _SelfAttentionCell.additive_mask = False
+        SelfAttentionCell.additive_mask = False
         BortModel.fused_kernels = False
 
     def __exit__(self, *exc):
-        _SelfAttentionCell.additive_mask = True
+        SelfAttentionCell.additive_mask = True
         BortModel.fused_kernels = True
 
 

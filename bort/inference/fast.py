@@ -5,9 +5,9 @@ built around what makes MXNet 1.9's run of GluonNLP's ``BERTModel`` slow (profil
 operator profiler; README.md "Fast inference on CPU" has the measured figures):
 
 1. **The masked softmax.** ``softmax(..., use_length=True)`` has no oneDNN kernel and runs a
-   generic loop. Padded keys are masked here with an additive bias (0 or :data:`MASK_VALUE`)
-   before oneDNN's plain softmax, and when no row is padded (a length bucket of equal lengths)
-   a second cached graph leaves the mask out altogether.
+   generic loop. Padded keys are masked here with an additive bias (0 or
+   :data:`bort.layers.MASK_VALUE`) before oneDNN's plain softmax, and when no row is padded (a
+   length bucket of equal lengths) a second cached graph leaves the mask out altogether.
 2. **Per-call weight preparation.** GluonNLP interleaves the query/key/value weights on every
    forward pass; here the interleaved ``(3H, H)`` weight is computed once, when the weights are
    copied in.
@@ -56,17 +56,16 @@ from mxnet.gluon import HybridBlock, nn
 
 from ..arch import Architecture
 from ..hardware import require_bf16
+from ..layers import MASK_VALUE
 from .kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from ..model import BortModel, load_model
 from .weights import fast_weights, load_weights
 
 __all__ = ['FastEncoder', 'FastModel', 'fast_weights', 'load_weights', 'padded_width',
-           'load_fast', 'MASK_VALUE', 'PAD_CHANNELS', 'DTYPES', 'BFLOAT16']
+           'load_fast', 'PAD_CHANNELS', 'DTYPES', 'BFLOAT16']
 
 log = logging.getLogger(__name__)
 
-#: Additive bias of a padded key: exp(score - 1e9 - max) is exactly 0 in float32.
-MASK_VALUE = -1e9
 #: Zero channels appended to a dense layer's input whose width is a multiple of 1024.
 PAD_CHANNELS = 16
 #: Compute types of the dense layers; MXNet's bfloat16 is a structured numpy dtype.
