@@ -59,6 +59,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     from bort.pretrain.loop import pretrain
     from bort.pretrain.default_teacher import resolve_model_dir
     config = parse_config(argv)
+    config.validate()  # every combination refused here, in one line, before any work
     comm = init_comm(gpu=config.gpu)
     setup_logging(comm)
     # minilm is built (or a Hugging Face folder imported) once; the folder is logged and is

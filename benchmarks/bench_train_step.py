@@ -10,7 +10,7 @@ Rows (``(num_layers, num_heads, units, hidden_size)``, vocabulary 30,522 everywh
 
 - ``kd``: student <4, 4, 128, 512>, teacher <6, 12, 384, 1536>, 16 × 64 tokens, 11 masked
   positions a row; loss 0.1 · MLM + 0.5 · T² · soft CE (T = 2) at the masked positions,
-  BERT-Adam / AdamW, global-norm clip 1. Ours: :func:`bort.pretrain.loop.pretrain_step`, what
+  global-norm clip 1. Ours: :func:`bort.pretrain.loop.pretrain_step`, what
   ``run_pretraining.py`` runs; torch: ``BertForMaskedLM``'s encoder, the masked positions'
   hidden states gathered, its MLM head on those only, teacher under ``no_grad``.
 - ``kd_bort``: the same with the Bort student <4, 8, 1024, 768> and a BERT-base teacher
@@ -21,8 +21,13 @@ Rows (``(num_layers, num_heads, units, hidden_size)``, vocabulary 30,522 everywh
   20 masked positions a row.
 - ``finetune``: a MiniLM-shaped encoder <6, 12, 384, 1536> with a linear 3-class head on the
   first token, 8 × 128, softmax cross-entropy. Ours: :func:`bort.finetune.loop.train_step`.
-- ``search``: ``kd``'s student trained as a search candidate, SGD (momentum 0.9) against cached
-  top-1024 teacher targets with the even tail. Ours: :func:`bort.search.trainer.candidate_step`.
+- ``search``: ``kd``'s student trained as a search candidate against cached top-1024 teacher
+  targets with the even tail. Ours: :func:`bort.search.trainer.candidate_step`.
+
+Every row's optimizer is the project's default for its journey, read from the config classes
+(:func:`row_optimizer`): ``PretrainConfig``'s for ``kd``, ``kd_bort``, ``mlm`` and ``adapt``
+(AdamW), ``FinetuneConfig``'s for ``finetune``, ``SearchConfig``'s for ``search`` (MXNet's
+Adam); the PyTorch side runs the same update (``torch.optim.AdamW`` / ``Adam`` / ``SGD``).
 
 PyTorch sides (``benchmarks/torch_train_step.py``):
 
@@ -33,6 +38,9 @@ PyTorch sides (``benchmarks/torch_train_step.py``):
 - ``torch-bf16``: the reference under ``torch.autocast('cpu', dtype=torch.bfloat16)``, only
   where the CPU has bfloat16 instructions (AVX512-BF16 or AMX, :mod:`bort.hardware`); elsewhere
   the table says "not measured: CPU lacks bf16".
+
+Our bfloat16 side, ``ours-bf16`` (``--dtype bfloat16``: dense layers multiplied in bfloat16,
+float32 weights), runs where oneDNN has bfloat16 kernels; its ratio is torch-bf16 / ours-bf16.
 
 Columns: median step time and interquartile range of each side, tokens (real, unpadded) per
 second at the median, each PyTorch side's time / ours (above 1: ours faster), and the row
@@ -75,6 +83,30 @@ ROWS = {
 }
 
 
+def row_optimizer(kind):
+    """The default optimizer settings of the journey a row's kind times: name, lr, weight decay,
+    epsilon, beta2, momentum (the dataclass defaults of the project's config classes)."""
+    # pylint: disable=import-outside-toplevel
+    import dataclasses
+    from bort.finetune.config import FinetuneConfig
+    from bort.pretrain.config import PretrainConfig
+    from bort.search.config import SearchConfig
+    config = {'finetune': FinetuneConfig, 'search': SearchConfig}.get(kind, PretrainConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return dict(name=defaults['optimizer'], lr=defaults['lr'],
+                weight_decay=defaults['weight_decay'],
+                epsilon=defaults.get('adam_epsilon', defaults.get('epsilon', 1e-6)), beta2=defaults.get('adam_beta2', 0.999),
+                momentum=defaults.get('momentum', 0.0))
+
+
+def _make_trainer(params, comm, kind):
+    """Our trainer with ``kind``'s default optimizer (:func:`row_optimizer`)."""
+    from bort.optim import make_trainer  # pylint: disable=import-outside-toplevel
+    o = row_optimizer(kind)
+    return make_trainer(params, comm, o['name'], lr=o['lr'], weight_decay=o['weight_decay'],
+                        epsilon=o['epsilon'], momentum=o['momentum'], beta2=o['beta2'])
+
+
 # -- data ----------------------------------------------------------------------------------------
 def synthetic(row, seed=0):
     """Arrays of one batch (numpy): ids, types, valid lengths, positions, labels, weights."""
@@ -105,15 +137,17 @@ def _arch(shape, dropout=0.1):
 
 
 # -- ours ----------------------------------------------------------------------------------------
-def ours_step(row, data):
-    """A zero-argument function running one of our training steps (synchronised)."""
+def ours_step(row, data, dtype='float32'):
+    """A zero-argument function running one of our training steps (synchronised); with
+    ``dtype='bfloat16'`` every model's dense layers multiply in bfloat16
+    (:func:`bort.layers.set_compute_dtype`, what ``--dtype bfloat16`` runs)."""
     # pylint: disable=import-outside-toplevel
     import mxnet as mx
     import numpy as np
     from types import SimpleNamespace
     from bort.distributed import Comm
+    from bort.layers import set_compute_dtype
     from bort.model import build_model
-    from bort.optim import make_trainer
     from bort.pretrain.stream import MLMBatch
     comm = Comm(ctx=mx.cpu())
     mx.random.seed(0)
@@ -131,7 +165,9 @@ def ours_step(row, data):
         if kind == 'kd':
             teacher = Teacher(build_model(_arch(row['teacher'])))
             config.mlm_weight, config.kd_weight = 0.1, 0.5
-        trainer = make_trainer(student.collect_params(), comm, 'bertadam', lr=1e-4)
+            set_compute_dtype(teacher.model, dtype)
+        set_compute_dtype(student, dtype)
+        trainer = _make_trainer(student.collect_params(), comm, kind)
         params = [p for p in student.collect_params().values() if p.grad_req != 'null']
         for p in params:
             p.grad_req = 'add'
@@ -146,8 +182,9 @@ def ours_step(row, data):
         model = TaskClassifier(build_model(_arch(row['student']), use_decoder=False),
                                HeadConfig(task='CB', num_classes=row['classes'], kind='linear'))
         model.head.initialize(mx.init.Uniform(0.5))
+        set_compute_dtype(model, dtype)
         model.hybridize(static_alloc=True)
-        trainer = make_trainer(model.collect_params(), comm, 'bertadam', lr=5e-5)
+        trainer = _make_trainer(model.collect_params(), comm, kind)
         params = [p for p in model.collect_params().values() if p.grad_req != 'null']
         inputs = (mx.nd.array(data['ids'], dtype='int32'), mx.nd.array(data['types'], dtype='int32'),
                   mx.nd.array(data['valid'], dtype='float32'))
@@ -162,9 +199,9 @@ def ours_step(row, data):
     from bort.search.targets import TeacherTargets, _Target, real_rows
     from bort.search.trainer import candidate_step
     model = build_model(_arch(row['student']))
+    set_compute_dtype(model, dtype)
     model.hybridize(static_alloc=True)
-    trainer = make_trainer(model.collect_params(), comm, 'sgd', lr=0.3, weight_decay=0.0,
-                           momentum=0.9)
+    trainer = _make_trainer(model.collect_params(), comm, kind)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
     rows = real_rows(batch)
     rng = np.random.RandomState(1)
@@ -249,7 +286,7 @@ def run_row(name, repeats, warmup, threads, plain=False):
     import mxnet as mx  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
-    row = ROWS[name]
+    row = dict(ROWS[name], optimizer=row_optimizer(ROWS[name]['kind']))
     data = synthetic(row)
     ours = ours_step(row, data)
     for _ in range(warmup):
@@ -261,6 +298,8 @@ def run_row(name, repeats, warmup, threads, plain=False):
     support = cpu_support()
     if support.bf16_hardware:
         sides['torch-bf16'] = torch_step(row, data, bf16=True)
+    if support.bf16_usable:
+        sides['ours-bf16'] = ours_step(row, data, dtype='bfloat16')
     if plain:
         sides['plain'] = plain_step(row, data)
     for side, fn in sides.items():
@@ -279,6 +318,8 @@ def run_row(name, repeats, warmup, threads, plain=False):
                cpu=support.reason)
     if not support.bf16_hardware:
         out['torch-bf16'] = 'not measured: CPU lacks bf16'
+    if not support.bf16_usable:
+        out['ours-bf16'] = f'not measured: {support.reason}'
     for side, values in times.items():
         q25, q50, q75 = np.percentile(values, [25, 50, 75])
         out[side] = dict(median_ms=1000 * q50, iqr_ms=1000 * (q75 - q25),
@@ -287,33 +328,38 @@ def run_row(name, repeats, warmup, threads, plain=False):
     for side in ('torch-all', 'torch-bf16', 'plain'):
         if side in times:
             out[f'{side}_ratio'] = out[side]['median_ms'] / out['ours']['median_ms']
+    if 'ours-bf16' in times and 'torch-bf16' in times:  # bfloat16 against bfloat16
+        out['bf16_ratio'] = out['torch-bf16']['median_ms'] / out['ours-bf16']['median_ms']
     return out
 
 
-SIDES = ('ours', 'torch', 'torch-all', 'torch-bf16', 'plain')
-LABELS = {'ours': 'ours', 'torch': 'torch (gathered)',
+SIDES = ('ours', 'torch', 'torch-all', 'torch-bf16', 'ours-bf16', 'plain')
+LABELS = {'ours': 'ours', 'ours-bf16': 'ours-bf16 (--dtype bfloat16)',
+          'torch': 'torch (gathered)',
           'torch-all': 'torch-all (BertForMaskedLM default: decodes every position)',
           'torch-bf16': 'torch-bf16 (gathered, autocast)', 'plain': 'plain (before)'}
 
 
 def table(results):
     """Markdown: median ± IQR ms per side, ours and torch tokens/s, each other side / ours."""
-    # torch-bf16 always has its column: measured, or why not.
-    sides = [s for s in SIDES
-             if s == 'torch-bf16' or any(isinstance(r.get(s), dict) for r in results)]
+    # The bfloat16 sides always have their columns: measured, or why not.
+    always = ('torch-bf16', 'ours-bf16')
+    sides = [s for s in SIDES if s in always or any(isinstance(r.get(s), dict) for r in results)]
     others = [s for s in sides if s != 'ours']
+    ratio_names = {s: f'{s} / ours' for s in others}
+    ratio_names['ours-bf16'] = 'torch-bf16 / ours-bf16'
     head = (['row'] + [f'{LABELS[s]} ms' for s in sides] + ['ours tokens/s', 'torch tokens/s']
-            + [f'{s} / ours' for s in others] + ['peak RSS MB (ours warm, row)'])
+            + [ratio_names[s] for s in others] + ['peak RSS MB (ours warm, row)'])
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in results:
         cells = [r['row']]
         for s in sides:
             v = r.get(s)
             cells.append(f"{v['median_ms']:.0f} ± {v['iqr_ms']:.0f}" if isinstance(v, dict)
-                         else ('not measured: CPU lacks bf16' if s == 'torch-bf16' else ''))
+                         else v if isinstance(v, str) else '')
         cells += [f"{r['ours']['tokens_per_s']:.0f}", f"{r['torch']['tokens_per_s']:.0f}"]
         for s in others:
-            key = 'ratio' if s == 'torch' else f'{s}_ratio'
+            key = {'torch': 'ratio', 'ours-bf16': 'bf16_ratio'}.get(s, f'{s}_ratio')
             cells.append(f'{r[key]:.2f}x' if key in r else '')
         cells.append(f"{r['rss_ours_mb']:.0f}, {r['rss_row_mb']:.0f}")
         lines.append('| ' + ' | '.join(cells) + ' |')

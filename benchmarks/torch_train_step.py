@@ -10,7 +10,8 @@ BERT (eager), in the variants the benchmark compares against.
 - ``bf16=True``: the forward pass and loss under ``torch.autocast('cpu', dtype=torch.bfloat16)``
   (float32 weights and optimizer, bfloat16 matrix products), gathered.
 
-Same shapes, loss, optimizer (AdamW / SGD with momentum) and clipping (global norm 1) as ours.
+Same shapes, loss, optimizer (the row's ``optimizer``: the project's default for the journey,
+as ``torch.optim.AdamW`` / ``Adam`` / ``SGD``) and clipping (global norm 1) as ours.
 """
 from __future__ import annotations
 
@@ -61,6 +62,15 @@ def torch_step(row, data, gather: bool = True, bf16: bool = False):
     inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
     autocast = lambda: torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
+    def optimizer(params):
+        o = row['optimizer']
+        if o['name'] == 'sgd':
+            return torch.optim.SGD(params, lr=o['lr'], momentum=o['momentum'],
+                                   weight_decay=o['weight_decay'])
+        kind = torch.optim.Adam if o['name'] == 'adam' else torch.optim.AdamW  # bertadam: AdamW's work
+        return kind(params, lr=o['lr'], betas=(0.9, o['beta2']), eps=o['epsilon'],
+                    weight_decay=o['weight_decay'])
+
     def update(loss, params, opt):
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -74,7 +84,7 @@ def torch_step(row, data, gather: bool = True, bf16: bool = False):
         head = torch.nn.Sequential(torch.nn.Dropout(0.1),
                                    torch.nn.Linear(row['student'][2], row['classes']))
         params = list(encoder.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01, eps=1e-6)
+        opt = optimizer(params)
         target = torch.tensor(data['classes'], dtype=torch.long)
         encoder.train()
         head.train()
@@ -101,7 +111,7 @@ def torch_step(row, data, gather: bool = True, bf16: bool = False):
     labels = torch.tensor(data['labels'], dtype=torch.long)
     weights = torch.tensor(data['weights'])
     if kind == 'search':
-        opt = torch.optim.SGD(params, lr=0.3, momentum=0.9)
+        opt = optimizer(params)
         k = row['topk']
         flat = torch.tensor(data['weights'].reshape(-1) > 0)
         rng = np.random.RandomState(1)
@@ -126,7 +136,7 @@ def torch_step(row, data, gather: bool = True, bf16: bool = False):
     teacher = BertForMaskedLM(_config(row['teacher'])) if kind == 'kd' else None
     if teacher is not None:
         teacher.eval()
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, eps=1e-6)
+    opt = optimizer(params)
     temperature = 2.0
 
     def step():

@@ -3,18 +3,121 @@
 :class:`SelfAttentionCell` masks padded keys with an additive bias (:data:`MASK_VALUE`, shared
 with the fast inference engine) and runs the fused attention operator where it can;
 :func:`dropout_after_norm` moves the embeddings' dropout after their LayerNorm
-(:class:`NormThenDropout`). Each keeps the parameters and names of the block it replaces.
+(:class:`NormThenDropout`); :func:`set_compute_dtype` makes every dense layer of a model
+multiply in bfloat16 (:class:`BFloat16Dense`, :func:`bf16_fully_connected`). Each keeps the
+parameters and names of the block it replaces.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
+import mxnet as mx
+import numpy as np
 from gluonnlp.model.bert import BERTEncoder, DotProductSelfAttentionCell
 
 from . import kernels
 
-__all__ = ['MASK_VALUE', 'SelfAttentionCell', 'NormThenDropout', 'dropout_after_norm']
+__all__ = ['MASK_VALUE', 'BFLOAT16', 'COMPUTE_DTYPES', 'SelfAttentionCell', 'NormThenDropout',
+           'dropout_after_norm', 'BFloat16Dense', 'bf16_fully_connected', 'descendants',
+           'set_compute_dtype']
 
 #: Additive attention bias of a padded key: exp(score - 1e9 - max) is exactly 0 in float32.
 MASK_VALUE = -1e9
+#: MXNet's bfloat16 (a structured numpy dtype, as ``mxnet.contrib.amp`` spells it).
+BFLOAT16 = np.dtype([('bfloat16', np.uint16)])
+#: What the dense layers of a float32 model can multiply in (:func:`set_compute_dtype`).
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def bf16_fully_connected(F, data, weight, bias=None, **kwargs):
+    """``FullyConnected`` on float32 tensors, multiplied in bfloat16.
+
+    The input, weight and bias are rounded to bfloat16 (``amp_cast`` rounds to nearest), oneDNN
+    multiplies them accumulating in float32, and the output comes back as float32: the float32
+    parameters stay the master copy and everything around the product stays float32 (what
+    MXNet's AMP does for ``FullyConnected`` with ``target_dtype='bfloat16'``, and PyTorch's CPU
+    autocast for ``linear``). Backward, ``amp_cast`` turns the bfloat16 gradients back to
+    float32 before they reach the parameters.
+
+    Parameters
+    ----------
+    data : (..., in_units) float32
+    weight : (num_hidden, in_units) float32
+    bias : (num_hidden,) float32, optional
+    **kwargs
+        ``FullyConnected``'s other arguments (``num_hidden``, ``flatten``, ...).
+
+    Returns
+    -------
+    (..., num_hidden) float32
+    """
+    def low(v):
+        return F.amp_cast(v, dtype=BFLOAT16)
+    out = F.FullyConnected(low(data), low(weight), None if bias is None else low(bias),
+                           no_bias=bias is None, **kwargs)
+    return F.amp_cast(out, dtype='float32')
+
+
+class BFloat16Dense(mx.gluon.nn.Dense):
+    """Gluon's ``Dense`` multiplying in bfloat16 (:func:`bf16_fully_connected`). Same
+    parameters, same names, float32 in and out."""
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        # pylint: disable=arguments-differ
+        out = bf16_fully_connected(F, x, weight, bias, num_hidden=self._units,
+                                   flatten=self._flatten)
+        return self.act(out) if self.act is not None else out
+
+
+def descendants(block: mx.gluon.Block) -> Iterator[mx.gluon.Block]:
+    """Every block below ``block`` (not ``block`` itself), each once."""
+    stack, seen = list(block._children.values()), set()  # pylint: disable=protected-access
+    while stack:
+        child = stack.pop()
+        if id(child) in seen:
+            continue
+        seen.add(id(child))
+        yield child
+        stack.extend(child._children.values())  # pylint: disable=protected-access
+
+
+def set_compute_dtype(block: mx.gluon.Block, dtype: str) -> int:
+    """Make every dense layer under ``block`` multiply in ``dtype`` (float32 parameters kept).
+
+    ``'bfloat16'``: Gluon ``Dense`` layers (feed-forward, attention output, pooler, MLM head,
+    task heads) become :class:`BFloat16Dense` and the attention cells project queries, keys and
+    values in bfloat16; embeddings, LayerNorm, softmax, attention products, dropout and losses
+    stay float32. ``'float32'`` undoes it. Call it before the first forward pass, or the block
+    traces its graph again at the next one (cached graphs are dropped).
+
+    Parameters
+    ----------
+    block : Block
+        A float32 model (a :class:`~bort.model.BortModel`, a task classifier, ...).
+    dtype : {'float32', 'bfloat16'}
+
+    Returns
+    -------
+    int
+        The number of dense layers (attention projections included) switched.
+    """
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f'compute dtype {dtype!r}: choose from {COMPUTE_DTYPES}')
+    low, count = dtype == 'bfloat16', 0
+    for child in [block, *descendants(block)]:
+        if isinstance(child, mx.gluon.nn.Dense):
+            child.__class__ = BFloat16Dense if low else mx.gluon.nn.Dense
+            count += 1
+        elif isinstance(child, SelfAttentionCell):
+            child.bfloat16 = low
+            count += 1
+        if isinstance(child, mx.gluon.HybridBlock):
+            child._clear_cached_op()  # pylint: disable=protected-access
+    return count
+
+
+def _fully_connected(F, data, weight, bias, **kwargs):
+    return F.FullyConnected(data, weight, bias, no_bias=False, **kwargs)
 
 
 class SelfAttentionCell(DotProductSelfAttentionCell):
@@ -34,6 +137,8 @@ class SelfAttentionCell(DotProductSelfAttentionCell):
     additive_mask = True
     fused = False
     train_flag = None
+    #: Project queries, keys and values in bfloat16 (:func:`set_compute_dtype`).
+    bfloat16 = False
 
     def hybrid_forward(self, F, qkv, valid_len, query_bias, key_bias, value_bias,
                        query_weight, key_weight, value_weight):
@@ -46,9 +151,9 @@ class SelfAttentionCell(DotProductSelfAttentionCell):
                             for w in (query_weight, key_weight, value_weight)], dim=-2)
         bias = F.stack(*[b.reshape(shape=(heads, -1), reverse=True)
                          for b in (query_bias, key_bias, value_bias)], axis=1)
-        qkv_proj = F.FullyConnected(data=qkv, weight=weight.reshape(shape=(-1, 0), reverse=True),
-                                    bias=bias.reshape(-1), num_hidden=self.units * 3,
-                                    no_bias=False, flatten=False)           # (L, B, 3H)
+        dense = bf16_fully_connected if self.bfloat16 else _fully_connected
+        qkv_proj = dense(F, qkv, weight.reshape(shape=(-1, 0), reverse=True), bias.reshape(-1),
+                         num_hidden=self.units * 3, flatten=False)          # (L, B, 3H)
         if self.fused:
             # valid_len: (B, L), every column the row's length (BERTEncoder's layout).
             lengths = F.BlockGrad(F.reshape(F.cast(F.slice_axis(valid_len, axis=1, begin=0,

@@ -19,7 +19,7 @@ import numpy as np
 from gluonnlp.model.bert import BERTEncoder, BERTModel
 
 from . import kernels
-from .layers import SelfAttentionCell, dropout_after_norm
+from .layers import SelfAttentionCell, descendants, dropout_after_norm
 from .arch import Architecture, load_arch, save_arch
 from .errors import UserError
 
@@ -108,11 +108,7 @@ class BortModel(BERTModel):
 
     def _fusable_blocks(self):
         """Every descendant block (LayerNorm, Dropout and attention cells among them)."""
-        stack = list(self._children.values())
-        while stack:
-            block = stack.pop()
-            yield block
-            stack.extend(block._children.values())  # pylint: disable=protected-access
+        return descendants(self)
 
     def _use_fused(self) -> bool:
         """The fused training operators apply: float32 weights on the CPU, operators built."""

@@ -11,7 +11,7 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
 from torch_train_step import torch_step  # noqa: E402  pylint: disable=wrong-import-position
-from bench_train_step import synthetic, table  # noqa: E402  pylint: disable=wrong-import-position
+from bench_train_step import row_optimizer, synthetic, table  # noqa: E402  pylint: disable=wrong-import-position
 
 SHAPE = (1, 2, 16, 32)
 ROWS = {
@@ -19,6 +19,22 @@ ROWS = {
     'mlm': dict(kind='mlm', student=SHAPE, batch=3, seq=10, masked=2),
     'search': dict(kind='search', student=SHAPE, batch=3, seq=10, masked=2, topk=8),
 }
+for _row in ROWS.values():
+    _row['optimizer'] = row_optimizer(_row['kind'])
+
+
+def test_rows_time_the_journeys_default_optimizers():
+    """Each row trains with its journey's defaults, read from the config classes (a changed
+    default changes what is timed, on both sides)."""
+    from bort.finetune.config import FinetuneConfig
+    from bort.pretrain.config import PretrainConfig
+    from bort.search.config import SearchConfig
+    for kind, config in (('kd', PretrainConfig), ('mlm', PretrainConfig),
+                         ('finetune', FinetuneConfig), ('search', SearchConfig)):
+        fields = config.__dataclass_fields__
+        got = row_optimizer(kind)
+        assert (got['name'], got['lr'], got['weight_decay']) == (
+            fields['optimizer'].default, fields['lr'].default, fields['weight_decay'].default)
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ from typing import List
 from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
                    unit_interval)
 from ..errors import ConfigError
+from ..hardware import require_bf16
+from ..layers import COMPUTE_DTYPES
 from ..pretrain.names import MODEL_SPEC_HELP
 from .classifier import HEADS, INITS, HeadConfig
 from .pruning import PRUNE_RULES
@@ -110,6 +112,9 @@ class FinetuneConfig:
                               check=unit_interval)
     epsilon: float = opt(1e-8, "Adam's epsilon (PyTorch 1e-8, released 1e-6)", check=positive)
     clip_norm: float = opt(1.0, 'global gradient-norm clip (0: none)', check=non_negative)
+    dtype: str = opt('float32', 'float32, or bfloat16 (CPUs with AVX512-BF16 or AMX: every dense '
+                     'layer multiplies in bfloat16, float32 weights; refused elsewhere)',
+                     choices=COMPUTE_DTYPES)
     epochs: int = opt(3, 'training epochs (the paper found Bort needs 50-100 on small tasks; '
                       'with --max_minutes: at most this many)', check=at_least(1))
     max_minutes: float = opt(0.0, 'wall-clock budget in minutes (0: none): the schedule warms up '
@@ -138,6 +143,8 @@ class FinetuneConfig:
         check_fields(self)
         if not self.model:
             raise ConfigError('no pretrained model: pass --model (a project model folder)')
+        if self.dtype == 'bfloat16':
+            require_bf16('--dtype bfloat16')
         if self.batch_size < workers:
             raise ConfigError(f'--batch_size {self.batch_size} is smaller than the number of '
                               f'workers ({workers}): every batch is split over the workers')

@@ -49,6 +49,7 @@ from .classifier import (Encoded, TaskClassifier, build_classifier, encode_examp
                          load_classifier, make_batch, predict_scores, save_classifier, task_loss)
 from ..distributed import Comm
 from ..errors import DataFormatError
+from ..layers import set_compute_dtype
 from ..log import MetricsLog
 from .castings import aggregate
 from .metrics import majority_baseline, primary_metric
@@ -300,6 +301,7 @@ def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Examp
 
     model = build_classifier(config.model, config.head_config(), comm.ctx, seed=config.seed)
     comm.broadcast_parameters(model.collect_params())
+    set_compute_dtype(model, config.dtype)
     model.hybridize(static_alloc=True)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
     trainer = build_trainer(model, config, comm)

@@ -56,7 +56,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from ..arch import Architecture
 from ..hardware import require_bf16
-from ..layers import MASK_VALUE
+from ..layers import BFLOAT16, COMPUTE_DTYPES, MASK_VALUE
 from .kernels import OP_ADD_LAYER_NORM, OP_MASKED_SOFTMAX, load_fused_ops
 from ..model import BortModel, load_model
 from .weights import fast_weights, load_weights
@@ -68,9 +68,8 @@ log = logging.getLogger(__name__)
 
 #: Zero channels appended to a dense layer's input whose width is a multiple of 1024.
 PAD_CHANNELS = 16
-#: Compute types of the dense layers; MXNet's bfloat16 is a structured numpy dtype.
-DTYPES = ('float32', 'bfloat16')
-BFLOAT16 = np.dtype([('bfloat16', np.uint16)])
+#: Compute types of the dense layers (MXNet's bfloat16 is a structured numpy dtype).
+DTYPES = COMPUTE_DTYPES
 
 
 def padded_width(width: int) -> int:

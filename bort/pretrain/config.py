@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
                    unit_interval)
 from ..errors import ConfigError
+from ..hardware import require_bf16
 from ..extraction import LAYER_CHOICES, UNIT_CHOICES
 from ..optim import OPTIMIZERS, SCHEDULES
 from .names import MODEL_SPEC_HELP
@@ -20,8 +21,10 @@ __all__ = ['PretrainConfig', 'OPTIMIZERS', 'DECODER_BIASES', 'INITS', 'DTYPES', 
 INITS = ('scratch', 'teacher')
 #: Initial output biases of a student's masked-LM head.
 DECODER_BIASES = ('zero', 'unigram')
-#: Training precisions; float16 is the one mixed-precision path (GPU only).
-DTYPES = ('float32', 'float16')
+#: Training precisions: float16 is mixed precision on the GPU (float16 weights, float32 master
+#: copy, loss scaling); bfloat16 on CPUs with bfloat16 kernels (float32 weights, dense layers
+#: multiplied in bfloat16: :func:`bort.layers.set_compute_dtype`).
+DTYPES = ('float32', 'float16', 'bfloat16')
 #: Settings that name files or folders: a resume compares them resolved (``./x/`` is ``x``).
 PATH_FIELDS = ('data', 'eval_data', 'teacher', 'init_from', 'tokenizer')
 #: Settings a resume may change: they do not change the trained weights (logging, evaluation,
@@ -107,8 +110,9 @@ class PretrainConfig:
     accumulate: int = opt(1, 'micro-batches per optimizer step', check=at_least(1))
     data_parts: int = opt(0, 'data order parts (0: number of workers); keep fixed to compare '
                           'worker counts (bort.pretrain.stream)', check=non_negative)
-    dtype: str = opt('float32', 'float16 (GPU only, dynamic loss scaling) or float32',
-                     choices=DTYPES)
+    dtype: str = opt('float32', 'float32; float16 (GPU only, dynamic loss scaling); bfloat16 '
+                     '(CPUs with AVX512-BF16 or AMX: the dense layers of student and teacher '
+                     'multiply in bfloat16, float32 weights; refused elsewhere)', choices=DTYPES)
     loss_scale: float = opt(2.0 ** 15, 'initial dynamic loss scale (float16 only)', check=positive)
     # -- the run ---------------------------------------------------------------------------------
     gpu: bool = opt(False, 'train on the GPU (under horovodrun: the local rank\'s)')
@@ -143,3 +147,8 @@ class PretrainConfig:
                               'self-supervised baseline)')
         if self.dtype == 'float16' and not self.gpu:
             raise ConfigError('--dtype float16 is for GPUs only (pass --gpu)')
+        if self.dtype == 'bfloat16':
+            if self.gpu:
+                raise ConfigError('--dtype bfloat16 is for the CPU (oneDNN kernels); on the '
+                                  'GPU pass --dtype float16')
+            require_bf16('--dtype bfloat16')

@@ -16,9 +16,11 @@ The project's readings, visible as config fields:
   overflowing gradient halves the loss scale and skips the update instead.
 - Resume is exact on CPU: MXNet's generator is reseeded from ``(seed, step, rank)`` each step,
   the data stream restarts from the saved positions, and the optimizer state is restored.
-- One mixed-precision path (``dtype float16``, GPU only): float16 weights with float32 master
-  copies in the optimizer, the loss in float32, dynamic loss scaling. The CPU tests cannot
-  exercise it.
+- Mixed precision on the GPU (``dtype float16``): float16 weights with float32 master copies in
+  the optimizer, the loss in float32, dynamic loss scaling (the CPU tests cannot exercise it).
+  On CPUs with bfloat16 kernels (``dtype bfloat16``): float32 weights, student's and teacher's
+  dense layers multiplied in bfloat16 (:func:`bort.layers.set_compute_dtype`), no loss
+  scaling (bfloat16 has float32's range).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from ..checkpoint import CheckpointManager, check_resume, settings_record, step_
 from .losses import kd_loss, masked_accuracy
 from ..distributed import Comm
 from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
+from ..layers import set_compute_dtype
 from ..log import MetricsLog
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, output_bias, save_model
 from ..optim import learning_rate, make_trainer, optimizer_step
@@ -115,6 +118,9 @@ def _build(config: PretrainConfig, meta: Dict, comm: Comm):
         teacher = None  # only extracted from
     elif config.dtype == 'float16':
         teacher.model.cast('float16')
+    if config.dtype == 'bfloat16':
+        for model in [student] + ([teacher.model] if teacher is not None else []):
+            set_compute_dtype(model, 'bfloat16')
     if config.kd_weight == 0 and config.teacher and config.init != 'teacher':
         log.info('kd_weight is 0: the teacher %s is not used', config.teacher)
     return student, teacher

@@ -21,6 +21,8 @@ from typing import Dict, Tuple
 from ..arch import PAPER_SEARCH_SPACE
 from ..cli import Range, at_least, check_fields, non_negative, opt, positive, probability, unit_interval
 from ..errors import ConfigError
+from ..hardware import require_bf16
+from ..layers import COMPUTE_DTYPES
 from ..pretrain.names import cache_root
 
 __all__ = ['SearchConfig', 'GRIDS', 'KNOBS', 'OBJECTIVES', 'SAMPLERS', 'resolve_grid',
@@ -104,6 +106,10 @@ class SearchConfig:
                     "and FFN neurons by magnitude, the output bias the teacher's; its e orders "
                     "candidates as 1,000-step pretraining does, README) or 'scratch' (random "
                     "weights, the paper's reading)", choices=('teacher', 'scratch'))
+    dtype: str = opt('float32', "candidates' training precision: float32, or bfloat16 (CPUs with "
+                     'AVX512-BF16 or AMX: dense layers multiplied in bfloat16, float32 weights; '
+                     'refused elsewhere; the teacher targets stay float32)',
+                     choices=COMPUTE_DTYPES)
     decoder_bias: str = opt('unigram', "initial output bias of every candidate's masked-LM decoder: "
                             "'zero' (the paper's from-scratch training) or 'unigram' (log "
                             'frequencies of the training tokens, so that no step is spent '
@@ -198,6 +204,8 @@ class SearchConfig:
         """Raise :class:`~bort.errors.ConfigError` (naming the flag) on settings that cannot
         run: each field's range (also checked when flags are parsed), then combinations."""
         check_fields(self)
+        if self.dtype == 'bfloat16':
+            require_bf16('--dtype bfloat16')
         if self.fidelity_factor == 1:
             raise ConfigError('--fidelity_factor 1 would compare a run with itself: use k >= 2 '
                               '(or 0 for off)')
@@ -235,6 +243,8 @@ class SearchConfig:
         values = {k: getattr(self, k) for k in keys}
         if teacher_weights:
             values['teacher_weights'] = teacher_weights
+        if self.dtype != 'float32':  # float32 searches keep the fingerprint they always had
+            values['dtype'] = self.dtype
         if not self.teacher_cache or not self.cache_topk:
             values['cache_topk'] = 0  # online targets are the full distribution
             values['cache_tail'] = True

@@ -22,6 +22,7 @@ from ..arch import Architecture
 from ..distributed import Comm
 from ..extraction import extract_student
 from ..pretrain.teacher import mlm_logits
+from ..layers import set_compute_dtype
 from ..model import build_model, output_bias
 from ..optim import learning_rate, make_trainer, optimizer_step
 from .config import SearchConfig
@@ -110,6 +111,7 @@ def train_candidate(arch: Architecture, targets: TeacherTargets, config: SearchC
     if config.decoder_bias == 'unigram' and config.init == 'scratch':
         log_q = targets.data.unigram_log_probs(config.steps)  # of the batches it trains on
         output_bias(model).set_data(mx.nd.array(log_q, ctx=ctx))
+    set_compute_dtype(model, config.dtype)
     model.hybridize(static_alloc=True)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
     # A candidate trains alone on its worker: a local (size-1) communicator, no gradient averaging.
