@@ -288,3 +288,42 @@ def test_adamw_resumes_with_its_step_count(tmp_path):
     straight, resumed = run(None), run(3)
     for name in straight:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+def test_adam_without_decay_is_fused_and_equals_mxnets_adam():
+    """'adam' with weight decay 0 (the search's default) runs FusedAdam: eight steps with a
+    changing rate against MXNet's own Adam (``adam_update`` per parameter) and against numpy
+    (ε on √v, as MXNet's Adam); with weight decay it stays MXNet's Adam."""
+    rng = np.random.RandomState(3)
+    lr, eps = 0.02, 1e-6
+    nets = [_small_net(), _small_net()]
+    fused = make_trainer(nets[0].collect_params(), Comm(), 'adam', lr=lr, weight_decay=0.0,
+                         epsilon=eps)
+    assert type(fused._optimizer).__name__ == 'FusedAdam'  # pylint: disable=protected-access
+    plain = mx.gluon.Trainer(nets[1].collect_params(), 'adam',
+                             {'learning_rate': lr, 'wd': 0.0, 'epsilon': eps})
+    params = [net.collect_params() for net in nets]
+    b1, b2 = float(np.float32(0.9)), float(np.float32(0.999))
+    weights = {name: p.data().asnumpy().astype(np.float64) for name, p in params[0].items()}
+    moments = {name: (np.zeros_like(w), np.zeros_like(w)) for name, w in weights.items()}
+    for t in range(1, 9):
+        rate = learning_rate(t - 1, 8, lr, 0.25)
+        grads = {name: rng.normal(size=p.shape) for name, p in params[0].items()}
+        for trainer, ps in zip((fused, plain), params):
+            trainer.set_learning_rate(rate)
+            _set_grads(ps, dict(zip(ps.keys(), grads.values())))
+            trainer.step(1)
+        for name in weights:
+            m, v = moments[name]
+            m = b1 * m + (1 - b1) * grads[name]
+            v = b2 * v + (1 - b2) * grads[name] ** 2
+            step = rate * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            weights[name] = weights[name] - step * m / (np.sqrt(v) + eps)
+            moments[name] = (m, v)
+    for (name, p), q in zip(params[0].items(), params[1].values()):
+        np.testing.assert_allclose(p.data().asnumpy(), q.data().asnumpy(), rtol=0, atol=1e-6,
+                                   err_msg=name)
+        np.testing.assert_allclose(p.data().asnumpy(), weights[name], rtol=0, atol=2e-5,
+                                   err_msg=name)
+    decayed = make_trainer(_small_net().collect_params(), Comm(), 'adam', weight_decay=0.01)
+    assert type(decayed._optimizer).__name__ == 'Adam'  # pylint: disable=protected-access

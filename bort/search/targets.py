@@ -219,8 +219,11 @@ class TeacherTargets:
         flat = student_logits.reshape((-1, student_logits.shape[-1]))
         if self.cached:
             target = self._train[index]
-            rows = mx.nd.array(target.rows, ctx=self.ctx)
-            student = mx.nd.take(flat, rows)
+            # Every position real (flatnonzero of all rows): no copy, nor its backward scatter.
+            if len(target.rows) == flat.shape[0]:
+                student = flat
+            else:
+                student = mx.nd.take(flat, mx.nd.array(target.rows, ctx=self.ctx))
             if target.topk_ids is not None:
                 lse = mx.nd.array(target.logsumexp, ctx=self.ctx) if self.tail else None
                 return topk_soft_cross_entropy(
