@@ -232,8 +232,10 @@ def self_attention(F, qkv, lengths, heads: int, p: float, mode):
     return getattr(F, OP_SELF_ATTENTION)(qkv, lengths, mode, heads=heads, p=p)[0]
 
 
-def vocab_losses(F, student_logits, teacher_logits, labels, temperature: float = 1.0):
-    """Per position: the masked-LM negative log-likelihood and the soft cross-entropy.
+def vocab_losses(F, student_logits, teacher_logits, labels, temperature: float = 1.0,
+                 hits: bool = False):
+    """Per position: the masked-LM negative log-likelihood and the soft cross-entropy (and
+    whether the argmax prediction is right).
 
     One operator, forward and backward, instead of MXNet's ~15 passes over the
     (positions, vocabulary) arrays (:func:`bort.pretrain.losses.kd_loss` uses it).
@@ -247,6 +249,8 @@ def vocab_losses(F, student_logits, teacher_logits, labels, temperature: float =
         Token ids (any dtype; cast to float32).
     temperature : float
         T of the soft cross-entropy.
+    hits : bool
+        Also return ``hit``.
 
     Returns
     -------
@@ -254,6 +258,9 @@ def vocab_losses(F, student_logits, teacher_logits, labels, temperature: float =
         ``logsumexp(s) - s[label]``.
     soft_ce : (...,) float32
         ``-Σ_v softmax(t / T)_v log softmax(s / T)_v``; 0 without a teacher.
+    hit : (...,) float32, with ``hits``
+        1 where ``s[label]`` is the row's maximum (the argmax prediction is right; found by
+        the forward pass's own row maximum, so no second pass over the vocabulary), else 0.
     """
     op = getattr(F, OP_VOCAB_LOSS)
     labels = labels.astype('float32', copy=False)
@@ -262,7 +269,9 @@ def vocab_losses(F, student_logits, teacher_logits, labels, temperature: float =
     else:
         out = op(student_logits, teacher_logits, labels, temperature=temperature,
                  with_teacher=1)
-    return out[0], out[1]
+    if not hits:
+        return out[0], out[1]
+    return out[0], out[1], F.squeeze(F.slice_axis(out[2], axis=-1, begin=3, end=4), axis=-1)
 
 
 def sparse_soft_cross_entropy(student_logits: mx.nd.NDArray, ids: mx.nd.NDArray,

@@ -398,6 +398,7 @@ def test_vocab_losses_match_numpy(rng, teacher, temperature, scale):
     s = (rng.randn(*shape, vocab) * scale).astype(np.float32)
     t = (rng.randn(*shape, vocab) * scale).astype(np.float32)
     labels = rng.randint(0, vocab, shape)
+    labels[0, :2] = s[0, :2].argmax(-1)  # two positions predicted right
     g_nll, g_ce = rng.randn(*shape), rng.randn(*shape)
     log_p = _log_softmax64(s)
     nll = -np.take_along_axis(log_p, labels[..., None], -1)[..., 0]
@@ -411,14 +412,16 @@ def test_vocab_losses_match_numpy(rng, teacher, temperature, scale):
     x = mx.nd.array(s)
     x.attach_grad()
     with mx.autograd.record():
-        got_nll, got_ce = train_kernels.vocab_losses(
+        got_nll, got_ce, hit = train_kernels.vocab_losses(
             mx.nd, x, mx.nd.array(t) if teacher else None, mx.nd.array(labels, dtype='int32'),
-            temperature)
+            temperature, hits=True)
         head = (got_nll * mx.nd.array(g_nll)).sum() + (got_ce * mx.nd.array(g_ce)).sum()
     head.backward()
     np.testing.assert_allclose(got_nll.asnumpy(), nll, rtol=2e-5, atol=2e-5 * scale)
     np.testing.assert_allclose(got_ce.asnumpy(), ce, rtol=2e-5, atol=2e-5 * scale)
     np.testing.assert_allclose(x.grad.asnumpy(), grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(hit.asnumpy(), s.argmax(-1) == labels)
+    assert hit.asnumpy()[0, :2].all()
 
 
 @needs_train_ops

@@ -32,8 +32,10 @@
 //   The masked-LM and distillation terms of each row of vocabulary logits, without writing any
 //   (rows, V) intermediate. s, t: (..., V) student and teacher logits; labels (...,) float ids.
 //   nll = lse(s) - s[label]; soft_ce = -sum_v q_v log softmax(s / T)_v = lse(s / T) -
-//   sum_v q_v s_v / T with q = softmax(t / T) (0 without a teacher); stats (..., 3) =
-//   [lse(s), lse(s / T), lse(t / T)], kept for the backward only.
+//   sum_v q_v s_v / T with q = softmax(t / T) (0 without a teacher); stats (..., 4) =
+//   [lse(s), lse(s / T), lse(t / T), hit]: the three normalisers kept for the backward, and
+//   hit = 1 where s[label] is the row's maximum (the argmax prediction is right; a tie with an
+//   earlier token counts as right), else 0.
 //   Backward: ds_v = dnll (softmax(s)_v - [v = label]) + dce / T (softmax(s / T)_v - q_v);
 //   dt and dlabels are written as 0 (teacher targets are constants).
 //
@@ -865,9 +867,10 @@ MXReturnValue VocabLossForward(const Attrs& attrs, std::vector<MXTensor>* inputs
       ce = lse_t - dot / z * inv_t;
     }
     soft_ce[r] = ce;
-    stats[3 * r] = lse;
-    stats[3 * r + 1] = lse_t;
-    stats[3 * r + 2] = lse_teacher;
+    stats[4 * r] = lse;
+    stats[4 * r + 1] = lse_t;
+    stats[4 * r + 2] = lse_teacher;
+    stats[4 * r + 3] = sr[TokenId(labels[r], V)] >= top ? 1.f : 0.f;
   }
   return kOk;
 }
@@ -893,7 +896,7 @@ MXReturnValue VocabLossBackward(const Attrs& attrs, std::vector<MXTensor>* input
     const float* sr = s + r * V;
     float* dr = ds + r * V;
     const float g1 = dnll[r], g2 = t != nullptr ? dce[r] * inv_t : 0.f;
-    const float lse = stats[3 * r], lse_t = stats[3 * r + 1], lse_teacher = stats[3 * r + 2];
+    const float lse = stats[4 * r], lse_t = stats[4 * r + 1], lse_teacher = stats[4 * r + 2];
     if (t != nullptr) {
       const float* tr = t + r * V;
 #pragma omp simd
@@ -930,7 +933,7 @@ MXReturnValue VocabLossShape(const Attrs& attrs, Shapes* in_shapes, Shapes* out_
   }
   (*out_shapes)[0] = rows;
   (*out_shapes)[1] = rows;
-  rows.push_back(3);
+  rows.push_back(4);
   (*out_shapes)[2] = rows;
   return kOk;
 }

@@ -166,14 +166,15 @@ def accumulate_gradients(student: BortModel, teacher: Optional[Teacher],
         sums[6] += time.time() - started
         with mx.autograd.record():
             logits = mlm_logits(student, nd).astype('float32', copy=False)
-            total, mlm, kd = kd_loss(mx.nd, logits, t_logits, nd['labels'], nd['weights'],
-                                     config.mlm_weight, config.kd_weight, config.temperature,
-                                     config.released_quirks)
+            total, mlm, kd, hits = kd_loss(mx.nd, logits, t_logits, nd['labels'],
+                                           nd['weights'], config.mlm_weight, config.kd_weight,
+                                           config.temperature, config.released_quirks,
+                                           hits=True)
             share = batch.num_masked * comm.size / max(total_masked, 1.0)
             objective = total * (share * loss_scale)
         objective.backward()
         n = batch.num_masked
-        correct, count = masked_accuracy(logits, batch.labels, batch.weights)
+        correct, count = masked_accuracy(logits, batch.labels, batch.weights, hits)
         sums[:6] += [mlm.asscalar() * n, kd.asscalar() * n, total.asscalar() * n, correct, count,
                      batch.num_tokens]
     return sums

@@ -136,7 +136,8 @@ def masked_lm_loss(F, logits, labels, weights):
 
 
 def kd_loss(F, student_logits, teacher_logits, labels, weights, mlm_weight: float = 0.1,
-            kd_weight: float = 0.5, temperature: float = 2.0, released_quirks: bool = False):
+            kd_weight: float = 0.5, temperature: float = 2.0, released_quirks: bool = False,
+            hits: bool = False):
     """The pretraining objective: ``mlm_weight · MLM + kd_weight · T² · soft cross-entropy``.
 
     The T² factor keeps the distillation gradients' scale independent of the temperature
@@ -144,15 +145,20 @@ def kd_loss(F, student_logits, teacher_logits, labels, weights, mlm_weight: floa
     Imperative float32 CPU arrays go through one fused operator
     (:func:`bort.kernels.vocab_losses`; the same values to float32 rounding).
 
+    With ``hits``, a fourth value: per position 1 where the argmax prediction is right, from
+    the fused operator's own pass (:func:`bort.kernels.vocab_losses`), or None where the
+    operator does not run (:func:`masked_accuracy` then takes the argmax).
+
     Returns
     -------
     (total, mlm, kd) : scalar NDArrays
     """
     if kd_weight == 0:
         teacher_logits = None
+    hit = None
     if _fused(F, student_logits, teacher_logits, released_quirks):
-        nll, soft_ce = kernels.vocab_losses(F, student_logits, teacher_logits, labels,
-                                            temperature)
+        nll, soft_ce, hit = kernels.vocab_losses(F, student_logits, teacher_logits, labels,
+                                                 temperature, hits=True)
         count = F.maximum(F.sum(weights), 1.0)
         mlm = F.sum(nll * weights) / count
         kd = F.sum(soft_ce * weights) / count
@@ -164,7 +170,7 @@ def kd_loss(F, student_logits, teacher_logits, labels, weights, mlm_weight: floa
             kd = soft_cross_entropy(F, student_logits, teacher_logits, weights, temperature,
                                     released_quirks)
     total = mlm_weight * mlm + kd_weight * temperature ** 2 * kd
-    return total, mlm, kd
+    return (total, mlm, kd, hit) if hits else (total, mlm, kd)
 
 
 def _fused(F, student_logits, teacher_logits, released_quirks: bool) -> bool:
@@ -178,9 +184,16 @@ def _fused(F, student_logits, teacher_logits, released_quirks: bool) -> bool:
         and kernels.train_ops_usable()
 
 
-def masked_accuracy(logits, labels, weights) -> Tuple[float, float]:
-    """(correct, count) of argmax predictions at the weighted positions (numpy floats)."""
-    pred = logits.argmax(axis=-1).asnumpy() if hasattr(logits, 'asnumpy') else logits.argmax(-1)
-    labels = labels.asnumpy() if hasattr(labels, 'asnumpy') else labels
+def masked_accuracy(logits, labels, weights, hits=None) -> Tuple[float, float]:
+    """(correct, count) of argmax predictions at the weighted positions (numpy floats).
+
+    ``hits`` (1 where the prediction is right, as :func:`kd_loss` returns them) spares the
+    argmax over the vocabulary."""
     weights = weights.asnumpy() if hasattr(weights, 'asnumpy') else weights
-    return float(((pred == labels) * weights).sum()), float(weights.sum())
+    if hits is not None:
+        right = hits.asnumpy() if hasattr(hits, 'asnumpy') else hits
+    else:
+        pred = (logits.argmax(axis=-1).asnumpy() if hasattr(logits, 'asnumpy')
+                else logits.argmax(-1))
+        right = pred == (labels.asnumpy() if hasattr(labels, 'asnumpy') else labels)
+    return float((right * weights).sum()), float(weights.sum())
