@@ -16,7 +16,7 @@ from .distributed import Comm
 
 __all__ = ['learning_rate', 'SCHEDULES', 'OPTIMIZERS', 'make_trainer', 'clip_global_norm',
            'global_norm', 'optimizer_step', 'no_decay', 'NORM_CHUNK', 'FusedBERTAdam', 'AdamW',
-           'FusedAdam']
+           'FusedAdam', 'zero_grads']
 
 #: What :func:`make_trainer` builds: ``adamw`` (Adam with bias correction and decoupled weight
 #: decay, as PyTorch's ``AdamW``), ``bertadam`` (the same without bias correction, as BERT and
@@ -274,6 +274,14 @@ def global_norm(grads: List[mx.nd.NDArray], cache: Optional[object] = None) -> m
 def _grads(params: Iterable[mx.gluon.Parameter], ctx: mx.Context = None) -> List[mx.nd.NDArray]:
     return [p.grad(ctx) if ctx is not None else p.list_grad()[0]
             for p in params if p.grad_req != 'null']
+
+
+def zero_grads(params: Iterable[mx.gluon.Parameter]) -> None:
+    """Zero every gradient of ``params`` (accumulated with ``grad_req='add'``) in one operator
+    (``reset_arrays``) instead of one ``zeros_like`` a parameter."""
+    grads = [g for p in params if p.grad_req != 'null' for g in p.list_grad()]
+    if grads:
+        mx.nd.reset_arrays(*grads, num_arrays=len(grads))
 
 
 def clip_global_norm(params: Iterable[mx.gluon.Parameter], max_norm: float,

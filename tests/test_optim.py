@@ -7,7 +7,7 @@ import pytest
 
 from bort.distributed import Comm
 from bort.model import build_model
-from bort.optim import clip_global_norm, learning_rate, make_trainer, optimizer_step
+from bort.optim import clip_global_norm, learning_rate, make_trainer, optimizer_step, zero_grads
 
 
 def _schedule(decay, total, base, warmup):
@@ -327,3 +327,22 @@ def test_adam_without_decay_is_fused_and_equals_mxnets_adam():
                                    err_msg=name)
     decayed = make_trainer(_small_net().collect_params(), Comm(), 'adam', weight_decay=0.01)
     assert type(decayed._optimizer).__name__ == 'Adam'  # pylint: disable=protected-access
+
+
+def test_zero_grads_zeroes_every_accumulated_gradient():
+    """Gradients accumulated twice (grad_req 'add'), then zeroed in one call: all exactly 0,
+    weights untouched, and the next accumulation starts from 0."""
+    net = _small_net()
+    params = net.collect_params()
+    params.setattr('grad_req', 'add')
+    grads = {name: np.full(p.shape, 0.5) for name, p in params.items()}
+    weights = {name: p.data().asnumpy() for name, p in params.items()}
+    _set_grads(params, grads)
+    _set_grads(params, grads)
+    assert all(np.allclose(p.grad().asnumpy(), 1.0) for p in params.values())
+    zero_grads(params.values())
+    for name, p in params.items():
+        assert not p.grad().asnumpy().any(), name
+        np.testing.assert_array_equal(p.data().asnumpy(), weights[name])
+    _set_grads(params, grads)
+    assert all(np.allclose(p.grad().asnumpy(), 0.5) for p in params.values())

@@ -43,7 +43,7 @@ from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_log
 from ..layers import set_compute_dtype
 from ..log import MetricsLog
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, output_bias, save_model
-from ..optim import learning_rate, make_trainer, optimizer_step
+from ..optim import learning_rate, make_trainer, optimizer_step, zero_grads
 from ..runlock import building_folder, hold_run_folder, replace_folder
 from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
 from .shards import check_shards, read_meta, shard_unigram, vocab_fingerprint
@@ -209,8 +209,7 @@ def pretrain_step(student: BortModel, teacher: Optional[Teacher], micro: Sequenc
     norm = math.nan
     if math.isfinite(sums[2]):
         norm = optimizer_step(trainer, params, config.max_grad_norm, scale=loss_scale)
-    for p in params:
-        p.zero_grad()
+    zero_grads(params)
     return norm, sums
 
 
