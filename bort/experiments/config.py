@@ -107,17 +107,17 @@ BUDGETS: Dict[str, Dict[str, Any]] = {
         'finetune_inits': ('scratch',), 'seeds': (0, 1), 'epochs': 2,
         'max_train_examples': 1000, 'agora_models': ('winner_scratch_kd',),
         'agora_tasks': ('SST-2', 'RTE'), 'agora_lrs': (1e-4, 5e-5), 'latency_repeats': 10,
-        'teacher_steps': (),
+        'teacher_steps': (), 'teacher': 'minilm',
     },
     'full': {
         'search': {},
-        'corpus_bytes': 5_000_000, 'pretrain_steps': 2000, 'pretrain_batch_size': 32,
+        'corpus_bytes': 5_000_000, 'pretrain_steps': 1000, 'pretrain_batch_size': 32,
         'seq_len': 64, 'eval_batches': 60, 'temperatures': (2.0, 1.0),
         'inits': ('scratch', 'teacher'), 'finetune_inits': ('scratch', 'teacher'),
         'seeds': (0, 1, 2), 'epochs': 3, 'max_train_examples': 4000,
         'agora_models': ('winner_scratch_kd', 'winner_teacher_kd'),
         'agora_tasks': ('SST-2', 'RTE'), 'agora_lrs': (1e-4, 5e-5, 2e-4),
-        'latency_repeats': 20, 'teacher_steps': (400, 1600, 4000),
+        'latency_repeats': 20, 'teacher_steps': (), 'teacher': 'minilm-1000',
     },
 }
 
@@ -137,10 +137,12 @@ class MiniatureConfig:
     budget: str = opt('small', "preset of every setting left unset: 'small' (under 30 minutes "
                       "on 2 cores) or 'full' (the report's run, about 3 hours)",
                       choices=tuple(BUDGETS))
-    teacher: str = opt('minilm', "the teacher: 'minilm' (all-MiniLM-L6-v2 MLM-adapted in 400 "
-                       "steps, built once in the cache), 'minilm-<steps>' (the same adapted "
-                       'in that many steps: a stronger teacher, see --teacher_steps), a '
-                       'project model folder with an MLM head, or a Hugging Face folder')
+    teacher: Optional[str] = opt(None, "the teacher: 'minilm' (all-MiniLM-L6-v2 MLM-adapted in "
+                                 "400 steps, built once in the cache), 'minilm-<steps>' (the "
+                                 'same adapted in that many steps: a stronger teacher, see '
+                                 '--teacher_steps), a project model folder with an MLM head, or '
+                                 "a Hugging Face folder (preset: small 'minilm', full "
+                                 "'minilm-1000')")
     cache_dir: str = opt('', 'cache of the default teacher and corpus ($BORT_CACHE or '
                          '~/.cache/bort when empty)')
     corpus: Tuple[str, ...] = opt((), 'text files for pretraining (one sentence a line, blank '

@@ -192,9 +192,15 @@ def _strength_lines(stages: StageLog) -> List[str]:
                      f'{r["loss"]:.3f} | ' + (f'{100 * own:.2f}' if own is not None else '—')
                      + ' | ' + (f'{build / 60:.1f}' if build else '—') + ' |')
     flat = levels_off([(r['steps'], r['acc']) for r in rows], n)
-    lines += ['', f'The gain levels off at **{flat} steps**: the fewest whose top-1 is within '
-                  f'{Z:g} standard errors of the best row\'s (`--teacher minilm-{flat}`; a '
-                  'longer build buys no measurable accuracy on these positions).', '']
+    if len(rows) > 1 and flat == rows[-1]['steps']:
+        lines += ['', f'**No levelling off within the table**: the longest build ({flat} steps) '
+                      f'is more than {Z:g} standard errors ahead of every shorter one, so the '
+                      'teacher is still gaining; the build time decides where to stop.', '']
+    else:
+        lines += ['', f'The gain levels off at **{flat} steps**: the fewest whose top-1 is '
+                      f'within {Z:g} standard errors of the best row\'s (`--teacher '
+                      f'minilm-{flat}`; a longer build buys no measurable accuracy on these '
+                      'positions).', '']
     return lines
 
 
