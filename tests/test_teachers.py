@@ -91,6 +91,11 @@ def test_adapted_teacher_trains_every_weight_and_is_cached(tmp_path, minilm):
     assert all(changed[:3]) and sum(changed) > len(changed) // 2  # the encoder trained too
     assert adapted_minilm_teacher(str(tmp_path), steps=2, batch_size=2, seq_len=32,
                                   corpus_bytes=30_000, head=head) == folder
+    # A second, longer build in the same process times only its own adaptation.
+    longer = adapted_minilm_teacher(str(tmp_path), steps=3, batch_size=2, seq_len=32,
+                                    corpus_bytes=30_000, head=head)
+    seconds = json.loads(open(os.path.join(longer, 'mlm_adapt.json')).read())['build_seconds']
+    assert 'MLM adaptation (3 steps)' in seconds and 'MLM adaptation (2 steps)' not in seconds
 
 
 _BUILD_UNDER_HOROVOD = '''

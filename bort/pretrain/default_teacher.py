@@ -326,8 +326,13 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = DEFAULT_ADAPT_STEPS,
                                 checkpoint_interval=max(steps // 4, 1), plot=False,
                                 resume=os.path.isfile(os.path.join(run, 'latest')), gpu=False)
         # Only rank 0 builds, alone: its own communicator, never the workers' one.
-        with _phase(f'MLM adaptation ({steps} steps)'):
+        phase = f'MLM adaptation ({steps} steps)'
+        with _phase(phase):
             result = pretrain(config, single)
+        # This build's phases: not another adaptation this process ran before (a table of
+        # teachers builds several in one process).
+        seconds = {k: v for k, v in BUILD_SECONDS.items()
+                   if k == phase or not k.startswith('MLM adaptation (')}
         before = None
         if os.path.isfile(os.path.join(first, REPORT_FILE)):
             before = read_json(os.path.join(first, REPORT_FILE), what='MLM-head fit report')
@@ -340,7 +345,7 @@ def adapted_minilm_teacher(cache_dir: str, steps: int = DEFAULT_ADAPT_STEPS,
             'heldout_mlm_loss': result.get('eval_mlm_loss'),
             'head_only_report': before, 'steps': steps, 'batch_size': batch_size,
             'seq_len': seq_len, 'lr': lr, 'seed': seed,
-            'build_seconds': dict(BUILD_SECONDS)})
+            'build_seconds': seconds})
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         shutil.rmtree(work, ignore_errors=True)
