@@ -11,7 +11,8 @@ import pytest
 
 from bort.errors import ConfigError, UserError
 from bort.experiments.config import BUDGETS, MiniatureConfig
-from bort.experiments.miniature import check_same_settings, choose_comparison, split_glue
+from bort.experiments.finetuning import split_glue
+from bort.experiments.miniature import check_same_settings, choose_comparison
 from bort.experiments.claims import first_rise
 from bort.experiments.report import PNG_FILES, write_report
 from bort.experiments.stages import ATTEMPT_FILE, DONE_FILE, StageLog, run_stage
@@ -178,7 +179,7 @@ def test_split_glue_sets_rows_aside(tmp_path):
 
 
 def test_pretrain_curve_keeps_the_last_record_of_a_step(tmp_path):
-    from bort.experiments.miniature import pretrain_curve
+    from bort.experiments.pretraining import pretrain_curve
     path = tmp_path / 'metrics.jsonl'
     records = [{'step': 10, 'eval_mlm_acc': 0.1, 'eval_mlm_top5': 0.2, 'eval_mlm_loss': 7.0},
                {'step': 20, 'mlm_loss': 6.0, 'tokens_per_s': 1.0},
@@ -544,7 +545,7 @@ def test_split_glue_sets_sst2_rows_aside(tmp_path):
 
 
 def test_equal_time_budget_from_the_kd_checkpoints(tmp_path):
-    from bort.experiments.miniature import equal_time_minutes, train_seconds
+    from bort.experiments.pretraining import equal_time_minutes, train_seconds
     run = tmp_path / 'run'
     (run / 'step-0000010').mkdir(parents=True)
     (run / 'step-0000010' / 'state.json').write_text(json.dumps({'train_seconds': 90.0}))
