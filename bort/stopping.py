@@ -18,11 +18,12 @@ for a step count it will not reach.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -41,10 +42,13 @@ _GRID = 1_000_000
 class RunBudget:
     """A training loop's stopping rules: minutes allowed, minutes spent, Ctrl-C.
 
+    Time inside :meth:`paused` (a loop's held-out evaluations and checkpoints) is not counted:
+    the budget buys training steps, whatever the evaluation schedule.
+
     Parameters
     ----------
     minutes : float
-        The wall-clock budget of the loop; 0 means none.
+        The wall-clock budget of the loop's training; 0 means none.
     spent : float
         Seconds already spent by the run before this process (from its checkpoint).
     clock : callable, optional
@@ -61,12 +65,31 @@ class RunBudget:
         self.comm = comm
         self.interrupted = False
         self._start = self.clock()
+        self._paused = 0.0  # seconds inside paused() since _start
+        self._pause_start = None
         self._previous = None
         self._depth = 0  # nested ``with`` blocks (Agora's budget around its students')
 
     def elapsed(self) -> float:
-        """Seconds of the run so far, earlier processes included."""
-        return self.spent + (self.clock() - self._start)
+        """Seconds of the run's training so far, earlier processes included (time inside
+        :meth:`paused` left out)."""
+        now = self.clock()
+        paused = self._paused + (now - self._pause_start if self._pause_start is not None
+                                 else 0.0)
+        return self.spent + (now - self._start) - paused
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """A block whose time the budget does not count (nested blocks count once)."""
+        if self._pause_start is not None:
+            yield
+            return
+        self._pause_start = self.clock()
+        try:
+            yield
+        finally:
+            self._paused += self.clock() - self._pause_start
+            self._pause_start = None
 
     def fraction(self) -> float:
         """The share of the budget used (0 without a budget)."""

@@ -54,6 +54,24 @@ def test_budget_counts_earlier_processes_and_stops_past_it():
     assert RunBudget(0, clock=FakeClock(1e9)).stop_reason() is None  # no budget: never
 
 
+def test_paused_time_is_not_counted():
+    """Evaluations and checkpoints run inside paused(): a budget buys training time only, so an
+    equal-time comparison does not depend on how often each run evaluates."""
+    clock = FakeClock(step=10.0)                   # each reading 10 s after the last
+    budget = RunBudget(minutes=1, clock=clock)     # starts at 10
+    with budget.paused():                          # paused from 20 ...
+        clock(), clock()                           # 30, 40
+        with budget.paused():                      # nested: counted once
+            clock()                                # 50
+    # ... to 60 (40 s paused); read at 70: 60 s since the start, 20 of them training
+    assert budget.elapsed() == pytest.approx(20.0)
+    with budget.paused():                          # paused from 80
+        inside = budget.elapsed()                  # read at 90: the open pause not counted
+    assert inside == pytest.approx(30.0)           # (then paused until 100: 60 s in all)
+    assert budget.stop_reason() is None            # read at 110: 40 s of 60
+    assert budget.elapsed() == pytest.approx(50.0)  # read at 120
+
+
 def test_first_ctrl_c_is_deferred_second_stops_at_once():
     with RunBudget() as budget:
         os.kill(os.getpid(), signal.SIGINT)
@@ -124,6 +142,28 @@ def test_pretraining_budget_ends_with_checkpoint_evaluation_and_model(tmp_path, 
         assert json.load(f)['train_seconds'] >= 60
     # A handful of steps learn nothing: the run says so.
     assert 'most-frequent-token rate' in caplog.text
+
+
+def test_pretraining_budget_buys_the_same_steps_however_slow_evaluation_is(tmp_path, data,
+                                                                           monkeypatch):
+    """A held-out evaluation that takes 1,000 s (on the fake clock) every 3 steps: the budget
+    still ends the run at the step it ends a run whose evaluation takes no time."""
+    from bort.pretrain import loop
+    real = loop.evaluate
+    steps = {}
+    for slow in (False, True):
+        clock = FakeClock(step=10.0)
+
+        def timed(*args, _clock=clock, _slow=slow, **kwargs):
+            if _slow:
+                _clock.now += 1000.0
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(loop, 'evaluate', timed)
+        config = _config(tmp_path, data, name=f'slow{slow}', max_minutes=5, eval_interval=3,
+                         checkpoint_interval=3)
+        steps[slow] = pretrain(config, clock=clock)['step']
+    assert 3 < steps[False] == steps[True]
 
 
 def test_ctrl_c_checkpoints_the_step_it_finished_and_resume_continues(tmp_path, data):

@@ -101,9 +101,10 @@ class PretrainConfig:
     max_grad_norm: float = opt(1.0, 'global gradient-norm clipping (0: none)', check=non_negative)
     total_steps: int = opt(1000, 'optimizer steps (with --max_minutes: at most this many)',
                            check=at_least(1))
-    max_minutes: float = opt(0.0, 'wall-clock budget of the training loop in minutes (0: none): '
-                             'the schedule warms up and decays within it, and the run ends '
-                             'with a checkpoint, an evaluation and the final model',
+    max_minutes: float = opt(0.0, 'wall-clock budget of the training steps in minutes (0: '
+                             'none; held-out evaluations and checkpoints not counted): the '
+                             'schedule warms up and decays within it, and the run ends with a '
+                             'checkpoint, an evaluation and the final model',
                              check=non_negative)
     batch_size: int = opt(32, 'sequences per worker per micro-batch (released: 8 a GPU)',
                           check=at_least(1))

@@ -341,10 +341,16 @@ class _Run:
                     self.metrics.write(last)
                     bar.set_postfix(mlm=f'{last["mlm_loss"]:.3f}', acc=f'{last["mlm_acc"]:.3f}')
                     window, tick = np.zeros(7), time.time()
-                if self.step % config.eval_interval == 0 or (end and stopped != INTERRUPTED):
-                    last.update(self._evaluate())
-                if self.step % config.checkpoint_interval == 0 or end:
-                    self._checkpoint()
+                held_out = self.step % config.eval_interval == 0 or (
+                    end and stopped != INTERRUPTED)
+                save = self.step % config.checkpoint_interval == 0 or end
+                if held_out or save:
+                    # Not training: the budget does not count them.
+                    with self.budget.paused():
+                        if held_out:
+                            last.update(self._evaluate())
+                        if save:
+                            self._checkpoint()
         bar.close()
         if stopped == INTERRUPTED:
             raise KeyboardInterrupt(f'interrupted at step {self.step}: checkpoint written; '
