@@ -557,30 +557,28 @@ def test_equal_time_budget_from_the_kd_checkpoints(tmp_path):
         equal_time_minutes([{'train_seconds': None}])
 
 
-def test_teacher_strength_table_in_the_report(tmp_path):
-    config = MiniatureConfig(glue_dir='g', out=str(tmp_path), teacher_steps=(400, 1600, 4000)
-                             ).resolved()
+def _strength_report(tmp_path, rows):
+    """report.md of a run whose teacher-strength stages scored ``rows`` ((steps, top-1), on the
+    constructed run's 4,000 held-out positions)."""
+    config = MiniatureConfig(glue_dir='g', out=str(tmp_path),
+                             teacher_steps=tuple(s for s, _ in rows)).resolved()
     log = _constructed_stages(tmp_path)
-    for steps, acc in ((400, 0.257), (1600, 0.33), (4000, 0.335)):
+    for steps, acc in rows:
         log.add(f'teacher_strength/s{steps}', {'figures': {
             'steps': steps, 'acc': acc, 'top5': 0.5, 'loss': 4.0, 'adapt_heldout_acc': acc,
             'build_seconds': {'adapt': steps * 0.3}, 'folder': 'x'}, 'seconds': 1.0,
             'load_start': [1.0], 'load_end': [1.0], 'cached': False})
-    report = open(write_report(config, log, SIZES)['report']).read()
+    return open(write_report(config, log, SIZES)['report']).read()
+
+
+def test_teacher_strength_table_in_the_report(tmp_path):
+    report = _strength_report(tmp_path, ((400, 0.257), (1600, 0.33), (4000, 0.335)))
     # 33.5 vs 33.0 on 4,000 positions is within 2 standard errors; 25.7 is not.
     assert 'levels off at **1600 steps**' in report and '| 4000 | 33.50 |' in report
 
 
 def test_teacher_table_says_when_the_gain_has_not_levelled_off(tmp_path):
-    """The measured case: 28.2, 30.0, 33.2 % on 5,541 positions, each row beyond 2 standard
-    errors of the next: the report must not call the longest build a levelling-off point."""
-    config = MiniatureConfig(glue_dir='g', out=str(tmp_path), teacher_steps=(400, 1000, 2000)
-                             ).resolved()
-    log = _constructed_stages(tmp_path)
-    for steps, acc in ((400, 0.2815), (1000, 0.3001), (2000, 0.3317)):
-        log.add(f'teacher_strength/s{steps}', {'figures': {
-            'steps': steps, 'acc': acc, 'top5': 0.5, 'loss': 4.0, 'adapt_heldout_acc': acc,
-            'build_seconds': {'adapt': steps * 0.9}, 'folder': 'x'}, 'seconds': 1.0,
-            'load_start': [1.0], 'load_end': [1.0], 'cached': False})
-    report = open(write_report(config, log, SIZES)['report']).read()
+    """The measured case: 28.2, 30.0, 33.2 %, each row beyond 2 standard errors of the next:
+    the report must not call the longest build a levelling-off point."""
+    report = _strength_report(tmp_path, ((400, 0.2815), (1000, 0.3001), (2000, 0.3317)))
     assert 'No levelling off within the table' in report and 'levels off at' not in report
