@@ -10,7 +10,8 @@ and INT8 but does not use them unless two things happen before its first primiti
 
 :func:`cpu_support` does both, once, where the CPU has AMX (``amx_tile`` and ``amx_bf16`` in
 ``/proc/cpuinfo``), and keeps its decision as a frozen :class:`CpuSupport` that everything else
-reads (``--dtype bfloat16`` of the fast inference path, the benchmarks' bfloat16 columns).
+reads (``--dtype bfloat16`` of the fast inference path and of the training scripts, the
+benchmarks' bfloat16 columns).
 ``import bort`` calls it, so any entry point that imports the package before MXNet (the
 ``run_*.py`` scripts, ``python -m bort.…``, the benchmarks, the test suite) decides in time. A
 ``DNNL_MAX_CPU_ISA`` the user set is kept. Child processes inherit the variable but not the
