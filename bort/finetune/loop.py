@@ -49,6 +49,7 @@ from .classifier import (Encoded, TaskClassifier, build_classifier, encode_examp
                          load_classifier, make_batch, predict_scores, save_classifier, task_loss)
 from ..distributed import Comm
 from ..errors import DataFormatError
+from ..hardware import announce
 from ..layers import set_compute_dtype
 from ..log import MetricsLog
 from .castings import aggregate
@@ -300,6 +301,7 @@ def _finetune(config: FinetuneConfig, comm: Comm, train: Optional[Sequence[Examp
     pad_id = tokenizer.pad_id
 
     model = build_classifier(config.model, config.head_config(), comm.ctx, seed=config.seed)
+    announce(log)  # one line: what the CPU runs (float32 without bfloat16 kernels)
     comm.broadcast_parameters(model.collect_params())
     set_compute_dtype(model, config.dtype)
     model.hybridize(static_alloc=True)

@@ -40,6 +40,7 @@ from ..checkpoint import CheckpointManager, check_resume, settings_record, step_
 from .losses import kd_loss, masked_accuracy
 from ..distributed import Comm
 from .teacher import Teacher, VocabularyMismatchError, check_vocab_size, mlm_logits
+from ..hardware import announce
 from ..layers import set_compute_dtype
 from ..log import MetricsLog
 from ..model import PARAMS_FILE, BortModel, build_model, load_params, output_bias, save_model
@@ -272,6 +273,7 @@ class _Run:
         self.config, self.comm = config, comm
         self.meta = _data_settings(config)
         self.student, self.teacher = _build(config, self.meta, comm)
+        announce(log)  # one line: what the CPU runs (float32 without bfloat16 kernels)
         comm.broadcast_parameters(self.student.collect_params())
         self.params = [p for p in self.student.collect_params().values()
                        if p.grad_req != 'null']

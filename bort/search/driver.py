@@ -30,6 +30,7 @@ from ..arch import Architecture, ArchitectureError, get_arch
 from ..checkpoint import write_json_atomic
 from ..distributed import Comm
 from ..errors import read_json
+from ..hardware import announce
 from ..log import progress as rank0_progress
 from ..model import PARAMS_FILE
 from ..pretrain.default_teacher import file_digest, resolve_teacher
@@ -230,6 +231,7 @@ def _run(config: SearchConfig, comm: Comm) -> Dict:
         config.seq_len)
     log.info('teacher %s <%s> from %s; search batches: %s', model.arch.label,
              ', '.join(map(str, model.arch.tuple)), teacher_folder, data.summary())
+    announce(log)  # one line: what the CPU runs (float32 without bfloat16 kernels)
 
     # 2. the teacher's outputs, once
     folder = _cache_folder(config, teacher_folder, corpus) if config.teacher_cache else None
