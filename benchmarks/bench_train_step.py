@@ -95,14 +95,14 @@ def row_optimizer(kind):
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     return dict(name=defaults['optimizer'], lr=defaults['lr'],
                 weight_decay=defaults['weight_decay'],
-                epsilon=defaults.get('adam_epsilon', defaults.get('epsilon', 1e-6)), beta2=defaults.get('adam_beta2', 0.999),
-                momentum=defaults.get('momentum', 0.0))
+                epsilon=defaults.get('adam_epsilon', defaults.get('epsilon', 1e-6)),
+                beta2=defaults.get('adam_beta2', 0.999), momentum=defaults.get('momentum', 0.0))
 
 
-def _make_trainer(params, comm, kind):
-    """Our trainer with ``kind``'s default optimizer (:func:`row_optimizer`)."""
+def _make_trainer(params, comm, row):
+    """Our trainer with the row's optimizer (:func:`row_optimizer`, in ``row['optimizer']``)."""
     from bort.optim import make_trainer  # pylint: disable=import-outside-toplevel
-    o = row_optimizer(kind)
+    o = row['optimizer']
     return make_trainer(params, comm, o['name'], lr=o['lr'], weight_decay=o['weight_decay'],
                         epsilon=o['epsilon'], momentum=o['momentum'], beta2=o['beta2'])
 
@@ -167,7 +167,7 @@ def ours_step(row, data, dtype='float32'):
             config.mlm_weight, config.kd_weight = 0.1, 0.5
             set_compute_dtype(teacher.model, dtype)
         set_compute_dtype(student, dtype)
-        trainer = _make_trainer(student.collect_params(), comm, kind)
+        trainer = _make_trainer(student.collect_params(), comm, row)
         params = [p for p in student.collect_params().values() if p.grad_req != 'null']
         for p in params:
             p.grad_req = 'add'
@@ -184,7 +184,7 @@ def ours_step(row, data, dtype='float32'):
         model.head.initialize(mx.init.Uniform(0.5))
         set_compute_dtype(model, dtype)
         model.hybridize(static_alloc=True)
-        trainer = _make_trainer(model.collect_params(), comm, kind)
+        trainer = _make_trainer(model.collect_params(), comm, row)
         params = [p for p in model.collect_params().values() if p.grad_req != 'null']
         inputs = (mx.nd.array(data['ids'], dtype='int32'), mx.nd.array(data['types'], dtype='int32'),
                   mx.nd.array(data['valid'], dtype='float32'))
@@ -201,7 +201,7 @@ def ours_step(row, data, dtype='float32'):
     model = build_model(_arch(row['student']))
     set_compute_dtype(model, dtype)
     model.hybridize(static_alloc=True)
-    trainer = _make_trainer(model.collect_params(), comm, kind)
+    trainer = _make_trainer(model.collect_params(), comm, row)
     params = [p for p in model.collect_params().values() if p.grad_req != 'null']
     rows = real_rows(batch)
     rng = np.random.RandomState(1)

@@ -67,7 +67,8 @@ def torch_step(row, data, gather: bool = True, bf16: bool = False):
         if o['name'] == 'sgd':
             return torch.optim.SGD(params, lr=o['lr'], momentum=o['momentum'],
                                    weight_decay=o['weight_decay'])
-        kind = torch.optim.Adam if o['name'] == 'adam' else torch.optim.AdamW  # bertadam: AdamW's work
+        # bertadam does AdamW's work without the bias correction: timed as AdamW
+        kind = torch.optim.Adam if o['name'] == 'adam' else torch.optim.AdamW
         return kind(params, lr=o['lr'], betas=(0.9, o['beta2']), eps=o['epsilon'],
                     weight_decay=o['weight_decay'])
 

@@ -94,7 +94,7 @@ class BortModel(BERTModel):
             cell.attention_cell.__class__ = SelfAttentionCell
         # GluonNLP builds plain Gluon LayerNorm and Dropout blocks: the subclasses only add the
         # fused path (same parameters).
-        for block in self._fusable_blocks():
+        for block in descendants(self):
             if type(block) is mx.gluon.nn.LayerNorm:  # pylint: disable=unidiomatic-typecheck
                 block.__class__ = kernels.FusedLayerNorm
             elif type(block) is mx.gluon.nn.Dropout:  # pylint: disable=unidiomatic-typecheck
@@ -105,10 +105,6 @@ class BortModel(BERTModel):
         # That shape inference traced the graph before the weights had a context; trace again
         # at the first call, when whether the fused operators apply is known.
         self._clear_cached_op()
-
-    def _fusable_blocks(self):
-        """Every descendant block (LayerNorm, Dropout and attention cells among them)."""
-        return descendants(self)
 
     def _use_fused(self) -> bool:
         """The fused training operators apply: float32 weights on the CPU, operators built."""
@@ -151,7 +147,7 @@ class BortModel(BERTModel):
         fused = self._use_fused()  # decided each time the graph is built (traced)
         # One training flag for every fused block of this graph (a node of it, not a value).
         flag = kernels.train_mode(F) if fused else None
-        for block in self._fusable_blocks():
+        for block in descendants(self):
             if isinstance(block, (kernels.FusedLayerNorm, kernels.FusedDropout,
                                   SelfAttentionCell)):
                 block.fused = fused

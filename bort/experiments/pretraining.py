@@ -162,8 +162,9 @@ def pretrain_curve(metrics_path: str, tokens_per_step: int) -> List[Dict]:
 
 
 def train_seconds(run_dir: str) -> Optional[float]:
-    """Seconds the training loop of a run took, over its resumes (its last checkpoint's
-    ``train_seconds``: what ``--max_minutes`` budgets), None without a checkpoint."""
+    """Seconds of training steps a run took, over its resumes (its last checkpoint's
+    ``train_seconds``: what ``--max_minutes`` budgets, held-out evaluations and checkpoints not
+    counted), None without a checkpoint."""
     from ..checkpoint import CheckpointManager  # pylint: disable=import-outside-toplevel
     latest = CheckpointManager(run_dir).latest()
     if latest is None:
@@ -173,8 +174,9 @@ def train_seconds(run_dir: str) -> Optional[float]:
 
 
 def equal_time_minutes(kd_figures: Sequence[Dict]) -> float:
-    """The wall-time budget of an ``mlm_time`` run: the mean training-loop time of the same
-    init's KD runs, in minutes (KD pays for the teacher's forward pass in that time)."""
+    """The wall-time budget of an ``mlm_time`` run: the mean training time of the same init's
+    KD runs (:func:`train_seconds`), in minutes (KD pays for the teacher's forward pass in that
+    time)."""
     seconds = [f['train_seconds'] for f in kd_figures if f.get('train_seconds')]
     if not seconds:
         raise UserError('the KD runs recorded no training time: the equal-time MLM run has '
