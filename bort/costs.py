@@ -12,7 +12,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .cli import add_dataclass_flags, emit, make_parser, opt, parse_configs, run_main
+from .cli import add_dataclass_flags, emit, make_parser, parse_configs, run_main
+from .fields import opt
 from .arch import (ARCHITECTURES, Architecture, BERT_CASED_VOCAB_SIZE, BERT_UNCASED_VOCAB_SIZE,
                    ROBERTA_VOCAB_SIZE, iter_paper_space)
 

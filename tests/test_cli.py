@@ -12,10 +12,11 @@ from typing import List, Optional
 
 import pytest
 
-from bort import cli
+from bort import cli, fields
 from bort.errors import ConfigError, DataFormatError
-from bort.cli import (add_dataclass_flags, add_subcommands, make_parser, opt, option_names,
-                      parse_configs, parse_subcommand, parse_with_config, run_main)
+from bort.cli import (add_dataclass_flags, add_subcommands, make_parser, parse_configs,
+                      parse_subcommand, parse_with_config, run_main)
+from bort.fields import opt, option_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,11 +218,11 @@ def test_prune_help_names_every_rule():
 # -- checks and the one error exit ---------------------------------------------------------------
 @dataclasses.dataclass
 class _Checked:
-    lr: float = cli.opt(1e-4, 'rate', check=cli.positive)
-    ratio: float = cli.opt(0.15, 'mask ratio', check=cli.probability)
-    interval: int = cli.opt(10, 'every N steps', check=cli.at_least(1))
-    wd: float = cli.opt(0.0, 'decay', check=cli.non_negative)
-    sizes: tuple = cli.opt((8, 16), 'batch sizes', type=int, check=cli.at_least(1))
+    lr: float = fields.opt(1e-4, 'rate', check=fields.positive)
+    ratio: float = fields.opt(0.15, 'mask ratio', check=fields.probability)
+    interval: int = fields.opt(10, 'every N steps', check=fields.at_least(1))
+    wd: float = fields.opt(0.0, 'decay', check=fields.non_negative)
+    sizes: tuple = fields.opt((8, 16), 'batch sizes', type=int, check=fields.at_least(1))
 
 
 @pytest.mark.parametrize('flag,value,rule', [
@@ -245,7 +246,7 @@ def test_list_values_are_checked_one_by_one_and_good_values_pass():
     config, = cli.parse_configs(parser, [_Checked], ['--sizes', '8', '32', '--ratio', '1'])
     assert config.sizes == [8, 32] and config.ratio == 1.0
     with pytest.raises(ConfigError, match=r'--sizes must be >= 1, got \[8, 0\]'):
-        cli.check_fields(_Checked(sizes=[8, 0]))
+        fields.check_fields(_Checked(sizes=[8, 0]))
 
 
 def _exit_of(main, caplog, monkeypatch):

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import at_least, check_fields, non_negative, opt, positive, unit_interval
+from ..fields import at_least, check_fields, non_negative, opt, positive, unit_interval
 from ..errors import ConfigError
 
 __all__ = ['MiniatureConfig', 'BUDGETS', 'COMPARISON_RULES', 'INITS', 'AGORA_TASKS',

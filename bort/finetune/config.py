@@ -5,7 +5,7 @@
 - :class:`RunOptions`: what a ``run_finetune.py`` job does with the task
   (:func:`bort.finetune.run.run_finetune_job`).
 
-Each field's help text is its flag's (:func:`bort.cli.opt`).
+Each field's help text is its flag's (:func:`bort.fields.opt`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import List
 
-from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
-                   unit_interval)
+from ..fields import (Range, at_least, check_fields, non_negative, opt, positive, probability,
+                      unit_interval)
 from ..errors import ConfigError
 from ..hardware import require_bf16
 from ..layers import COMPUTE_DTYPES

@@ -31,8 +31,9 @@ import mxnet as mx  # noqa: E402
 import numpy as np
 
 from ..batching import DEFAULT_BUCKETS, bucket_batches, pad_batch
-from ..cli import (add_dataclass_flags, at_least, emit, make_parser, opt, parse_configs,
-                   run_main, setup_command_logging)
+from ..cli import (add_dataclass_flags, emit, make_parser, parse_configs, run_main,
+                   setup_command_logging)
+from ..fields import at_least, opt
 from ..finetune.castings import aggregate
 from ..finetune.classifier import Encoded, encode_examples, encode_pair, load_classifier, read_head_config
 from ..finetune.evaluate import BEST

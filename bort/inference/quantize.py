@@ -54,8 +54,9 @@ from mxnet.base import NDArrayHandle, py_str
 from mxnet.contrib.quantization import quantize_net_v2
 from mxnet.ndarray import NDArray
 
-from ..cli import (Range, add_dataclass_flags, at_least, emit, make_parser, non_negative, opt,
-                   parse_configs, run_main, setup_command_logging)
+from ..cli import (add_dataclass_flags, emit, make_parser, parse_configs, run_main,
+                   setup_command_logging)
+from ..fields import Range, at_least, non_negative, opt
 from ..errors import ConfigError, DataFormatError
 from ..runlock import building_folder, hold_folder, replace_folder
 from ..arch import Architecture

@@ -29,8 +29,9 @@ from typing import Dict, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
-from ..cli import (add_subcommands, at_least, emit, make_parser, opt, parse_subcommand,
-                   positive, run_main, setup_command_logging)
+from ..cli import (add_subcommands, emit, make_parser, parse_subcommand, run_main,
+                   setup_command_logging)
+from ..fields import at_least, opt, positive
 from ..errors import UserError
 from ..arch import Architecture, save_arch
 from .hf import (UnsupportedCheckpointError, arch_from_config, check_tied, config_from_arch,

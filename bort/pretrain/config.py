@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cli import (Range, at_least, check_fields, non_negative, opt, positive, probability,
-                   unit_interval)
+from ..fields import (Range, at_least, check_fields, non_negative, opt, positive, probability,
+                      unit_interval)
 from ..errors import ConfigError
 from ..hardware import require_bf16
 from ..extraction import LAYER_CHOICES, UNIT_CHOICES

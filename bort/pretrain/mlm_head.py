@@ -31,8 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..cli import (Range, add_dataclass_flags, at_least, check_fields, emit, make_parser, opt,
-                   parse_configs, positive, probability, run_main, setup_command_logging)
+from ..cli import (add_dataclass_flags, emit, make_parser, parse_configs, run_main,
+                   setup_command_logging)
+from ..fields import Range, at_least, check_fields, opt, positive, probability
 from ..errors import DataFormatError, UserError
 from ..log import progress
 from ..model import BortModel, build_model, load_model, param_dict, save_model

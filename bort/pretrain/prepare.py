@@ -48,8 +48,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .names import DEFAULT_NAMES, minilm_dir
-from ..cli import (Range, add_dataclass_flags, at_least, check_fields, make_parser, opt,
-                   parse_configs, probability, run_main, unit_interval)
+from ..cli import add_dataclass_flags, make_parser, parse_configs, run_main
+from ..fields import Range, at_least, check_fields, opt, probability, unit_interval
 from ..errors import UserError
 from ..runlock import LOCK_FILE, building_folder, hold_folder, replace_folder
 from .masking import MaskingConfig, masking_for

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from ..arch import PAPER_SEARCH_SPACE
-from ..cli import Range, at_least, check_fields, non_negative, opt, positive, probability, unit_interval
+from ..fields import (Range, at_least, check_fields, non_negative, opt, positive, probability,
+                      unit_interval)
 from ..errors import ConfigError
 from ..hardware import require_bf16
 from ..layers import COMPUTE_DTYPES
