@@ -319,6 +319,30 @@ def test_partial_report_leaves_out_what_has_not_run(tmp_path):
                                                             'stage_times.png']
 
 
+def test_report_adds_a_cached_teachers_recorded_build(tmp_path):
+    """A run that found its teacher built says what the build cost once, and the total with it.
+    """
+    teacher = tmp_path / 'teacher_dir'
+    teacher.mkdir()
+    (teacher / 'mlm_adapt.json').write_text(json.dumps({
+        'build_seconds': {'MLM adaptation (1000 steps)': 870.0, 'adaptation data': 6.0},
+        'head_only_report': {'encode_seconds': 120.0, 'fit_seconds': 364.0}}))
+    log = _constructed_stages(tmp_path)
+    log.records['teacher']['figures']['folder'] = str(teacher)
+    log.records['teacher']['seconds'] = 0.01
+    config = MiniatureConfig(glue_dir='g', out=str(tmp_path)).resolved()
+    result = write_report(config, log, SIZES)
+    report = open(result['report']).read()
+    build = (870 + 6 + 120 + 364) / 60  # 22.7 min
+    assert f'= **{build:.1f} min**' in report
+    assert 'MLM head on the frozen encoder (encode, fit) 8.1 min' in report
+    assert f'**{(result["total_seconds"] / 60 + build):.1f} min** with the stages' in report
+    # A teacher stage that took longer than the recorded build built it in this run: no line.
+    log.records['teacher']['seconds'] = 2000.0
+    report = open(write_report(config, log, SIZES)['report']).read()
+    assert 'built before this run' not in report
+
+
 # -- one whole tiny run -------------------------------------------------------------------------------
 WORDS = ('the a model layer teacher student search error cost tree river stone light water '
          'green small large fast slow runs reads writes finds keeps loses under over near '

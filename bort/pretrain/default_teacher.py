@@ -41,7 +41,7 @@ from .teacher import check_vocab_size
 __all__ = ['resolve_teacher', 'resolve_model_dir', 'cache_root', 'MODEL_SPEC_HELP',
            'file_digest', 'minilm_dir', 'minilm_teacher', 'adapted_steps', 'DEFAULT_ADAPT_STEPS',
            'adapted_minilm_teacher', 'built_on_root', 'TeacherBuildError', 'MINILM_PACKAGE',
-           'ADAPT_REPORT']
+           'ADAPT_REPORT', 'recorded_build_seconds']
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,28 @@ def _phase(name: str) -> Iterator[None]:
     yield
     BUILD_SECONDS[name] = round(time.time() - start, 1)
     log.info('default teacher: %s done in %.0f s', name, BUILD_SECONDS[name])
+
+
+def recorded_build_seconds(folder: str) -> Dict[str, float]:
+    """The build phases a built-in teacher folder recorded when it was built (its
+    ``mlm_adapt.json``, and the head's fit from the head report it carries), phase -> seconds;
+    empty for any other folder. A cached teacher costs a run nothing; this is what it cost once.
+    """
+    adapt, head = os.path.join(folder, ADAPT_REPORT), os.path.join(folder, REPORT_FILE)
+    seconds: Dict[str, float] = {}
+    head_report = None
+    if os.path.isfile(adapt):
+        report = read_json(adapt, what='MLM adaptation report')
+        seconds.update(report.get('build_seconds') or {})
+        head_report = report.get('head_only_report')
+    elif os.path.isfile(head):
+        head_report = read_json(head, what='MLM-head fit report')
+    fit = 'MLM head on the frozen encoder (encode, fit)'
+    if head_report and fit not in seconds:
+        parts = [head_report.get(k) for k in ('encode_seconds', 'fit_seconds')]
+        if all(isinstance(v, (int, float)) for v in parts):
+            seconds[fit] = round(float(sum(parts)), 1)
+    return seconds
 
 
 def file_digest(path: str) -> str:
