@@ -1,8 +1,8 @@
 """Command lines from config dataclasses, the same way for every script and ``python -m`` command.
 
 A config field declared with :func:`bort.fields.opt` carries its help text, and optionally
-``choices``, in its metadata; :func:`add_dataclass_flags` turns each field into a flag spelled both ``--x_y`` and
-``--x-y``; booleans get ``--x``/``--no-x``; list or tuple fields take several values; a field
+``choices``, in its metadata; :func:`add_dataclass_flags` turns each field into a flag spelled
+both ``--x_y`` and ``--x-y``; booleans get ``--x``/``--no-x``; list or tuple fields take several values; a field
 with ``positional=True`` is a positional argument. ``choices`` are checked by argparse, so a
 wrong value ends the command with argparse's one-line error and exit status 2. A field may also
 carry a ``check`` (:class:`bort.fields.Range`: ``positive``, ``non_negative``, ``at_least``,

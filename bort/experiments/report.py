@@ -263,7 +263,8 @@ def _time_lines(stages: StageLog, groups: Dict[str, Dict], total: float, fill: f
         lines.append(f'| {group} | {g["count"]}{cached} | {g["seconds"] / 60:.1f} | '
                      + (f'{min(loads):.1f}–{max(loads):.1f}' if loads else '—') + f' | {work} |')
     lines += [f'| **total** | | **{total / 60:.1f}** | | |', '']
-    return lines + _teacher_build_lines(stages, total) + ['![stage times](stage_times.png)', '']
+    return lines + _teacher_build_lines(stages, total) + ['![stage times](stage_times.png)',
+                                                          '']
 
 
 def _teacher_build_lines(stages: StageLog, total: float) -> List[str]:
@@ -275,10 +276,10 @@ def _teacher_build_lines(stages: StageLog, total: float) -> List[str]:
         return []
     phases = recorded_build_seconds(stages.figures('teacher')['folder'])
     built = sum(phases.values())
-    if not phases or stages.records['teacher'].get('seconds', 0.0) >= built:
+    if stages.records['teacher'].get('seconds', 0.0) >= built:  # none recorded: built = 0
         return []
-    return [f'The teacher was built before this run (the stage found it in its cache); its '
-            f'build recorded ' + ', '.join(f'{k} {v / 60:.1f} min' for k, v in phases.items())
+    return ['The teacher was built before this run (the stage found it in its cache); its '
+            'build recorded ' + ', '.join(f'{k} {v / 60:.1f} min' for k, v in phases.items())
             + f' = **{built / 60:.1f} min**, which a first run on a fresh machine adds '
               f'(with the download of all-MiniLM-L6-v2): **{(total + built) / 60:.1f} min** '
               'with the stages above.', '']
