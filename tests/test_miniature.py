@@ -319,6 +319,24 @@ def test_partial_report_leaves_out_what_has_not_run(tmp_path):
                                                             'stage_times.png']
 
 
+def test_report_says_why_agora_did_not_run_where_its_premise_fails(tmp_path):
+    """--agora_unmet skip (the full budget's preset): no Agora on RTE, whose teacher is at
+    60 %; Table 5 says so, the premise row says Agora did not run, and no RTE verdict is judged.
+    """
+    assert MiniatureConfig(glue_dir='g', budget='full').resolved().agora_unmet == 'skip'
+    config = MiniatureConfig(glue_dir='g', out=str(tmp_path), agora_unmet='skip').resolved()
+    log = _constructed_stages(tmp_path)
+    for name in [n for n in log.records if n.startswith('agora/') and '_RTE_' in n]:
+        del log.records[name]
+    result = write_report(config, log, SIZES)
+    report = open(result['report']).read()
+    assert '## Table 5 in miniature: Agora on RTE: not run' in report
+    assert "has 60.0 % dev accuracy, not above the method's requirement of 66.7 %" in report
+    assert 'Agora not run there (`--agora_unmet skip`)' in report
+    assert '## Table 5 in miniature: Agora vs plain fine-tuning on SST-2' in report
+    assert not any(v['claim'].startswith('RTE held-out (Table 5)') for v in result['verdicts'])
+
+
 def test_report_adds_a_cached_teachers_recorded_build(tmp_path):
     """A run that found its teacher built says what the build cost once, and the total with it.
     """

@@ -20,6 +20,7 @@ from bort.model import build_model, load_model, param_dict
 from bort.optim import learning_rate
 from bort.arch import get_arch
 from bort.pretrain.config import PretrainConfig
+from bort.pretrain.evaluate import TeacherCache
 from bort.pretrain.loop import NonFiniteLossError, accumulate_gradients, evaluate, pretrain
 from bort.pretrain.prepare import read_meta
 from bort.pretrain.masking import masking_for
@@ -320,6 +321,25 @@ def test_evaluate_matches_numpy(data, rng):
     assert got['eval_mlm_acc'] == pytest.approx(correct / count)
     assert got['eval_mlm_top5'] == pytest.approx(top5 / count)
     assert got['eval_mlm_loss'] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_cached_teacher_evaluations_equal_recomputed_ones(tmp_path, data):
+    """The teacher's held-out logits are computed once and read back afterwards: every figure
+    of every later evaluation equals the one with the teacher recomputed, bit for bit."""
+    folder, tok = data
+    masking = masking_for(read_meta(folder), max_predictions=8)
+    batches = fixed_batches(list_shards(folder, 'eval'), 4, masking, 3)
+    assert any((b.weights == 0).any() for b in batches)  # padded rows are read back as zeros
+    teacher = Teacher.load(save_teacher(str(tmp_path / 't'), tok.vocab_size), tok.vocab_size)
+    model = build_model(student_arch(tok.vocab_size))
+    cache, small = TeacherCache(teacher), TeacherCache(teacher, max_bytes=0)
+    plain = evaluate(model, batches, mx.cpu(), teacher, 2.0)
+    for _ in range(2):
+        assert evaluate(model, batches, mx.cpu(), None, 2.0, cache) == plain
+        assert evaluate(model, batches, mx.cpu(), None, 2.0, small) == plain
+    assert 'eval_kd_ce' in plain
+    assert cache.forward_passes == len(batches)  # once; the second evaluation read the cache
+    assert small.forward_passes == 2 * len(batches)  # nothing fits in 0 bytes: recomputed
 
 
 @pytest.mark.parametrize('field,value,flag', [

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
-from .config import AGORA_PREMISE, MiniatureConfig, finetuned_models, model_labels, students
+from .config import (AGORA_PREMISE, MiniatureConfig, finetuned_models, model_labels,
+                     socrates_stage, students)
 from .finetuning import agora_check
 from .stages import StageLog
 from .verdicts import YES, Z, binomial_se, compare, left_rate, spread
@@ -110,16 +111,17 @@ def premises(config: MiniatureConfig, stages: StageLog) -> Dict[str, Any]:
                                         if rise else ''),
                          'held': learned[name]})
     for task in config.agora_tasks if config.agora_models else ():
-        name = f'finetune/teacher_{task}_s{config.seeds[0]}'
+        name = socrates_stage(config, task)
         if name not in stages.records:
             continue
         acc = stages.figures(name)['dev']['accuracy']
         agora[task] = acc > AGORA_PREMISE
         rows.append({'premise': f"Agora's teacher (Socrates) above 2/3 on {task} dev",
                      'measured': f'{100 * acc:.1f} % (the teacher fine-tuned with seed '
-                                 f'{config.seeds[0]}); Agora ran with the check at '
-                                 + ('—' if agora_check(config, acc) is None else
-                                    f'{agora_check(config, acc):.3g}'),
+                                 f'{config.seeds[0]}); '
+                                 + ('Agora not run there (`--agora_unmet skip`)'
+                                    if agora_check(config, acc) is None else
+                                    f'Agora ran with the check at {agora_check(config, acc):.3g}'),
                      'held': agora[task]})
     return {'rows': rows, 'learned': learned, 'agora': agora}
 

@@ -41,7 +41,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..checkpoint import write_json_atomic
 from ..errors import ConfigError, UserError
-from .config import BUDGETS, RESULT_FIELDS, MiniatureConfig, finetuned_models, students
+from .config import (BUDGETS, RESULT_FIELDS, MiniatureConfig, finetuned_models, socrates_stage,
+                     students)
 from .finetuning import agora_check, dev_size, split_glue, stage_agora, stage_finetune
 from .pretraining import (equal_time_minutes, stage_data, stage_pretrain, stage_reference,
                           stage_teacher_strength)
@@ -243,14 +244,9 @@ def report_finished(config: MiniatureConfig) -> Dict[str, Any]:
     return write_report(config, stages, sizes, missing)
 
 
-def _socrates(config: MiniatureConfig, task: str) -> str:
-    """The stage of Agora's teacher on ``task``: the teacher fine-tuned with the first seed."""
-    return f'finetune/teacher_{task}_s{config.seeds[0]}'
-
-
 def _agora_skipped(config: MiniatureConfig, stages: StageLog, name: str) -> bool:
     task = name.split('/')[1].rsplit('_s', 1)[0].rsplit('_', 1)[1]
-    socrates = _socrates(config, task)
+    socrates = socrates_stage(config, task)
     return (socrates in stages.records and agora_check(
         config, stages.figures(socrates)['dev']['accuracy']) is None)
 
@@ -279,7 +275,7 @@ def _agora_all(config: MiniatureConfig, models: Dict[str, str], teacher: str, gl
                stages: StageLog) -> None:
     """Agora per task, student and seed, with the teacher check of :func:`agora_check`."""
     for task in config.agora_tasks:
-        socrates = stages.figures(_socrates(config, task))
+        socrates = stages.figures(socrates_stage(config, task))
         check = agora_check(config, socrates['dev']['accuracy'])
         if check is None:
             log.warning('Agora on %s skipped: the teacher has %.1f %% dev accuracy, not above '

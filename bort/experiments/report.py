@@ -14,7 +14,9 @@ import time
 from typing import Any, Dict, List, Sequence
 
 from ..checkpoint import write_json_atomic
-from .config import AGORA_PREMISE, MiniatureConfig, finetuned_models, model_labels
+from .config import (AGORA_PREMISE, MiniatureConfig, finetuned_models, model_labels,
+                     socrates_stage)
+from .finetuning import agora_check
 from .plots import plot_bars, plot_pretraining, plot_scores
 from .stages import StageLog
 from .claims import (NOT_JUDGED, accuracies, first_rise, knobs, minutes, premises, pretrained,
@@ -137,6 +139,15 @@ def _agora_lines(config: MiniatureConfig, stages: StageLog, task: str) -> List[s
     runs_of = {m: [stages.figures(n) for n in stages.records
                    if n.startswith(f'agora/{m}_{task}_s')] for m in config.agora_models}
     done = [r for runs in runs_of.values() for r in runs]
+    socrates = socrates_stage(config, task)
+    if not done and socrates in stages.records and agora_check(
+            config, stages.figures(socrates)['dev']['accuracy']) is None:
+        return [f'## Table 5 in miniature: Agora on {task}: not run', '',
+                f"Its teacher (Socrates, the teacher fine-tuned on {task} with seed "
+                f"{config.seeds[0]}) has {100 * stages.figures(socrates)['dev']['accuracy']:.1f} "
+                f"% dev accuracy, not above the method's requirement of "
+                f'{100 * AGORA_PREMISE:.1f} %: the premise is not met, and `--agora_unmet skip` '
+                f'leaves the task out.', '']
     if not done:
         return []
     teacher_acc = max(r['teacher_accuracy'] for r in done)

@@ -49,7 +49,7 @@ from ..runlock import building_folder, hold_run_folder, replace_folder
 from ..stopping import INTERRUPTED, OUT_OF_TIME, RunBudget, StepBar, schedule_position
 from .shards import check_shards, read_meta, shard_unigram, vocab_fingerprint
 from .config import PATH_FIELDS, RESUME_FREE_FIELDS, PretrainConfig
-from .evaluate import (evaluate, most_frequent_rate, params_digest, plot_curves,
+from .evaluate import (TeacherCache, evaluate, most_frequent_rate, params_digest, plot_curves,
                        warn_if_constant, window_record)
 from .masking import masking_for
 from .stream import BatchStream, MLMBatch, fixed_batches, list_shards
@@ -302,6 +302,8 @@ class _Run:
             check_shards(eval_files)
             self.eval_set = fixed_batches(eval_files, config.batch_size, masking,
                                           config.eval_batches, pad_id=self.meta['pad_id'])
+        # The frozen teacher's logits on the fixed held-out set: computed once, not per evaluation.
+        self.teacher_cache = TeacherCache(self.teacher) if self.teacher is not None else None
         if config.hybridize:
             self.student.hybridize(static_alloc=True)
         self.metrics = MetricsLog(os.path.join(config.output_dir, 'metrics.jsonl'), comm)
@@ -393,7 +395,7 @@ class _Run:
         if not (self.comm.is_root and self.eval_set):
             return {}
         record = evaluate(self.student, self.eval_set, self.comm.ctx, self.teacher,
-                          self.config.temperature)
+                          self.config.temperature, self.teacher_cache)
         self.metrics.write(dict(record, step=self.step))
         log.info('step %d: held-out MLM accuracy %.4f, loss %.4f', self.step,
                  record['eval_mlm_acc'], record['eval_mlm_loss'])
