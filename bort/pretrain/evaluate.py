@@ -38,7 +38,7 @@ class TeacherCache:
     miniature's distilled runs the teacher was ≈ 20 s of each evaluation). Only the rows of real
     masked positions (weight > 0) are kept, as float32; the padded rows are read back as zeros,
     which the weighted losses multiply by 0, so every figure equals the uncached one exactly
-    (``tests/test_pretrain_eval.py``). Batches past ``max_bytes`` are recomputed each time.
+    (``tests/test_pretrain.py``). Batches past ``max_bytes`` are recomputed each time.
 
     Parameters
     ----------
