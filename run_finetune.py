@@ -98,5 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    from bort.cli import run_main
+    from bort.cli import ctrl_c_exits_at_once, run_main
+    with ctrl_c_exits_at_once():  # importing MXNet takes a second or two
+        import bort.finetune.run  # noqa: F401  (what main imports)
     run_main(main, logger='run_finetune')

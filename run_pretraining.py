@@ -75,12 +75,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    import sys
-    try:  # importing MXNet takes a second or two: a Ctrl-C then ends quietly too
-        from bort.cli import run_main
+    from bort.cli import ctrl_c_exits_at_once, run_main
+    with ctrl_c_exits_at_once():  # importing MXNet takes a second or two
         from bort.pretrain.teacher import VocabularyMismatchError
         from bort.pretrain.loop import NonFiniteLossError
-    except KeyboardInterrupt:
-        sys.exit(130)
     run_main(main, (NonFiniteLossError, VocabularyMismatchError, FileExistsError),
              'run_pretraining')

@@ -74,6 +74,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    from bort.cli import run_main
+    from bort.cli import ctrl_c_exits_at_once, run_main
+    with ctrl_c_exits_at_once():  # importing MXNet takes a second or two
+        import bort.search.driver  # noqa: F401  (what main imports)
     # Every UserError (settings, a folder in use, data, teacher vocabulary) is one line, exit 2.
     run_main(main, logger='run_search')

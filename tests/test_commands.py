@@ -86,11 +86,11 @@ def test_copa_majority_warning_counts_questions_not_pairs(caplog):
     assert 'the most frequent answer alone scores 0.5700' in message
 
 
-@pytest.mark.parametrize('delay', [0.8, 1.5])
+@pytest.mark.parametrize('delay', [0.3, 0.8, 1.5])
 def test_ctrl_c_in_the_first_moments_of_run_pretraining_is_one_line(tmp_path, delay):
-    """While MXNet is still being imported (the first second or two). Not 0.3 s: on a loaded
-    machine the signal then once landed inside an import that printed the KeyboardInterrupt's
-    traceback (frames in importlib only) and went on; not yet traced to its source."""
+    """While MXNet is still being imported (the first second or two), where a KeyboardInterrupt
+    once landed inside an import that printed its traceback (frames in importlib only) and went
+    on: the start-up imports now run under :func:`bort.cli.ctrl_c_exits_at_once`."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop('BORT_DEBUG', None)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'run_pretraining.py'),
