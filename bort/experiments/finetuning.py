@@ -12,7 +12,8 @@ import shutil
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..errors import ConfigError
-from .config import AGORA_PREMISE, MiniatureConfig
+from .config import AGORA_PREMISE, MiniatureConfig, socrates_stage
+from .stages import StageLog
 
 __all__ = ['split_glue', 'finetune_config', 'heldout_metrics', 'dev_size', 'stage_finetune',
            'agora_check', 'stage_agora']
@@ -127,6 +128,14 @@ def agora_check(config: MiniatureConfig, teacher_accuracy: float) -> Optional[fl
     if teacher_accuracy > config.agora_min_teacher_accuracy:
         return config.agora_min_teacher_accuracy
     return 0.0 if config.agora_unmet == 'run' else None
+
+
+def agora_skipped(config: MiniatureConfig, stages: StageLog, task: str) -> bool:
+    """Whether Agora is left out on ``task``: its teacher's fine-tuning has finished and fails
+    the check with ``--agora_unmet skip`` (:func:`agora_check` is None)."""
+    socrates = socrates_stage(config, task)
+    return (socrates in stages.records
+            and agora_check(config, stages.figures(socrates)['dev']['accuracy']) is None)
 
 
 def stage_agora(config: MiniatureConfig, task: str, model: str, seed: int, labeller: str,

@@ -43,7 +43,8 @@ from ..checkpoint import write_json_atomic
 from ..errors import ConfigError, UserError
 from .config import (BUDGETS, RESULT_FIELDS, MiniatureConfig, finetuned_models, socrates_stage,
                      students)
-from .finetuning import agora_check, dev_size, split_glue, stage_agora, stage_finetune
+from .finetuning import (agora_check, agora_skipped, dev_size, split_glue, stage_agora,
+                         stage_finetune)
 from .pretraining import (equal_time_minutes, stage_data, stage_pretrain, stage_reference,
                           stage_teacher_strength)
 from .stages import StageLog, read_done, run_stage, stage_done
@@ -203,6 +204,11 @@ def agora_stage_names(config: MiniatureConfig) -> List[str]:
             for s in config.seeds]
 
 
+def agora_task(stage: str) -> str:
+    """The task of an Agora stage ``agora/<model>_<task>_s<seed>``."""
+    return stage.split('/')[1].rsplit('_s', 1)[0].rsplit('_', 1)[1]
+
+
 def stage_names(config: MiniatureConfig) -> List[str]:
     """Every stage of the experiment ``config`` describes, in the order they run (each one's
     folder is ``<out>/<name>``)."""
@@ -238,17 +244,10 @@ def report_finished(config: MiniatureConfig) -> Dict[str, Any]:
         folder = os.path.join(config.out, name)
         if stage_done(folder):
             stages.add(name, dict(read_done(folder), cached=True))
-        elif not (name.startswith('agora/') and _agora_skipped(config, stages, name)):
+        elif not (name.startswith('agora/') and agora_skipped(config, stages, agora_task(name))):
             missing.append(name)
     sizes = _sizes(config, stages.figures('glue')) if 'glue' in stages.records else {}
     return write_report(config, stages, sizes, missing)
-
-
-def _agora_skipped(config: MiniatureConfig, stages: StageLog, name: str) -> bool:
-    task = name.split('/')[1].rsplit('_s', 1)[0].rsplit('_', 1)[1]
-    socrates = socrates_stage(config, task)
-    return (socrates in stages.records and agora_check(
-        config, stages.figures(socrates)['dev']['accuracy']) is None)
 
 
 def _pretrain_all(config: MiniatureConfig, teacher: str, data: str, search: Dict,

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Sequence
 from ..checkpoint import write_json_atomic
 from .config import (AGORA_PREMISE, MiniatureConfig, finetuned_models, model_labels,
                      socrates_stage)
-from .finetuning import agora_check
+from .finetuning import agora_skipped
 from .plots import plot_bars, plot_pretraining, plot_scores
 from .stages import StageLog
 from .claims import (NOT_JUDGED, accuracies, first_rise, knobs, minutes, premises, pretrained,
@@ -139,9 +139,8 @@ def _agora_lines(config: MiniatureConfig, stages: StageLog, task: str) -> List[s
     runs_of = {m: [stages.figures(n) for n in stages.records
                    if n.startswith(f'agora/{m}_{task}_s')] for m in config.agora_models}
     done = [r for runs in runs_of.values() for r in runs]
-    socrates = socrates_stage(config, task)
-    if not done and socrates in stages.records and agora_check(
-            config, stages.figures(socrates)['dev']['accuracy']) is None:
+    if not done and agora_skipped(config, stages, task):
+        socrates = socrates_stage(config, task)
         return [f'## Table 5 in miniature: Agora on {task}: not run', '',
                 f"Its teacher (Socrates, the teacher fine-tuned on {task} with seed "
                 f"{config.seeds[0]}) has {100 * stages.figures(socrates)['dev']['accuracy']:.1f} "
