@@ -2,12 +2,12 @@
 
 A config field declared with :func:`bort.fields.opt` carries its help text, and optionally
 ``choices``, in its metadata; :func:`add_dataclass_flags` turns each field into a flag spelled
-both ``--x_y`` and ``--x-y``; booleans get ``--x``/``--no-x``; list or tuple fields take several values; a field
-with ``positional=True`` is a positional argument. ``choices`` are checked by argparse, so a
-wrong value ends the command with argparse's one-line error and exit status 2. A field may also
-carry a ``check`` (:class:`bort.fields.Range`: ``positive``, ``non_negative``, ``at_least``,
-``probability``, ...): :func:`bort.fields.check_fields` enforces it when flags are parsed and when a
-config is built in code, naming the flag.
+both ``--x_y`` and ``--x-y``; booleans get ``--x``/``--no-x``; list or tuple fields take several
+values; a field with ``positional=True`` is a positional argument. ``choices`` are checked by
+argparse, so a wrong value ends the command with argparse's one-line error and exit status 2. A
+field may also carry a ``check`` (:class:`bort.fields.Range`: ``positive``, ``non_negative``,
+``at_least``, ``probability``, ...): :func:`bort.fields.check_fields` enforces it when flags are
+parsed and when a config is built in code, naming the flag.
 ``--config FILE.json`` (:func:`parse_with_config`) sets defaults from a JSON object whose keys are
 flag names (either spelling), and flags given on the command line win.
 """

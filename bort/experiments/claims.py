@@ -116,12 +116,12 @@ def premises(config: MiniatureConfig, stages: StageLog) -> Dict[str, Any]:
             continue
         acc = stages.figures(name)['dev']['accuracy']
         agora[task] = acc > AGORA_PREMISE
+        check = agora_check(config, acc)
         rows.append({'premise': f"Agora's teacher (Socrates) above 2/3 on {task} dev",
                      'measured': f'{100 * acc:.1f} % (the teacher fine-tuned with seed '
                                  f'{config.seeds[0]}); '
-                                 + ('Agora not run there (`--agora_unmet skip`)'
-                                    if agora_check(config, acc) is None else
-                                    f'Agora ran with the check at {agora_check(config, acc):.3g}'),
+                                 + ('Agora not run there (`--agora_unmet skip`)' if check is None
+                                    else f'Agora ran with the check at {check:.3g}'),
                      'held': agora[task]})
     return {'rows': rows, 'learned': learned, 'agora': agora}
 

@@ -69,10 +69,10 @@ class TeacherCache:
             return mx.nd.array(full, ctx=nd['input_ids'].context, dtype='float32')
         out = self.teacher.logits(nd)
         self.forward_passes += 1
-        kept = out.asnumpy()[keep]
-        if self._bytes + kept.nbytes <= self.max_bytes:
-            self._rows[index] = kept
-            self._bytes += kept.nbytes
+        size = int(keep.sum()) * out.shape[-1] * 4  # float32 rows; copied to the host only if kept
+        if self._bytes + size <= self.max_bytes:
+            self._rows[index] = out.asnumpy()[keep]
+            self._bytes += size
         return out
 
 
@@ -95,7 +95,7 @@ def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
     ----------
     cache : TeacherCache, optional
         The teacher's logits on these ``batches`` kept between calls (its teacher is used;
-        ``teacher`` may then be None).
+        ``teacher`` may then be None). Without one, ``teacher`` runs on every batch.
 
     Returns
     -------
@@ -104,16 +104,14 @@ def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
         [, ``eval_kd_ce``].
     """
     sums = np.zeros(5)  # correct, count, top-5 hits, MLM loss sum, KD loss sum
-    teacher = cache.teacher if cache is not None else teacher
+    if cache is None and teacher is not None:
+        cache = TeacherCache(teacher, max_bytes=0)  # keeps nothing: the teacher runs every time
     for index, batch in enumerate(batches):
         nd = batch.as_nd(ctx)
         logits = mlm_logits(student, nd).astype('float32', copy=False)
-        if cache is not None:
-            t_logits = cache.logits(index, batch, nd)
-        else:
-            t_logits = teacher.logits(nd) if teacher is not None else None
+        t_logits = cache.logits(index, batch, nd) if cache is not None else None
         _, mlm, kd = kd_loss(mx.nd, logits, t_logits, nd['labels'], nd['weights'],
-                             kd_weight=1.0 if teacher else 0.0, temperature=temperature)
+                             kd_weight=0.0 if cache is None else 1.0, temperature=temperature)
         correct, count = masked_accuracy(logits, batch.labels, batch.weights)
         top = mx.nd.topk(logits, k=min(5, logits.shape[-1]), axis=-1).asnumpy()
         top5 = float(((top == batch.labels[..., None]).any(-1) * batch.weights).sum())
@@ -121,7 +119,7 @@ def evaluate(student: BortModel, batches: List[MLMBatch], ctx: mx.Context,
     count = max(sums[1], 1.0)
     out = {'eval_mlm_acc': sums[0] / count, 'eval_mlm_top5': sums[2] / count,
            'eval_mlm_loss': sums[3] / count, 'eval_masked': int(sums[1])}
-    if teacher is not None:
+    if cache is not None:
         out['eval_kd_ce'] = sums[4] / count
     return out
 

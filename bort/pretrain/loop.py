@@ -394,8 +394,8 @@ class _Run:
     def _evaluate(self) -> Dict:
         if not (self.comm.is_root and self.eval_set):
             return {}
-        record = evaluate(self.student, self.eval_set, self.comm.ctx, self.teacher,
-                          self.config.temperature, self.teacher_cache)
+        record = evaluate(self.student, self.eval_set, self.comm.ctx,
+                          temperature=self.config.temperature, cache=self.teacher_cache)
         self.metrics.write(dict(record, step=self.step))
         log.info('step %d: held-out MLM accuracy %.4f, loss %.4f', self.step,
                  record['eval_mlm_acc'], record['eval_mlm_loss'])
