@@ -123,12 +123,15 @@ def test_a_failed_run_removes_the_folder_it_made_and_nothing_else(tmp_path):
 
 
 _FORKING_HOLDER = textwrap.dedent('''
-    import multiprocessing, sys, time
+    import multiprocessing, os, sys, time
     from bort.runlock import hold_folder
+
+    def work():
+        print(os.getpid(), flush=True)  # from the child: its fork hooks have run
+        time.sleep(60)
+
     with hold_folder(sys.argv[1], what='forking holder'):
-        child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))
-        child.start()
-        print(child.pid, flush=True)
+        multiprocessing.get_context('fork').Process(target=work).start()
         time.sleep(60)
 ''')
 
