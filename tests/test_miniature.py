@@ -247,8 +247,9 @@ def _constructed_stages(tmp_path):
             'dev': {'accuracy': 0.80}, 'heldout': {'accuracy': 0.80}, 'iterations': 2,
             'points_added': 10, 'examples_seen': 300, 'teacher_accuracy': 0.8,
             'check': 2 / 3})
-    samples = {'teacher': [30.0, 31.0, 29.0], 'winner': [5.0, 5.2, 4.9],
-               'comparison': [7.0, 7.1, 6.9]}
+    # Keys sorted, as the stage's figures come back from done.json.
+    samples = {'comparison': [7.0, 7.1, 6.9], 'teacher': [30.0, 31.0, 29.0],
+               'winner': [5.0, 5.2, 4.9]}
     add('latency', {'batch_size': 1, 'seq_len': 128, 'repeats': 3, 'device': 'cpu',
                     'threads': '2', 'models': {
                         n: {'median_ms': float(np.median(s)), 'q25_ms': min(s), 'q75_ms': max(s),
@@ -299,6 +300,10 @@ def test_report_from_constructed_figures_shows_every_no(tmp_path):
     # 400,000 tokens in 6,300 sequences of at most 64 slots: 99 % filled.
     assert '≈ 0.20M real tokens' in report
     assert json.loads((tmp_path / 'report.json').read_text())['total_seconds'] > 0
+    # The latency table reads teacher, winner, comparison, whatever the stored order.
+    latency = report[report.index('## Inference latency'):]
+    assert (latency.index('| teacher |') < latency.index('| winner |')
+            < latency.index('| comparison |'))
 
 
 def test_partial_report_leaves_out_what_has_not_run(tmp_path):

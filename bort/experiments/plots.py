@@ -15,6 +15,20 @@ def _pyplot():
     return plt
 
 
+def _legend_below(fig, ax, columns: int = 3) -> None:
+    """Put ``ax``'s legend under the figure's axes, growing the figure to hold it.
+
+    A legend inside the axes hides curves wherever it is placed; below, it hides nothing.
+    """
+    handles, labels = ax.get_legend_handles_labels()
+    rows = -(-len(labels) // columns)
+    width, height = fig.get_size_inches()
+    extra = 0.17 * rows + 0.1  # inches: a row of 8-point text, and a margin
+    fig.set_size_inches(width, height + extra)
+    fig.tight_layout(rect=(0, extra / (height + extra), 1, 1))
+    fig.legend(handles, labels, loc='lower center', ncol=columns, fontsize=8, frameon=False)
+
+
 def plot_pretraining(path: str, pre: Dict[str, Dict], ref: Dict, fill: float) -> None:
     """Held-out top-1 and cross-entropy against real tokens seen; ``pre`` keyed by label."""
     plt = _pyplot()
@@ -31,8 +45,7 @@ def plot_pretraining(path: str, pre: Dict[str, Dict], ref: Dict, fill: float) ->
     axes[1].set_title('held-out masked-LM cross-entropy (nats)')
     for ax in axes:
         ax.set_xlabel('real tokens seen (millions, ≈ token slots × fill)')
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -56,10 +69,9 @@ def plot_scores(path: str, columns: List[str], table: Dict[str, Dict[str, List[f
     ax.set_xticks(range(len(columns)))
     ax.set_xticklabels(columns)
     ax.set_ylabel('accuracy (%), mean ± sd over seeds; dots: seeds')
-    ax.legend(fontsize=8)
     low = min((100 * min(v) for r in table.values() for v in r.values() if v), default=0)
     ax.set_ylim(max(0, low - 10), None)
-    fig.tight_layout()
+    _legend_below(fig, ax)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

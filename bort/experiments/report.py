@@ -237,6 +237,16 @@ def _premise_lines(premise: Dict[str, Any], judged: List[Dict]) -> List[str]:
     return lines + ['']
 
 
+def _latency_names(lat: Dict) -> List[str]:
+    """The latency stage's models in reading order: teacher, winner, comparison, then others.
+
+    The stage's figures come back from ``done.json`` with their keys sorted, so the order is
+    set here rather than taken from the dict.
+    """
+    first = [n for n in ('teacher', 'winner', 'comparison') if n in lat['models']]
+    return first + sorted(n for n in lat['models'] if n not in first)
+
+
 def _latency_lines(lat: Dict) -> List[str]:
     lines = ['## Inference latency through the fast path', '',
              f'`bort.inference.fast.FastModel`, batch {lat["batch_size"]} × {lat["seq_len"]} '
@@ -245,7 +255,8 @@ def _latency_lines(lat: Dict) -> List[str]:
              '| model | <D, A, H, I> | params (M) | median ms | IQR ms | vs teacher |',
              '|---|---|---:|---:|---:|---:|']
     t_ms = lat['models']['teacher']['median_ms']
-    for n, m in lat['models'].items():
+    for n in _latency_names(lat):
+        m = lat['models'][n]
         lines.append(f'| {n} | {tuple_label(m["arch"])} | {m["params"] / 1e6:.2f} | '
                      f'{m["median_ms"]:.2f} | {m["q25_ms"]:.2f}–{m["q75_ms"]:.2f} | '
                      f'{t_ms / m["median_ms"]:.1f}× |')
@@ -353,7 +364,7 @@ def write_report(config: MiniatureConfig, stages: StageLog, sizes: Dict[str, int
     for task in config.agora_tasks if config.agora_models else ():
         body += _agora_lines(config, stages, task)
     if lat:
-        names = list(lat['models'])
+        names = _latency_names(lat)
         plot_bars(png(PNG_FILES[2]),
                   [f'{n} {tuple_label(lat["models"][n]["arch"])}' for n in names],
                   [lat['models'][n]['median_ms'] for n in names],
