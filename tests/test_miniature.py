@@ -12,7 +12,8 @@ import pytest
 from bort.errors import ConfigError, UserError
 from bort.experiments.config import BUDGETS, MiniatureConfig
 from bort.experiments.finetuning import split_glue
-from bort.experiments.miniature import check_same_settings, choose_comparison
+from bort.experiments.miniature import (agora_stage_names, check_same_settings,
+                                         choose_comparison, report_finished)
 from bort.experiments.claims import first_rise
 from bort.experiments.report import PNG_FILES, write_report
 from bort.experiments.stages import ATTEMPT_FILE, DONE_FILE, StageLog, run_stage
@@ -340,6 +341,26 @@ def test_report_says_why_agora_did_not_run_where_its_premise_fails(tmp_path):
     assert 'Agora not run there (`--agora_unmet skip`)' in report
     assert '## Table 5 in miniature: Agora vs plain fine-tuning on SST-2' in report
     assert not any(v['claim'].startswith('RTE held-out (Table 5)') for v in result['verdicts'])
+
+
+def test_report_only_does_not_list_a_skipped_agora_task_as_missing(tmp_path):
+    """--report_only: with RTE's teacher at 60 % and --agora_unmet skip, RTE's Agora stages
+    will never run, so they are not missing; SST-2's (teacher at 85 %) are."""
+    glue = tmp_path / 'glue'
+    glue.mkdir()
+    config = MiniatureConfig(glue_dir=str(glue), out=str(tmp_path / 'run'),
+                             agora_unmet='skip').resolved()
+    check_same_settings(config.out, config)
+    for task, accuracy in (('SST-2', 0.85), ('RTE', 0.60)):
+        folder = tmp_path / 'run' / 'finetune' / f'teacher_{task}_s{config.seeds[0]}'
+        folder.mkdir(parents=True)
+        (folder / DONE_FILE).write_text(json.dumps({
+            'figures': {'dev': {'accuracy': accuracy}, 'heldout': {'accuracy': accuracy},
+                        'examples_seen': 100}, 'seconds': 1.0, 'load_start': [1.0],
+            'load_end': [1.0]}))
+    missing = report_finished(config)['missing']
+    assert not set(agora_stage_names(config, ['RTE'])) & set(missing)
+    assert set(agora_stage_names(config, ['SST-2'])) <= set(missing)
 
 
 def test_report_adds_a_cached_teachers_recorded_build(tmp_path):

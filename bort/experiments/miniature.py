@@ -197,16 +197,13 @@ def stage_latency(config: MiniatureConfig, models: Dict[str, str], folder: str) 
 TABLE_STAGES = ('teacher', 'data', 'reference')
 
 
-def agora_stage_names(config: MiniatureConfig) -> List[str]:
-    """Every Agora stage ``config`` asks for (a task skipped by ``--agora_unmet skip`` is
-    decided when the run gets there)."""
-    return [f'agora/{m}_{t}_s{s}' for t in config.agora_tasks for m in config.agora_models
-            for s in config.seeds]
-
-
-def agora_task(stage: str) -> str:
-    """The task of an Agora stage ``agora/<model>_<task>_s<seed>``."""
-    return stage.split('/')[1].rsplit('_s', 1)[0].rsplit('_', 1)[1]
+def agora_stage_names(config: MiniatureConfig, tasks: Optional[Sequence[str]] = None
+                      ) -> List[str]:
+    """Every Agora stage ``config`` asks for, on ``tasks`` (default: all of
+    ``--agora_tasks``); a task skipped by ``--agora_unmet skip`` is decided when the run gets
+    there."""
+    return [f'agora/{m}_{t}_s{s}' for t in (config.agora_tasks if tasks is None else tasks)
+            for m in config.agora_models for s in config.seeds]
 
 
 def stage_names(config: MiniatureConfig) -> List[str]:
@@ -239,13 +236,14 @@ def report_finished(config: MiniatureConfig) -> Dict[str, Any]:
         raise UserError(f'{config.out} holds no miniature run (no {CONFIG_FILE}): nothing to '
                         f'report')
     check_same_settings(config.out, config)
-    stages, missing = StageLog(), []
+    stages = StageLog()
     for name in stage_names(config):
         folder = os.path.join(config.out, name)
         if stage_done(folder):
             stages.add(name, dict(read_done(folder), cached=True))
-        elif not (name.startswith('agora/') and agora_skipped(config, stages, agora_task(name))):
-            missing.append(name)
+    skipped = set(agora_stage_names(config, [t for t in config.agora_tasks
+                                             if agora_skipped(config, stages, t)]))
+    missing = [n for n in stage_names(config) if n not in stages.records and n not in skipped]
     sizes = _sizes(config, stages.figures('glue')) if 'glue' in stages.records else {}
     return write_report(config, stages, sizes, missing)
 
